@@ -1,0 +1,44 @@
+# bertserve developer commands. `make demo` and `make test` are the two a newcomer needs.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+REPO ?= models
+
+.PHONY: install demo serve test lint typecheck pytest clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: its CPU build lies on this machine's disk; a plain `torch`
+	# would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[export,dev,loadtest]"
+	$(BIN)/python -m pip check
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Until the demo recipe lands: export the packaged MiniLM-L6 backbone with a fresh head and serve it.
+demo: install
+	$(BIN)/python -m export.minilm_example --repo $(REPO)
+	$(BIN)/bertserve serve --repo $(REPO)
+
+serve: install
+	$(BIN)/bertserve serve --repo $(REPO)
+
+lint: install
+	$(BIN)/ruff check bertserve service export loadtest tests
+	$(BIN)/ruff format --check bertserve service export loadtest tests
+
+typecheck: install
+	$(BIN)/mypy bertserve service export
+
+pytest: install
+	$(BIN)/pytest -q -ra
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

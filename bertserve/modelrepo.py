@@ -1,0 +1,247 @@
+"""The model repository: the contract between the export stage and the service.
+
+Layout (Triton-like: one folder per model, versioned sub-folders, the config beside them)::
+
+    models/
+      <name>/
+        model.yaml               # ModelConfig below; the only file committed to git
+        <version>/               # e.g. 1/
+          tokenizer.json         # fast (Rust) tokenizer; plus tokenizer_config.json, vocab, ...
+          model.onnx             # portable ONNX (standard ops, dynamic axes): TensorRT, OpenVINO, fallback
+          model.ort.onnx         # onnxruntime.transformers-fused graph: ORT CPU / CUDA
+          model.int8.onnx        # dynamically quantized (optional)
+          openvino/model.xml|bin # OpenVINO IR fp32 (optionally fp16-compressed weights)
+          openvino-int8/...      # NNCF-quantized IR (optional)
+          export_report.json     # parity / agreement figures from the export
+
+This module must stay importable without torch or transformers: the serving process reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MODEL_CONFIG_FILE = "model.yaml"
+SCHEMA_VERSION = 1
+
+
+class Task(StrEnum):
+    TEXT_CLASSIFICATION = "text-classification"
+    TOKEN_CLASSIFICATION = "token-classification"
+
+
+class ProblemType(StrEnum):
+    SINGLE_LABEL = "single_label_classification"
+    MULTI_LABEL = "multi_label_classification"
+
+
+class TagScheme(StrEnum):
+    IOB1 = "IOB1"
+    IOB2 = "IOB2"
+    BIOES = "BIOES"  # also covers BILOU (U- = S-, L- = E-)
+    NONE = "NONE"  # labels without prefixes: every label is its own group
+
+
+class ArtifactFormat(StrEnum):
+    ONNX = "onnx"  # portable graph, standard ops only
+    ONNX_OPTIMIZED = "onnx-optimized"  # ORT transformer fusions (com.microsoft ops)
+    OPENVINO = "openvino"  # OpenVINO IR (.xml + .bin)
+
+
+class Precision(StrEnum):
+    FP32 = "fp32"
+    FP16 = "fp16"  # fp16-compressed weights (OpenVINO) or fp16 graph
+    INT8 = "int8"
+
+
+class BatchingConfig(BaseModel):
+    """Per-model batching defaults; the service's BERTSERVE_* settings override them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(32, ge=1, description="Sequences per executed batch at most.")
+    max_batch_tokens: int = Field(
+        8192, ge=1, description="Padded tokens (batch size x longest sequence) per batch at most."
+    )
+    max_queue_delay_ms: float = Field(
+        2.0, ge=0, description="How long the first queued item may wait for company."
+    )
+    max_queue_size: int = Field(1024, ge=1, description="Queued sequences before requests get 429.")
+
+
+class Artifact(BaseModel):
+    """One runnable graph. `files` maps paths relative to the version folder to sha256 hex digests;
+    the first entry is the file a runtime opens (model.onnx, model.xml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: ArtifactFormat
+    precision: Precision
+    files: dict[str, str]
+    opset: int | None = None
+
+    @field_validator("files")
+    @classmethod
+    def _relative_paths(cls, files: dict[str, str]) -> dict[str, str]:
+        if not files:
+            raise ValueError("an artifact lists at least one file")
+        for rel in files:
+            check_relative_path(rel)
+        return files
+
+    @property
+    def main_file(self) -> str:
+        return next(iter(self.files))
+
+
+class VersionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    artifacts: list[Artifact]
+    default_precision: Precision = Precision.FP32
+    tokenizer_files: dict[str, str] = Field(
+        default_factory=dict, description="Tokenizer files (relative path -> sha256)."
+    )
+    created: str | None = None
+
+    def find(self, fmt: ArtifactFormat, precision: Precision) -> Artifact | None:
+        for artifact in self.artifacts:
+            if artifact.format == fmt and artifact.precision == precision:
+                return artifact
+        return None
+
+
+class ModelConfig(BaseModel):
+    """`models/<name>/model.yaml`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    task: Task
+    architecture: str = Field(description="Hugging Face model_type, e.g. bert, distilbert.")
+    problem_type: ProblemType | None = None
+    labels: list[str] = Field(min_length=1, description="Label names in id order.")
+    tag_scheme: TagScheme | None = None
+    max_length: int = Field(ge=8, description="Longest sequence (in tokens) the graph is run with.")
+    inputs: list[str] = Field(description="The graph's actual input names, in order.")
+    outputs: list[str] = Field(default_factory=lambda: ["logits"])
+    pad_token_id: int = 0
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    default_version: int = 1
+    versions: dict[int, VersionConfig]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if self.default_version not in self.versions:
+            raise ValueError(f"default_version {self.default_version} has no entry under versions")
+        if self.task == Task.TEXT_CLASSIFICATION and self.problem_type is None:
+            self.problem_type = ProblemType.SINGLE_LABEL
+        if self.task == Task.TOKEN_CLASSIFICATION and self.tag_scheme is None:
+            self.tag_scheme = detect_tag_scheme(self.labels)
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be unique")
+        return self
+
+    @property
+    def version(self) -> VersionConfig:
+        return self.versions[self.default_version]
+
+
+def detect_tag_scheme(labels: list[str]) -> TagScheme:
+    """Guess the tag scheme from label names (`B-PER`, `S-LOC`, `U-ORG`, ...)."""
+    prefixes = {label.split("-", 1)[0].upper() for label in labels if "-" in label}
+    if not prefixes:
+        return TagScheme.NONE
+    if prefixes & {"S", "E", "U", "L"}:
+        return TagScheme.BIOES
+    if "B" in prefixes:
+        return TagScheme.IOB2
+    if "I" in prefixes:
+        return TagScheme.IOB1
+    return TagScheme.NONE
+
+
+class RepositoryError(Exception):
+    """The model repository is missing, malformed, tampered with or escapes its folder."""
+
+
+def check_relative_path(rel: str) -> None:
+    """Refuse absolute paths and `..` components in paths recorded in model.yaml."""
+    p = Path(rel)
+    if p.is_absolute() or rel.startswith(("/", "\\")) or ".." in p.parts or not rel.strip():
+        raise ValueError(f"path {rel!r} must be relative and stay inside the version folder")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_inside(root: Path, rel: str) -> Path:
+    """Resolve `rel` under `root`, following symlinks, and refuse anything that lands outside."""
+    check_relative_path(rel)
+    root_real = root.resolve()
+    target = (root / rel).resolve()
+    if target != root_real and root_real not in target.parents:
+        raise RepositoryError(f"{rel} resolves outside {root}")
+    return target
+
+
+def model_dir(repo: Path, name: str) -> Path:
+    return repo / name
+
+
+def version_dir(repo: Path, name: str, version: int) -> Path:
+    return repo / name / str(version)
+
+
+def load_model_config(repo: Path, name: str) -> ModelConfig:
+    path = resolve_inside(repo, f"{name}/{MODEL_CONFIG_FILE}")
+    if not path.is_file():
+        raise RepositoryError(f"no {MODEL_CONFIG_FILE} for model {name!r} in {repo}")
+    try:
+        raw: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return ModelConfig.model_validate(raw)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise RepositoryError(f"{path}: invalid model config: {exc}") from exc
+
+
+def save_model_config(repo: Path, config: ModelConfig) -> Path:
+    path = model_dir(repo, config.name) / MODEL_CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = config.model_dump(mode="json", exclude_none=True)
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def list_models(repo: Path) -> list[str]:
+    if not repo.is_dir():
+        return []
+    return sorted(p.name for p in repo.iterdir() if (p / MODEL_CONFIG_FILE).is_file())
+
+
+def verify_files(root: Path, files: dict[str, str]) -> None:
+    """Check every listed file exists inside `root` and matches its recorded sha256."""
+    for rel, expected in files.items():
+        path = resolve_inside(root, rel)
+        if not path.is_file():
+            raise RepositoryError(f"missing file {rel} in {root}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise RepositoryError(
+                f"{rel} in {root} does not match the sha256 recorded in model.yaml "
+                "(corrupt or modified after export); re-run `bertserve export`"
+            )

@@ -1,0 +1,1 @@
+"""Offline export: Hugging Face checkpoint -> validated ONNX / OpenVINO in the model repository."""

@@ -1,0 +1,1 @@
+"""The bertserve HTTP service. Never imports torch or transformers."""
