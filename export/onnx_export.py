@@ -1,0 +1,110 @@
+"""PyTorch -> portable ONNX (optimum's exporter) and the ONNX Runtime-fused variant."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from transformers import PreTrainedModel
+
+from bertserve.modelrepo import Task
+from export.errors import ExportError
+
+# Opset 17 brings LayerNormalization as a standard op, which OpenVINO and TensorRT map directly.
+MIN_OPSET = 17
+
+
+@dataclass(frozen=True)
+class OnnxGraphInfo:
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    opset: int
+
+
+def read_graph_info(path: Path) -> OnnxGraphInfo:
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {init.name for init in model.graph.initializer}
+    opset = max((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), default=0)
+    return OnnxGraphInfo(
+        inputs=tuple(i.name for i in model.graph.input if i.name not in initializers),
+        outputs=tuple(o.name for o in model.graph.output),
+        opset=int(opset),
+    )
+
+
+def export_portable_onnx(model: PreTrainedModel, task: Task, output: Path) -> OnnxGraphInfo:
+    """Standard ops only, dynamic batch and sequence axes, validated later against PyTorch."""
+    from optimum.exporters.onnx import export as onnx_export
+    from optimum.exporters.tasks import TasksManager
+
+    constructor = TasksManager.get_exporter_config_constructor(
+        "onnx", model=model, task=task.value, library_name="transformers"
+    )
+    onnx_config = constructor(model.config)
+    opset = max(MIN_OPSET, int(onnx_config.DEFAULT_ONNX_OPSET))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings about shape-dependent branches in HF code
+            onnx_export(model, onnx_config, output, opset=opset, device="cpu")
+    except Exception as exc:  # the exporter raises many unrelated types; all mean "could not export"
+        raise ExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
+    info = read_graph_info(output)
+    _check_dynamic_axes(output, info)
+    return info
+
+
+def _check_dynamic_axes(path: Path, info: OnnxGraphInfo) -> None:
+    model = onnx.load(str(path), load_external_data=False)
+    for graph_input in model.graph.input:
+        if graph_input.name not in info.inputs:
+            continue
+        dims = graph_input.type.tensor_type.shape.dim
+        if len(dims) < 2 or any(d.HasField("dim_value") for d in dims[:2]):
+            raise ExportError(f"exported graph input {graph_input.name} lacks dynamic batch/sequence axes")
+
+
+def optimize_for_onnxruntime(
+    source: Path, output: Path, *, num_heads: int, hidden_size: int
+) -> dict[str, int]:
+    """Apply onnxruntime.transformers fusions (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm).
+
+    `opt_level=0` runs the Python fusions only: ORT's own graph optimizations are left to the
+    session that loads the file, because a graph saved after ORT's level-2+ passes contains
+    CPU-layout-specific nodes that the CUDA provider cannot run. The fused ops chosen by the default
+    BERT FusionOptions (Attention with a 2-D mask, no GELU approximation) exist on both the CPU
+    and CUDA execution providers and keep fp32 results within our 1e-4 tolerance.
+    Returns the fused-operator counts for the report.
+    """
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("bert")
+    options.enable_gelu_approximation = False  # FastGelu changes results by ~1e-3
+    options.use_multi_head_attention = False  # Attention (not MultiHeadAttention) runs on CPU and CUDA
+    # The optimizer logs every fusion at INFO through the root logger; keep the export output readable.
+    fusion_logger = logging.getLogger("onnxruntime.transformers")
+    previous = fusion_logger.level
+    fusion_logger.setLevel(logging.WARNING)
+    try:
+        optimized = optimize_model(
+            str(source),
+            model_type="bert",
+            num_heads=num_heads,
+            hidden_size=hidden_size,
+            optimization_options=options,
+            opt_level=0,
+            use_gpu=False,
+        )
+    except Exception as exc:  # fusion code raises arbitrary errors on graphs it does not understand
+        raise ExportError(
+            f"onnxruntime.transformers optimization failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        fusion_logger.setLevel(previous)
+    optimized.save_model_to_file(str(output), use_external_data_format=False)
+    stats = optimized.get_fused_operator_statistics()
+    return {str(op): int(count) for op, count in stats.items() if count}

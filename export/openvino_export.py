@@ -1,0 +1,29 @@
+"""Portable ONNX -> OpenVINO IR (model.xml + model.bin)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import openvino as ov
+
+from export.errors import ExportError
+
+IR_XML = "model.xml"
+IR_BIN = "model.bin"
+
+
+def convert_to_openvino(onnx_path: Path) -> ov.Model:
+    """Read the portable graph (standard ops) with OpenVINO's ONNX frontend; shapes stay dynamic."""
+    try:
+        return ov.convert_model(str(onnx_path))
+    except Exception as exc:  # frontend errors come as several OpenVINO exception types
+        raise ExportError(f"OpenVINO conversion failed: {type(exc).__name__}: {exc}") from exc
+
+
+def save_ir(model: ov.Model, folder: Path, *, compress_to_fp16: bool) -> tuple[Path, Path]:
+    """Write model.xml/.bin. NOTE: openvino.save_model compresses to fp16 unless told otherwise,
+    so fp32 IR must pass compress_to_fp16=False explicitly."""
+    folder.mkdir(parents=True, exist_ok=True)
+    xml = folder / IR_XML
+    ov.save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
+    return xml, folder / IR_BIN

@@ -1,0 +1,319 @@
+"""`bertserve export` end to end: error paths (one line, exit code 2), versions, the int8 gate,
+eval files, atomic writes, and the architectures beyond BERT."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bertserve.cli import app
+from bertserve.modelrepo import Precision, TagScheme, load_model_config, sha256_file
+from export.errors import ExportError
+from export.pipeline import ExportOptions, run_export
+from tests.helpers.checkpoints import (
+    TinyCheckpoint,
+    build_bare_bert,
+    build_bert_bioes_tagger,
+    build_pickle_classifier,
+    build_roberta_classifier,
+)
+
+runner = CliRunner()
+
+
+def _cli(*args: str):
+    return runner.invoke(app, ["export", *args])
+
+
+def _assert_one_line_error(result, fragment: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and fragment in lines[-1], result.stderr
+    assert "Traceback" not in result.output
+
+
+def _copy(checkpoint: TinyCheckpoint, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(checkpoint.path, tmp_path / "ckpt"))
+
+
+def _quick(
+    model: Path, repo: Path, name: str = "m", task: str = "text-classification", **kw
+) -> ExportOptions:
+    """ONNX only and no timing: the fastest full export, for tests about the pipeline's logic."""
+    return ExportOptions(
+        model=str(model),
+        task=task,
+        name=name,
+        repo=repo,
+        formats=("onnx",),
+        quiet=True,
+        measure_speed=False,
+        **kw,
+    )
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+def test_missing_path(tmp_path: Path):
+    result = _cli("--model", str(tmp_path / "nope"), "--task", "text-classification", "--name", "x")
+    _assert_one_line_error(result, "does not exist")
+
+
+def test_unknown_task(bert_cls_checkpoint, tmp_path: Path):
+    result = _cli("--model", str(bert_cls_checkpoint.path), "--task", "summarization", "--name", "x")
+    _assert_one_line_error(result, "unknown task 'summarization'")
+
+
+def test_unknown_format(bert_cls_checkpoint, tmp_path: Path):
+    args = ["--model", str(bert_cls_checkpoint.path), "--task", "text-classification", "--name", "x"]
+    _assert_one_line_error(_cli(*args, "--formats", "onnx,tensorflow"), "unknown format")
+
+
+def test_checkpoint_without_a_head(tmp_path: Path):
+    bare = build_bare_bert(tmp_path / "bare")
+    result = _cli(
+        "--model", str(bare.path), "--task", "text-classification", "--name", "x", "--repo", str(tmp_path)
+    )
+    _assert_one_line_error(result, "has no text-classification head (BertModel)")
+    assert not (tmp_path / "x").exists()
+
+
+def test_checkpoint_without_a_head_nor_architectures(tmp_path: Path):
+    """Without `architectures` in config.json, the missing classifier weights still give it away."""
+    bare = build_bare_bert(tmp_path / "bare")
+    config = json.loads((bare.path / "config.json").read_text())
+    del config["architectures"]
+    (bare.path / "config.json").write_text(json.dumps(config))
+    result = _cli(
+        "--model", str(bare.path), "--task", "text-classification", "--name", "x", "--repo", str(tmp_path)
+    )
+    _assert_one_line_error(result, "has no text-classification head (weights missing: classifier")
+
+
+def test_task_does_not_match_head(bert_ner_checkpoint, tmp_path: Path):
+    result = _cli("--model", str(bert_ner_checkpoint.path), "--task", "text-classification", "--name", "x")
+    _assert_one_line_error(result, "has a token-classification head (BertForTokenClassification)")
+
+
+def test_label_count_mismatch(bert_cls_checkpoint, tmp_path: Path):
+    ckpt = _copy(bert_cls_checkpoint, tmp_path)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["id2label"] = {"0": "NEGATIVE", "1": "NEUTRAL", "2": "POSITIVE"}
+    config["label2id"] = {v: int(k) for k, v in config["id2label"].items()}
+    (ckpt / "config.json").write_text(json.dumps(config))
+    result = _cli(
+        "--model", str(ckpt), "--task", "text-classification", "--name", "x", "--repo", str(tmp_path)
+    )
+    _assert_one_line_error(result, "label count mismatch")
+
+
+def test_missing_tokenizer(bert_cls_checkpoint, tmp_path: Path):
+    ckpt = _copy(bert_cls_checkpoint, tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (ckpt / name).unlink()
+    result = _cli(
+        "--model", str(ckpt), "--task", "text-classification", "--name", "x", "--repo", str(tmp_path)
+    )
+    _assert_one_line_error(result, "tokenizer")
+
+
+def test_slow_only_tokenizer(bert_cls_checkpoint, tmp_path: Path):
+    """A tokenizer class without a fast (Rust) implementation cannot be served."""
+    ckpt = _copy(bert_cls_checkpoint, tmp_path)
+    (ckpt / "tokenizer.json").unlink()
+    config = json.loads((ckpt / "tokenizer_config.json").read_text())
+    config.update(tokenizer_class="BertJapaneseTokenizer", word_tokenizer_type="basic")
+    (ckpt / "tokenizer_config.json").write_text(json.dumps(config))
+    result = _cli(
+        "--model", str(ckpt), "--task", "text-classification", "--name", "x", "--repo", str(tmp_path)
+    )
+    _assert_one_line_error(result, "only has a slow (Python) tokenizer (BertJapaneseTokenizer)")
+
+
+def test_pickle_weights_need_allow_pickle(tmp_path: Path):
+    ckpt = build_pickle_classifier(tmp_path / "pickled")
+    repo = tmp_path / "repo"
+    args = ["--model", str(ckpt.path), "--task", "text-classification", "--name", "p", "--repo", str(repo)]
+    _assert_one_line_error(_cli(*args), "--allow-pickle")
+    result = _cli(*args, "--allow-pickle", "--formats", "onnx")
+    assert result.exit_code == 0, result.output
+    assert "default precision: fp32" in result.stderr and "onnx-optimized/fp32" in result.stderr
+    report = json.loads((repo / "p" / "1" / "export_report.json").read_text())
+    assert any("pickle" in note for note in report["notes"])
+
+
+def test_existing_version_is_refused(bert_cls_checkpoint, tmp_path: Path):
+    run_export(_quick(bert_cls_checkpoint.path, tmp_path))
+    args = ["--model", str(bert_cls_checkpoint.path), "--task", "text-classification", "--name", "m"]
+    result = _cli(*args, "--repo", str(tmp_path), "--version", "1")
+    _assert_one_line_error(result, "version 1 of m already exists")
+
+
+def test_other_labels_under_an_existing_name_are_refused(
+    bert_cls_checkpoint, bert_multilabel_checkpoint, tmp_path
+):
+    run_export(_quick(bert_cls_checkpoint.path, tmp_path))
+    with pytest.raises(ExportError, match="already exists with a different contract"):
+        run_export(_quick(bert_multilabel_checkpoint.path, tmp_path))
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "model.yaml"]
+
+
+# --------------------------------------------------------------------------------------------- repository
+
+
+def test_new_version_keeps_the_old_one(bert_cls_checkpoint, tmp_path: Path):
+    first = run_export(_quick(bert_cls_checkpoint.path, tmp_path))
+    old_digest = sha256_file(first.version_dir / "model.onnx")
+    second = run_export(_quick(bert_cls_checkpoint.path, tmp_path))
+    assert (first.version, second.version) == (1, 2)
+    config = load_model_config(tmp_path, "m")
+    assert config.default_version == 2 and sorted(config.versions) == [1, 2]
+    assert config.versions[1].find("onnx", "fp32").files["model.onnx"] == old_digest  # type: ignore[union-attr]
+    assert sha256_file(tmp_path / "m" / "1" / "model.onnx") == old_digest
+    third = run_export(_quick(bert_cls_checkpoint.path, tmp_path, version=7))
+    assert third.version == 7 and load_model_config(tmp_path, "m").default_version == 7
+
+
+def test_failed_validation_leaves_nothing_behind(bert_cls_checkpoint, tmp_path: Path):
+    with pytest.raises(ExportError, match="does not match PyTorch"):
+        run_export(_quick(bert_cls_checkpoint.path, tmp_path, fp32_atol=0.0))
+    assert list(tmp_path.iterdir()) == []  # no version, no staging folder, no model.yaml
+    run_export(_quick(bert_cls_checkpoint.path, tmp_path))
+    with pytest.raises(ExportError):
+        run_export(_quick(bert_cls_checkpoint.path, tmp_path, fp32_atol=0.0))
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "model.yaml"]
+    assert load_model_config(tmp_path, "m").default_version == 1
+
+
+# --------------------------------------------------------------------------------------------- int8 gate
+
+
+def test_int8_gate_keeps_fp32_default_unless_forced(bert_cls_checkpoint, tmp_path: Path):
+    # an agreement threshold above 100 % cannot be met: the gate must fail
+    failing = run_export(_quick(bert_cls_checkpoint.path, tmp_path, int8=True, min_int8_agreement=1.01))
+    gate = failing.report.int8_gate
+    assert gate is not None and not gate.passed and not gate.forced
+    assert "onnx/int8 agreement" in gate.reasons[0]
+    assert failing.config.version.default_precision == Precision.FP32
+    assert failing.config.version.find("onnx", "int8") is not None  # written, just not the default
+
+    forced = run_export(
+        _quick(bert_cls_checkpoint.path, tmp_path, int8=True, min_int8_agreement=1.01, force=True)
+    )
+    assert forced.report.int8_gate is not None and forced.report.int8_gate.forced
+    assert forced.config.version.default_precision == Precision.INT8
+
+    passing = run_export(_quick(bert_cls_checkpoint.path, tmp_path, int8=True, min_int8_agreement=0.0))
+    assert passing.report.int8_gate is not None and passing.report.int8_gate.passed
+    assert passing.config.version.default_precision == Precision.INT8
+
+
+def test_eval_file_accuracy_delta_gates_int8(bert_cls_checkpoint, tmp_path: Path):
+    eval_file = tmp_path / "dev.tsv"
+    rows = ["sentence\tlabel"] + [
+        f"{t}\t{i % 2}" for i, t in enumerate(["the movie was great"] * 3 + ["boring"] * 3)
+    ]
+    rows += ["a man plays a guitar\tsomeone makes music\tPOSITIVE"]
+    eval_file.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    repo = tmp_path / "repo"
+    result = run_export(
+        _quick(bert_cls_checkpoint.path, repo, int8=True, eval_file=eval_file, min_int8_agreement=0.0)
+    )
+    report = result.report
+    assert report.eval is not None and report.eval["metric"] == "accuracy" and report.eval["examples"] == 7
+    scores = report.eval["scores"]
+    (int8,) = [a for a in report.artifacts if a.precision == Precision.INT8]
+    assert int8.eval_score == scores["onnx/int8"]
+    assert int8.eval_delta_points == pytest.approx((scores["pytorch/fp32"] - scores["onnx/int8"]) * 100)
+    # accuracy over 7 examples moves in steps of 1/7: any drop is above 1 point, and a contrived
+    # negative allowance makes even "no change" fail the gate
+    strict = run_export(
+        _quick(
+            bert_cls_checkpoint.path,
+            repo,
+            int8=True,
+            eval_file=eval_file,
+            min_int8_agreement=0.0,
+            max_int8_drop_points=-0.5,
+        )
+    )
+    assert strict.report.int8_gate is not None and not strict.report.int8_gate.passed
+    assert "loses" in strict.report.int8_gate.reasons[0]
+    assert strict.config.version.default_precision == Precision.FP32
+
+
+def test_conll_eval_file_for_a_tagger(bert_ner_checkpoint, tmp_path: Path):
+    eval_file = tmp_path / "dev.conll"
+    eval_file.write_text(
+        "John B-PER\nSmith I-PER\nlives O\nin O\nParis B-LOC\n\nGoogle B-ORG\nopened O\nan O\noffice O\n",
+        encoding="utf-8",
+    )
+    result = run_export(
+        _quick(
+            bert_ner_checkpoint.path, tmp_path, task="token-classification", int8=True, eval_file=eval_file
+        )
+    )
+    assert result.report.eval is not None and result.report.eval["metric"] == "entity_f1"
+    assert set(result.report.eval["scores"]) == {"pytorch/fp32", "onnx/int8"}
+    assert all(0.0 <= v <= 1.0 for v in result.report.eval["scores"].values())
+
+
+def test_eval_file_without_int8_is_an_error(bert_cls_checkpoint, tmp_path: Path):
+    eval_file = tmp_path / "dev.tsv"
+    eval_file.write_text("good\t1\n")
+    args = ["--model", str(bert_cls_checkpoint.path), "--task", "text-classification", "--name", "x"]
+    _assert_one_line_error(_cli(*args, "--eval-file", str(eval_file)), "add --int8")
+
+
+# --------------------------------------------------------------------------------------------- architectures
+
+
+def test_roberta_classifier_exports_to_onnx_and_openvino(tmp_path: Path):
+    ckpt = build_roberta_classifier(tmp_path / "roberta")
+    result = run_export(
+        ExportOptions(
+            model=str(ckpt.path),
+            task="text-classification",
+            name="roberta",
+            repo=tmp_path / "repo",
+            quiet=True,
+            measure_speed=False,
+        )
+    )
+    assert result.config.architecture == "roberta"
+    assert result.config.inputs == ["input_ids", "attention_mask"]
+    assert result.config.pad_token_id == 1 and result.config.max_length == 128
+    assert all(a.passed for a in result.report.artifacts)
+    assert {a.key for a in result.report.artifacts} == {"onnx/fp32", "onnx-optimized/fp32", "openvino/fp32"}
+
+
+def test_bioes_tagger_and_fp16_ir(tmp_path: Path):
+    ckpt = build_bert_bioes_tagger(tmp_path / "bioes")
+    result = run_export(
+        ExportOptions(
+            model=str(ckpt.path),
+            task="token-classification",
+            name="bioes",
+            repo=tmp_path / "repo",
+            formats=("openvino",),
+            fp16_ir=True,
+            quiet=True,
+            measure_speed=False,
+        )
+    )
+    assert result.config.tag_scheme == TagScheme.BIOES
+    (ir,) = result.config.version.artifacts
+    assert (ir.format, ir.precision) == ("openvino", Precision.FP16)
+    assert sorted(p.name for p in result.version_dir.iterdir()) == [
+        "export_report.json",
+        "openvino",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+    ]
