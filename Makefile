@@ -38,7 +38,12 @@ typecheck: install
 pytest: install
 	$(BIN)/pytest -q -ra
 
-test: lint typecheck pytest
+# Dockerfile, compose, Helm chart and dashboard checks (tools land in .tools/ via deploy/tools/install.sh).
+.PHONY: deploy-check
+deploy-check: install
+	VENV_BIN=$(CURDIR)/$(BIN) deploy/check.sh
+
+test: lint typecheck deploy-check pytest
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
