@@ -28,9 +28,7 @@ def export(
     repo: Annotated[Path, typer.Option(help="Model repository folder.")] = Path("models"),
     formats: Annotated[str, typer.Option(help="Comma-separated: onnx, openvino.")] = "onnx,openvino",
     int8: Annotated[bool, typer.Option("--int8", help="Also write int8 ONNX and NNCF int8 IR.")] = False,
-    fp16_ir: Annotated[
-        bool, typer.Option("--fp16-ir", help="Compress OpenVINO IR weights to fp16.")
-    ] = False,
+    fp16_ir: Annotated[bool, typer.Option("--fp16-ir", help="Compress OpenVINO IR weights to fp16.")] = False,
     max_length: Annotated[
         int | None, typer.Option(help="Longest sequence served (default: the model's, at most 512).")
     ] = None,

@@ -1,0 +1,1 @@
+"""HTTP layer: request/response schemas (the public contract) and routes."""

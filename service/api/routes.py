@@ -1,0 +1,183 @@
+"""HTTP routes. Each is thin: validate, look up the pipeline, call it, serialise.
+
+Responses are serialised with `json.dumps` on plain dicts and returned as raw `Response`s: the
+pydantic response models document the contract in OpenAPI but are not re-validated per request.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import cast
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service.api.schemas import ClassifyRequest, ClassifyResponse, HealthOut, ModelInfo, ModelList
+from service.errors import (
+    DeadlineExceededError,
+    InferenceError,
+    ModelNotFoundError,
+    NotReadyError,
+    PayloadTooLargeError,
+    QueueFullError,
+    UnsupportedTaskError,
+    openapi_error_responses,
+    status_for,
+)
+from service.metrics import UNKNOWN_MODEL, Metrics
+from service.pipeline import ClassificationPipeline, Pipeline
+from service.registry import ModelRegistry
+from service.settings import Settings
+from service.tokenization import TextInput
+
+JSON = "application/json"
+CLIENT_CLOSED = 499  # nginx's convention for "client went away before the answer"
+
+
+@dataclass(frozen=True, slots=True)
+class AppState:
+    settings: Settings
+    registry: ModelRegistry
+    metrics: Metrics
+
+
+def app_state(request: Request) -> AppState:
+    return cast(AppState, request.app.state.bertserve)
+
+
+def json_response(payload: object, status: int = 200) -> Response:
+    return Response(json.dumps(payload, separators=(",", ":")).encode(), status_code=status, media_type=JSON)
+
+
+@contextmanager
+def observe_request(state: AppState, model: str, endpoint: str) -> Iterator[None]:
+    """In-flight gauge, request counter by status code and latency histogram for one call."""
+    metrics = state.metrics
+    label = model if model in state.registry else UNKNOWN_MODEL
+    metrics.inflight.inc()
+    start = time.perf_counter()
+    code = 200
+    try:
+        yield
+    except BaseException as exc:
+        code = status_for(exc) if isinstance(exc, Exception) else CLIENT_CLOSED
+        raise
+    finally:
+        metrics.inflight.dec()
+        metrics.requests.labels(label, endpoint, str(code)).inc()
+        metrics.request_duration.labels(label, endpoint).observe(time.perf_counter() - start)
+
+
+def normalize_inputs(raw: str | list[str] | list[tuple[str, str]], settings: Settings) -> list[TextInput]:
+    inputs: list[TextInput] = [raw] if isinstance(raw, str) else list(raw)
+    if len(inputs) > settings.max_inputs:
+        raise PayloadTooLargeError(f"{len(inputs)} inputs in one request; at most {settings.max_inputs}")
+    limit = settings.max_input_chars
+    for index, item in enumerate(inputs):
+        size = len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
+        if size > limit:
+            raise PayloadTooLargeError(f"input {index} has {size} characters; at most {limit}")
+    return inputs
+
+
+def model_info(pipeline: Pipeline, ready: bool) -> dict[str, object]:
+    config, limits = pipeline.config, pipeline.batcher.limits
+    return {
+        "name": config.name,
+        "version": config.default_version,
+        "task": str(config.task),
+        "problem_type": str(config.problem_type) if config.problem_type else None,
+        "labels": list(config.labels),
+        "backend": pipeline.backend.name,
+        "precision": str(pipeline.backend.precision),
+        "max_length": config.max_length,
+        "batching": {
+            "max_batch_size": limits.max_batch_size,
+            "max_batch_tokens": limits.max_batch_tokens,
+            "max_queue_delay_ms": limits.max_queue_delay_s * 1000,
+            "max_queue_size": limits.max_queue_size,
+        },
+        "ready": ready,
+    }
+
+
+router = APIRouter()
+
+_INFERENCE_ERRORS = openapi_error_responses(
+    PayloadTooLargeError,
+    ModelNotFoundError,
+    UnsupportedTaskError,
+    QueueFullError,
+    NotReadyError,
+    DeadlineExceededError,
+    InferenceError,
+)
+
+
+@router.post(
+    "/v1/models/{model}/classify",
+    response_model=ClassifyResponse,
+    responses=_INFERENCE_ERRORS,
+    tags=["inference"],
+    summary="Classify texts or text pairs",
+)
+async def classify(model: str, body: ClassifyRequest, request: Request) -> Response:
+    state = app_state(request)
+    with observe_request(state, model, "classify"):
+        pipeline = state.registry.get(model, ClassificationPipeline)
+        inputs = normalize_inputs(body.inputs, state.settings)
+        out = await pipeline.classify(inputs, top_k=body.top_k, truncate=body.truncate)
+        results = [[{"label": s.label, "score": s.score} for s in row] for row in out.results]
+        return json_response({"model": model, "results": results, "truncated": out.truncated})
+
+
+# POST /v1/models/{model}/ner goes here (endpoint label "ner"): the same shape as classify with
+# a TokenClassificationPipeline from registry.get(model, TokenClassificationPipeline).
+
+
+@router.get("/v1/models", response_model=ModelList, tags=["models"], summary="Served models")
+async def list_models(request: Request) -> Response:
+    registry = app_state(request).registry
+    ready = registry.is_ready
+    return json_response({"models": [model_info(p, ready) for p in registry.pipelines()]})
+
+
+@router.get(
+    "/v1/models/{model}",
+    response_model=ModelInfo,
+    responses=openapi_error_responses(ModelNotFoundError),
+    tags=["models"],
+    summary="One served model: task, labels, backend, precision, batching",
+)
+async def get_model(model: str, request: Request) -> Response:
+    registry = app_state(request).registry
+    return json_response(model_info(registry.describe(model), registry.is_ready))
+
+
+@router.get("/health/live", response_model=HealthOut, tags=["health"], summary="The process is up")
+async def live() -> Response:
+    return json_response({"status": "ok", "reasons": []})
+
+
+@router.get(
+    "/health/ready",
+    response_model=HealthOut,
+    responses=openapi_error_responses(NotReadyError),
+    tags=["health"],
+    summary="Every model loaded and warmed up; 503 with reasons otherwise",
+)
+async def ready(request: Request) -> Response:
+    problems = app_state(request).registry.readiness_problems()
+    if problems:
+        raise NotReadyError("; ".join(problems))
+    return json_response({"status": "ok", "reasons": []})
+
+
+@router.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    body, content_type = app_state(request).metrics.render()
+    return Response(body, media_type=content_type)

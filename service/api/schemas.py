@@ -1,0 +1,135 @@
+"""Pydantic models of the public HTTP contract, with the examples shown at /docs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, StringConstraints(min_length=1), AfterValidator(_no_nul)]
+TextPair = tuple[Text, Text]
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"inputs": "I loved this film."},
+                {"inputs": ["great acting", "a dull, overlong mess"], "top_k": 1},
+                {"inputs": [["A man is playing a guitar.", "Someone makes music."]], "truncate": True},
+            ]
+        },
+    )
+
+    inputs: (
+        Text | Annotated[list[Text], Field(min_length=1)] | Annotated[list[TextPair], Field(min_length=1)]
+    ) = Field(description="One text, a list of texts, or a list of [text_a, text_b] pairs.")
+    top_k: int | None = Field(None, ge=1, description="Labels per input, best first; null = all labels.")
+    truncate: bool = Field(
+        True,
+        description="Cut inputs longer than the model's max_length (the response lists them); "
+        "false = answer 413 instead.",
+    )
+
+
+class LabelScoreOut(BaseModel):
+    label: str
+    score: float
+
+
+class ClassifyResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "sst2",
+                    "results": [
+                        [{"label": "positive", "score": 0.998}, {"label": "negative", "score": 0.002}]
+                    ],
+                    "truncated": [],
+                }
+            ]
+        }
+    )
+
+    model: str
+    results: list[list[LabelScoreOut]] = Field(description="One list per input, highest score first.")
+    truncated: list[int] = Field(
+        default_factory=list, description="Indices of inputs that were cut to the model's max_length."
+    )
+
+
+class BatchingOut(BaseModel):
+    max_batch_size: int
+    max_batch_tokens: int
+    max_queue_delay_ms: float
+    max_queue_size: int
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "sst2",
+                    "version": 1,
+                    "task": "text-classification",
+                    "problem_type": "single_label_classification",
+                    "labels": ["negative", "positive"],
+                    "backend": "onnxruntime-cpu",
+                    "precision": "fp32",
+                    "max_length": 128,
+                    "batching": {
+                        "max_batch_size": 32,
+                        "max_batch_tokens": 8192,
+                        "max_queue_delay_ms": 2.0,
+                        "max_queue_size": 1024,
+                    },
+                    "ready": True,
+                }
+            ]
+        }
+    )
+
+    name: str
+    version: int
+    task: str
+    problem_type: str | None
+    labels: list[str]
+    backend: str
+    precision: str
+    max_length: int
+    batching: BatchingOut
+    ready: bool
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class HealthOut(BaseModel):
+    status: str = Field(description="ok, or not_ready with reasons.")
+    reasons: list[str] = Field(default_factory=list)
+
+
+class ErrorBody(BaseModel):
+    type: str = Field(description="Stable error kind, e.g. queue_full, model_not_found, invalid_input.")
+    message: str
+
+
+class ErrorEnvelope(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"error": {"type": "queue_full", "message": "queue full; retry later"}}]
+        }
+    )
+
+    error: ErrorBody

@@ -1,0 +1,256 @@
+"""Which backend a deployment runs, which artifact it opens, and loading it.
+
+The decisions are pure functions of an `Environment` (what this machine offers) and the model's
+`VersionConfig` (what the export wrote), so they are unit-tested without GPUs or model files.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from bertserve.modelrepo import (
+    Artifact,
+    ArtifactFormat,
+    ModelConfig,
+    Precision,
+    Task,
+    VersionConfig,
+    verify_files,
+)
+from service.backends.base import Backend
+from service.errors import BackendUnavailableError, StartupError
+from service.settings import BackendKind, Settings
+
+log = logging.getLogger(__name__)
+
+_TENSORRT_LIBRARIES = ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so")
+_GPU_KINDS = (BackendKind.TENSORRT, BackendKind.ORT_CUDA)
+
+
+@dataclass(frozen=True, slots=True)
+class Environment:
+    """What this machine offers to run models on."""
+
+    ort_providers: frozenset[str]
+    cuda_devices: int
+    tensorrt_library: bool
+
+    @classmethod
+    def probe(cls) -> Environment:
+        import onnxruntime as ort
+
+        return cls(
+            ort_providers=frozenset(ort.get_available_providers()),
+            cuda_devices=count_cuda_devices(),
+            tensorrt_library=_loadable(_TENSORRT_LIBRARIES),
+        )
+
+    def tensorrt_problem(self) -> str | None:
+        if self.cuda_devices == 0:
+            return "no NVIDIA GPU is visible (no CUDA driver or no device)"
+        if "TensorrtExecutionProvider" not in self.ort_providers:
+            return (
+                "this onnxruntime build has no TensorrtExecutionProvider "
+                "(install onnxruntime-gpu: `pip uninstall onnxruntime && pip install 'bertserve[gpu]'`)"
+            )
+        if not self.tensorrt_library:
+            return "the TensorRT runtime (libnvinfer) is not installed or not on the library path"
+        return None
+
+    def cuda_problem(self) -> str | None:
+        if self.cuda_devices == 0:
+            return "no NVIDIA GPU is visible (no CUDA driver or no device)"
+        if "CUDAExecutionProvider" not in self.ort_providers:
+            return (
+                "this onnxruntime build has no CUDAExecutionProvider "
+                "(install onnxruntime-gpu: `pip uninstall onnxruntime && pip install 'bertserve[gpu]'`)"
+            )
+        return None
+
+
+def count_cuda_devices() -> int:
+    """GPUs the CUDA driver reports, without importing torch (0 when there is no driver)."""
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if libcuda.cuInit(0) != 0 or libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return int(count.value)
+
+
+def _loadable(names: tuple[str, ...]) -> bool:
+    for name in names:
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            continue
+        return True
+    return False
+
+
+def has_openvino_ir(version: VersionConfig) -> bool:
+    return any(a.format == ArtifactFormat.OPENVINO for a in version.artifacts)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendChoice:
+    kind: BackendKind
+    reason: str
+
+
+def choose_backend(requested: BackendKind, env: Environment, model: ModelConfig) -> BackendChoice:
+    """Resolve `auto`, or check that an explicitly requested backend can run here."""
+    if requested == BackendKind.AUTO:
+        trt, cuda = env.tensorrt_problem(), env.cuda_problem()
+        if trt is None:
+            return BackendChoice(BackendKind.TENSORRT, "TensorRT provider and GPU available")
+        if cuda is None:
+            return BackendChoice(BackendKind.ORT_CUDA, f"CUDA available; not TensorRT: {trt}")
+        if has_openvino_ir(model.version):
+            return BackendChoice(BackendKind.OPENVINO_CPU, f"no GPU backend ({cuda}); OpenVINO IR present")
+        return BackendChoice(BackendKind.ORT_CPU, f"no GPU backend ({cuda}); no OpenVINO IR exported")
+    problem: str | None = None
+    if requested == BackendKind.TENSORRT:
+        problem = env.tensorrt_problem()
+    elif requested == BackendKind.ORT_CUDA:
+        problem = env.cuda_problem()
+    elif requested == BackendKind.OPENVINO_CPU and not has_openvino_ir(model.version):
+        problem = (
+            f"model {model.name!r} v{model.default_version} has no OpenVINO IR; "
+            "re-export it with `--formats onnx,openvino`"
+        )
+    if problem is not None:
+        hint = "use --backend auto, onnxruntime-cpu or openvino-cpu"
+        if requested == BackendKind.OPENVINO_CPU:
+            hint = "use --backend auto or onnxruntime-cpu"
+        raise BackendUnavailableError(f"backend {requested} is unavailable: {problem}; {hint}")
+    return BackendChoice(requested, "requested")
+
+
+# Precisions each backend can execute; artifact preference within a precision, best first.
+_ARTIFACTS: dict[BackendKind, dict[Precision, tuple[tuple[ArtifactFormat, Precision], ...]]] = {
+    BackendKind.ORT_CPU: {
+        Precision.FP32: (
+            (ArtifactFormat.ONNX_OPTIMIZED, Precision.FP32),
+            (ArtifactFormat.ONNX, Precision.FP32),
+        ),
+        Precision.INT8: (
+            (ArtifactFormat.ONNX, Precision.INT8),
+            (ArtifactFormat.ONNX_OPTIMIZED, Precision.INT8),
+        ),
+    },
+    BackendKind.ORT_CUDA: {
+        Precision.FP32: (
+            (ArtifactFormat.ONNX_OPTIMIZED, Precision.FP32),
+            (ArtifactFormat.ONNX, Precision.FP32),
+        ),
+    },
+    # TensorRT parses the portable graph (ORT's fused com.microsoft ops are foreign to it) and
+    # lowers precision itself (tensorrt_fp16).
+    BackendKind.TENSORRT: {Precision.FP32: ((ArtifactFormat.ONNX, Precision.FP32),)},
+    BackendKind.OPENVINO_CPU: {
+        Precision.FP32: (
+            (ArtifactFormat.OPENVINO, Precision.FP32),
+            (ArtifactFormat.OPENVINO, Precision.FP16),
+        ),
+        Precision.INT8: ((ArtifactFormat.OPENVINO, Precision.INT8),),
+    },
+}
+
+
+def choose_artifact(kind: BackendKind, model: ModelConfig, requested: Precision | None) -> Artifact:
+    """The artifact `kind` opens. An explicitly requested precision must be honoured; the model's
+    default precision falls back to fp32 where the backend cannot run it (e.g. int8 on TensorRT)."""
+    table = _ARTIFACTS[kind]
+    precision = requested or model.version.default_precision
+    if precision == Precision.FP16:
+        precision = Precision.FP32  # fp16 IR is an fp32 *choice* on OpenVINO; GPUs cast themselves
+    if precision not in table:
+        if requested is not None:
+            raise StartupError(
+                f"backend {kind} cannot run {requested} models; use --precision fp32"
+                + (" (TensorRT builds fp16 kernels itself)" if kind == BackendKind.TENSORRT else "")
+            )
+        log.warning(
+            "model %s: default precision %s is not runnable on %s; using fp32", model.name, precision, kind
+        )
+        precision = Precision.FP32
+    for fmt, prec in table[precision]:
+        artifact = model.version.find(fmt, prec)
+        if artifact is not None:
+            return artifact
+    wanted = " or ".join(f"{fmt}/{prec}" for fmt, prec in table[precision])
+    raise StartupError(
+        f"model {model.name!r} v{model.default_version} has no {wanted} artifact for backend {kind}; "
+        "re-export it (`bertserve export ... --int8` writes the int8 artifacts)"
+    )
+
+
+class BackendFactory(Protocol):
+    def __call__(self, model: ModelConfig, version_dir: Path) -> Backend: ...
+
+
+@dataclass
+class BackendLoader:
+    """The production `BackendFactory`: choose, verify the files' sha256, open."""
+
+    settings: Settings
+    env_probe: Callable[[], Environment] = Environment.probe
+    _env: Environment | None = None
+
+    def environment(self) -> Environment:
+        if self._env is None:
+            self._env = self.env_probe()
+        return self._env
+
+    def __call__(self, model: ModelConfig, version_dir: Path) -> Backend:
+        s = self.settings
+        if s.backend == BackendKind.FAKE:
+            from service.backends.fake import FakeBackend
+
+            return FakeBackend(
+                num_labels=len(model.labels),
+                token_level=model.task == Task.TOKEN_CLASSIFICATION,
+                input_names=tuple(model.inputs),
+            )
+        choice = choose_backend(s.backend, self.environment(), model)
+        artifact = choose_artifact(choice.kind, model, s.precision)
+        log.info(
+            "model %s: backend %s (%s), artifact %s/%s",
+            model.name,
+            choice.kind,
+            choice.reason,
+            artifact.format,
+            artifact.precision,
+        )
+        verify_files(version_dir, artifact.files)
+        path = version_dir / artifact.main_file
+        output = model.outputs[0]
+        if choice.kind == BackendKind.OPENVINO_CPU:
+            from service.backends.openvino import OpenVinoBackend, compile_config
+
+            config = compile_config(s.openvino_hint, s.threads, s.openvino_streams)
+            return OpenVinoBackend(path, artifact.precision, config, output)
+        from service.backends.onnxruntime import (
+            GpuOptions,
+            OnnxRuntimeBackend,
+            ShapeProfile,
+            provider_chain,
+            session_options,
+        )
+
+        batching = s.batching_for(model.batching)
+        profile = ShapeProfile.for_batching(
+            batching.max_batch_size, batching.max_batch_tokens, model.max_length
+        )
+        gpu = GpuOptions(s.cuda_device_id, s.tensorrt_fp16, s.tensorrt_cache_dir / model.name)
+        providers = provider_chain(choice.kind, gpu, tuple(model.inputs), profile)
+        options = session_options(s.threads, s.inter_op_threads)
+        return OnnxRuntimeBackend(path, choice.kind, artifact.precision, providers, options, output)

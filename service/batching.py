@@ -1,0 +1,416 @@
+"""Dynamic batching: many concurrent requests become few, well-packed batches.
+
+One `DynamicBatcher` per model owns ONE worker thread that cuts batches and runs them back to
+back, so the backend never waits for the event loop between batches. The event loop only
+enqueues (under a lock held for microseconds) and resolves futures (one callback per batch).
+
+A batch closes when the queue holds `max_batch_size` sequences, or `max_batch_tokens` padded
+tokens, or when its oldest sequence has waited `max_queue_delay_ms`, or as soon as no other
+request for this model is still being tokenized: waiting for company that is not on its way
+could only add latency. Batches are cut from the queue sorted by length, around the oldest
+sequence (so nothing starves), taking the neighbours that add the least padding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.backends.base import Backend, Feeds, Logits
+from service.errors import (
+    DeadlineExceededError,
+    InferenceError,
+    NotReadyError,
+    QueueFullError,
+)
+from service.metrics import Metrics
+from service.tokenization import ModelInput
+
+log = logging.getLogger(__name__)
+
+KNOWN_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    max_batch_size: int
+    max_batch_tokens: int
+    max_queue_delay_s: float
+    max_queue_size: int
+    min_padding_efficiency: float = 0.0  # real / padded tokens a growing batch must keep
+
+
+def plan_batch(
+    lengths: Sequence[int], anchor: int, max_size: int, max_tokens: int, min_efficiency: float = 0.0
+) -> tuple[int, int]:
+    """Pick `[lo, hi)` of `lengths` (sorted ascending) containing `anchor`.
+
+    Grows one neighbour at a time, choosing the side that adds less padding: a shorter item on the
+    left pads itself up to the current longest; a longer one on the right pads every member. Stops
+    at `max_size` items, when the padded size `count x longest` would exceed `max_tokens`, or when
+    real / padded tokens would fall below `min_efficiency` (the rest then forms the next batch,
+    which on a CPU costs less than computing the padding). The anchor alone may exceed the token
+    budget: it still runs, alone.
+    """
+    lo, hi = anchor, anchor + 1
+    longest = real = lengths[anchor]
+    n = len(lengths)
+    while hi - lo < max_size:
+        count = hi - lo
+        left_ok = (
+            lo > 0
+            and (count + 1) * longest <= max_tokens
+            and real + lengths[lo - 1] >= min_efficiency * (count + 1) * longest
+        )
+        right_ok = (
+            hi < n
+            and (count + 1) * lengths[hi] <= max_tokens
+            and real + lengths[hi] >= min_efficiency * (count + 1) * lengths[hi]
+        )
+        if left_ok and right_ok:
+            take_left = longest - lengths[lo - 1] <= count * (lengths[hi] - longest)
+        elif left_ok or right_ok:
+            take_left = left_ok
+        else:
+            break
+        if take_left:
+            lo -= 1
+            real += lengths[lo]
+        else:
+            longest = lengths[hi]
+            real += longest
+            hi += 1
+    return lo, hi
+
+
+class Collator:
+    """Pads a batch to its longest sequence (never to max_length) and builds the backend's feeds."""
+
+    def __init__(self, input_names: tuple[str, ...], pad_token_id: int) -> None:
+        unknown = set(input_names) - KNOWN_INPUTS
+        if unknown:
+            raise ValueError(
+                f"graph inputs {sorted(unknown)} are not supported (expected {sorted(KNOWN_INPUTS)})"
+            )
+        self._names = input_names
+        self._types = "token_type_ids" in input_names
+        self._pad = pad_token_id
+
+    def collate(self, batch: Sequence[ModelInput]) -> tuple[Feeds, int, int]:
+        """Returns (feeds, real tokens, padded tokens)."""
+        longest = max(x.length for x in batch)
+        ids = np.full((len(batch), longest), self._pad, dtype=np.int64)
+        mask = np.zeros((len(batch), longest), dtype=np.int64)
+        types = np.zeros((len(batch), longest), dtype=np.int64) if self._types else None
+        real = 0
+        for row, x in enumerate(batch):
+            n = x.length
+            real += n
+            ids[row, :n] = x.ids
+            mask[row, :n] = 1
+            if types is not None and x.type_ids is not None:
+                types[row, :n] = x.type_ids
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if types is not None:
+            feeds["token_type_ids"] = types
+        return {k: v for k, v in feeds.items() if k in self._names}, real, ids.size
+
+
+class _Group:
+    """The sequences of one `submit` call; resolved once all of them have a result."""
+
+    __slots__ = ("future", "remaining", "results")
+
+    def __init__(self, future: asyncio.Future[list[Logits]], size: int) -> None:
+        self.future = future
+        self.results: list[Logits | None] = [None] * size
+        self.remaining = size
+
+
+class _Item:
+    __slots__ = ("enqueued", "group", "index", "input", "length")
+
+    def __init__(self, x: ModelInput, group: _Group, index: int, enqueued: float) -> None:
+        self.input = x
+        self.length = x.length
+        self.group = group
+        self.index = index
+        self.enqueued = enqueued
+
+
+class DynamicBatcher:
+    """Per-model queue + worker thread. `submit` from the event loop; results come back per input."""
+
+    def __init__(
+        self,
+        model: str,
+        backend: Backend,
+        limits: BatchLimits,
+        pad_token_id: int,
+        metrics: Metrics,
+        unhealthy_after_failures: int = 3,
+    ) -> None:
+        self.model = model
+        self.limits = limits
+        self._backend = backend
+        self._collator = Collator(backend.input_names, pad_token_id)
+        self._cond = threading.Condition(threading.Lock())
+        self._items: list[_Item] = []  # arrival order
+        self._longest = 0  # longest queued sequence, for the token-budget trigger
+        self._incoming = 0  # requests announced (being tokenized) but not yet enqueued
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._failures = 0
+        self._unhealthy_after = unhealthy_after_failures
+        self._crash: BaseException | None = None
+        # Children bound once: label lookups are not free on the hot path.
+        self._m_queue = metrics.queue_duration.labels(model)
+        self._m_depth = metrics.queue_depth.labels(model)
+        self._m_infer = metrics.inference_duration.labels(model, backend.name)
+        self._m_size = metrics.batch_size.labels(model)
+        self._m_tokens = metrics.batch_tokens.labels(model)
+        self._m_real = metrics.real_tokens.labels(model)
+        self._m_padded = metrics.padded_tokens.labels(model)
+        self._m_rejected_full = metrics.rejected.labels(model, "queue_full")
+        self._m_rejected_deadline = metrics.rejected.labels(model, "deadline")
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._thread is not None:
+            raise RuntimeError("batcher already started")
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name=f"batcher-{self.model}", daemon=True)
+        self._thread.start()
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Run what is queued, then end the worker thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, timeout_s)
+            if self._thread.is_alive():
+                log.error("batcher %s: worker did not finish within %.0fs", self.model, timeout_s)
+
+    @property
+    def healthy(self) -> bool:
+        return self._crash is None and self._failures < self._unhealthy_after
+
+    @property
+    def health_problem(self) -> str | None:
+        if self._crash is not None:
+            return f"batch worker crashed: {type(self._crash).__name__}"
+        if self._failures >= self._unhealthy_after:
+            return f"{self._failures} consecutive batches failed"
+        return None
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._items)
+
+    # --- event-loop side --------------------------------------------------------------------
+
+    def announce(self) -> None:
+        """A request is about to be tokenized: the worker may wait (up to the delay) for it.
+        Refuses at once when the queue is already full, before any tokenization work is spent."""
+        with self._cond:
+            self._check_open()
+            if len(self._items) + self._incoming >= self.limits.max_queue_size:
+                self._reject_full()
+            self._incoming += 1
+
+    def withdraw(self) -> None:
+        """An announced request will not be submitted (tokenization failed, client gone)."""
+        with self._cond:
+            self._incoming -= 1
+            if self._incoming == 0 and self._items:
+                self._cond.notify()
+
+    async def submit(
+        self, inputs: Sequence[ModelInput], *, announced: bool = False, timeout_s: float | None = None
+    ) -> list[Logits]:
+        """Queue the sequences of one request; returns their logits in input order.
+
+        Raises `QueueFullError` at once when they do not fit, `DeadlineExceededError` when they
+        are not done within `timeout_s` (queued ones are then dropped, never run), or the
+        `InferenceError` of a failed batch.
+        """
+        loop = self._loop
+        if loop is None:
+            raise NotReadyError(f"model {self.model} is not started")
+        future: asyncio.Future[list[Logits]] = loop.create_future()
+        group = _Group(future, len(inputs))
+        now = time.monotonic()
+        with self._cond:
+            if announced:
+                self._incoming -= 1
+            self._check_open()
+            if len(self._items) + len(inputs) > self.limits.max_queue_size:
+                self._reject_full()
+            was_empty = not self._items
+            for index, x in enumerate(inputs):
+                self._items.append(_Item(x, group, index, now))
+                self._longest = max(self._longest, x.length)
+            # Wake the worker only when its decision can change; otherwise its timed wait stands.
+            if was_empty or self._incoming == 0 or self._full():
+                self._cond.notify()
+            depth = len(self._items)
+        self._m_depth.set(depth)
+        if timeout_s is None:
+            return await future
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            # wait_for cancelled the future: the worker drops this request's queued sequences.
+            self._m_rejected_deadline.inc()
+            raise DeadlineExceededError(
+                f"model {self.model}: request not completed within {timeout_s * 1000:.0f} ms"
+            ) from None
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise NotReadyError(f"model {self.model} is shutting down")
+        if self._crash is not None:
+            raise InferenceError(f"model {self.model} is unavailable: its batch worker stopped")
+
+    def _reject_full(self) -> None:
+        self._m_rejected_full.inc()
+        raise QueueFullError(
+            f"model {self.model}: queue full ({self.limits.max_queue_size} sequences); retry later",
+            retry_after_s=1,
+        )
+
+    def _full(self) -> bool:
+        n = len(self._items)
+        return n >= self.limits.max_batch_size or n * self._longest >= self.limits.max_batch_tokens
+
+    # --- worker thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                if batch:
+                    self._execute(batch)
+        except BaseException as exc:  # NOTE: a dead worker must be visible, not silent
+            log.exception("batcher %s: worker crashed", self.model)
+            with self._cond:
+                self._crash = exc
+                stranded, self._items = self._items, []
+            self._deliver_error(stranded, InferenceError(f"model {self.model}: batch worker stopped"))
+
+    def _next_batch(self) -> list[_Item] | None:
+        """Block until a batch should close, then cut it. None = closing and drained."""
+        limits = self.limits
+        with self._cond:
+            while True:
+                if not self._items:
+                    if self._closing:
+                        return None
+                    self._cond.wait()
+                    continue
+                if self._closing or self._incoming <= 0 or self._full():
+                    break
+                wait = self._items[0].enqueued + limits.max_queue_delay_s - time.monotonic()
+                if wait <= 0:
+                    break
+                self._cond.wait(wait)
+            return self._cut()
+
+    def _cut(self) -> list[_Item]:
+        """Called with the lock held. Drops abandoned items, then cuts one batch."""
+        live = [item for item in self._items if not item.group.future.done()]
+        # NOTE: reading done() from this thread is a plain attribute read; a future that
+        # completes right after is handled on the loop side, where results for done futures
+        # are ignored.
+        if not live:
+            self._items, self._longest = [], 0
+            self._m_depth.set(0)
+            return []
+        order = sorted(range(len(live)), key=lambda i: live[i].length)
+        anchor = order.index(0)  # live[0] is the oldest item
+        limits = self.limits
+        lengths = [live[i].length for i in order]
+        lo, hi = plan_batch(
+            lengths, anchor, limits.max_batch_size, limits.max_batch_tokens, limits.min_padding_efficiency
+        )
+        chosen = set(order[lo:hi])
+        batch = [live[i] for i in order[lo:hi]]
+        self._items = [item for i, item in enumerate(live) if i not in chosen]
+        self._longest = max((item.length for item in self._items), default=0)
+        self._m_depth.set(len(self._items))
+        return batch
+
+    def _execute(self, batch: list[_Item]) -> None:
+        start = time.monotonic()
+        for item in batch:
+            self._m_queue.observe(start - item.enqueued)
+        try:
+            feeds, real, padded = self._collator.collate([item.input for item in batch])
+            logits = self._backend.infer(feeds)
+            if logits.shape[0] != len(batch):
+                raise RuntimeError(f"backend returned {logits.shape[0]} rows for a batch of {len(batch)}")
+        except Exception as exc:
+            self._failures += 1
+            log.error(
+                "batcher %s: batch of %d failed (%d in a row): %s: %s",
+                self.model,
+                len(batch),
+                self._failures,
+                type(exc).__name__,
+                exc,
+                exc_info=self._failures == 1,
+            )
+            self._deliver_error(batch, InferenceError(f"model {self.model}: inference failed"))
+            return
+        self._failures = 0
+        self._m_infer.observe(time.monotonic() - start)
+        self._m_size.observe(len(batch))
+        self._m_tokens.observe(padded)
+        self._m_real.inc(real)
+        self._m_padded.inc(padded)
+        # Token-level logits are cut back to each sequence's own tokens.
+        rows = (
+            [logits[i, : item.length] for i, item in enumerate(batch)] if logits.ndim == 3 else list(logits)
+        )
+        self._call_in_loop(_resolve, batch, rows)
+
+    def _deliver_error(self, items: list[_Item], error: Exception) -> None:
+        if items:
+            self._call_in_loop(_fail, items, error)
+
+    def _call_in_loop(self, fn: Callable[..., None], *args: object) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # loop already closed at shutdown: nobody is waiting any more
+            log.debug("batcher %s: event loop closed, results dropped", self.model)
+
+
+def _resolve(batch: list[_Item], rows: list[Logits]) -> None:
+    for item, row in zip(batch, rows, strict=True):
+        group = item.group
+        if group.future.done():
+            continue
+        group.results[item.index] = row
+        group.remaining -= 1
+        if group.remaining == 0:
+            group.future.set_result(group.results)  # type: ignore[arg-type]
+
+
+def _fail(items: list[_Item], error: Exception) -> None:
+    for item in items:
+        if not item.group.future.done():
+            item.group.future.set_exception(error)

@@ -1,0 +1,58 @@
+"""Sequence classification: logits -> ranked (label, score) lists."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bertserve.modelrepo import ProblemType
+
+
+@dataclass(frozen=True, slots=True)
+class LabelScore:
+    label: str
+    score: float
+
+
+def softmax(logits: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Row-wise, numerically stable (the row max is subtracted before exponentiating)."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
+
+
+def sigmoid(logits: NDArray[np.float32]) -> NDArray[np.float32]:
+    # exp of -|x| never overflows; both branches are exact rearrangements of 1 / (1 + e^-x).
+    e = np.exp(-np.abs(logits))
+    return np.where(logits >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
+
+
+class ClassificationHead:
+    """Softmax for single-label models, independent sigmoids for multi-label ones."""
+
+    def __init__(self, labels: Sequence[str], problem_type: ProblemType) -> None:
+        self.labels = tuple(labels)
+        self.problem_type = problem_type
+        self._activation = sigmoid if problem_type == ProblemType.MULTI_LABEL else softmax
+
+    def scores(self, logits: NDArray[np.float32]) -> NDArray[np.float32]:
+        """`[inputs, labels]` logits -> probabilities of the same shape."""
+        if logits.ndim != 2 or logits.shape[1] != len(self.labels):
+            raise ValueError(f"expected logits [n, {len(self.labels)}], got {list(logits.shape)}")
+        return self._activation(logits.astype(np.float32, copy=False))
+
+    def postprocess(self, logits: NDArray[np.float32], top_k: int | None = None) -> list[list[LabelScore]]:
+        """Per input, the `top_k` (default: all) labels, highest score first."""
+        probs = self.scores(logits)
+        k = len(self.labels) if top_k is None else min(top_k, len(self.labels))
+        # Stable sort on the negated scores: ties keep label order, so results are deterministic.
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(probs, order, axis=1)
+        labels = self.labels
+        return [
+            [LabelScore(labels[j], s) for j, s in zip(idx_row, score_row, strict=True)]
+            for idx_row, score_row in zip(order.tolist(), top.tolist(), strict=True)
+        ]

@@ -1,0 +1,134 @@
+"""Per-model pipelines: tokenizer -> batcher/backend -> head, one class per task.
+
+`Pipeline` holds what every task shares (tokenizer, backend, batcher, tokenization pool, metrics);
+a task subclass adds its endpoint method and head. The registry picks the class from `PIPELINES`
+by the model's task, so no code switches on the task. NER plugs in as another subclass: windows
+planned by `service/windowing.py` go through `TextTokenizer.encode_untruncated` + `window`,
+every window is one `ModelInput` of `submit_sequences`, and `heads/token_classification.py`
+aggregates the per-window logits; then `PIPELINES[Task.TOKEN_CLASSIFICATION]` names it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
+
+import numpy as np
+
+from bertserve.modelrepo import ModelConfig, ProblemType, Task
+from service.backends.base import Backend, Logits
+from service.batching import DynamicBatcher
+from service.heads.classification import ClassificationHead, LabelScore
+from service.metrics import Metrics
+from service.tokenization import ModelInput, TextInput, TextTokenizer
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelParts:
+    """What the registry loads for one model; handed to the task's pipeline class."""
+
+    config: ModelConfig
+    version: int
+    tokenizer: TextTokenizer
+    backend: Backend
+    batcher: DynamicBatcher
+    pool: Executor  # shared tokenization thread pool
+    metrics: Metrics
+    request_timeout_s: float
+
+
+class Pipeline:
+    task: ClassVar[Task]
+
+    def __init__(self, parts: ModelParts) -> None:
+        self.parts = parts
+        self.config = parts.config
+        self.name = parts.config.name
+        self.tokenizer = parts.tokenizer
+        self.backend = parts.backend
+        self.batcher = parts.batcher
+        self._pool = parts.pool
+        self._m_tokenize = parts.metrics.tokenize_duration.labels(self.name)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.batcher.start(loop)
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        self.backend.close()
+
+    async def warm_up(self) -> None:
+        """One inference through every stage; readiness waits for it."""
+        raise NotImplementedError
+
+    async def prepare(self, fn: Callable[[], T]) -> T:
+        """Run tokenization work in the pool, announced to the batcher so that a batch closing
+        meanwhile may wait (up to max_queue_delay) for this request's sequences.
+        The caller must pass the result to `submit_sequences(..., announced=True)`."""
+        self.batcher.announce()
+        try:
+            start = time.perf_counter()
+            result = await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+            self._m_tokenize.observe(time.perf_counter() - start)
+        except BaseException:
+            self.batcher.withdraw()
+            raise
+        return result
+
+    async def submit_sequences(
+        self, sequences: Sequence[ModelInput], deadline: float, *, announced: bool
+    ) -> list[Logits]:
+        """Logits per sequence, in order; `deadline` is a `time.monotonic()` instant."""
+        return await self.batcher.submit(
+            sequences, announced=announced, timeout_s=max(deadline - time.monotonic(), 1e-3)
+        )
+
+    def deadline(self) -> float:
+        return time.monotonic() + self.parts.request_timeout_s
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    results: list[list[LabelScore]]
+    truncated: list[int]
+
+
+class ClassificationPipeline(Pipeline):
+    task = Task.TEXT_CLASSIFICATION
+
+    def __init__(self, parts: ModelParts) -> None:
+        super().__init__(parts)
+        self.head = ClassificationHead(
+            self.config.labels, self.config.problem_type or ProblemType.SINGLE_LABEL
+        )
+        self._type_ids = "token_type_ids" in self.backend.input_names
+
+    def _encode(self, inputs: Sequence[TextInput], truncate: bool) -> tuple[list[ModelInput], list[int]]:
+        encoded = self.tokenizer.encode(inputs, truncate=truncate)
+        return (
+            [e.model_input(self._type_ids) for e in encoded],
+            [i for i, e in enumerate(encoded) if e.truncated],
+        )
+
+    async def classify(
+        self, inputs: Sequence[TextInput], *, top_k: int | None = None, truncate: bool = True
+    ) -> Classification:
+        deadline = self.deadline()
+        sequences, truncated = await self.prepare(lambda: self._encode(inputs, truncate))
+        rows = await self.submit_sequences(sequences, deadline, announced=True)
+        return Classification(self.head.postprocess(np.stack(rows), top_k), truncated)
+
+    async def warm_up(self) -> None:
+        await self.classify(["warm-up"], top_k=1)
+
+
+# The lead registers the NER pipeline here (Task.TOKEN_CLASSIFICATION) once it lands.
+PIPELINES: dict[Task, type[Pipeline]] = {
+    Task.TEXT_CLASSIFICATION: ClassificationPipeline,
+}

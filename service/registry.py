@@ -1,0 +1,232 @@
+"""Model name -> Pipeline, and the lifecycle behind readiness: load -> start -> warm up -> ready -> stop.
+
+`load` is synchronous and runs before the port opens (`run_server`), so a missing, tampered or
+unrunnable model stops the process with a message instead of serving 503s forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from bertserve.modelrepo import (
+    ModelConfig,
+    RepositoryError,
+    list_models,
+    load_model_config,
+    resolve_inside,
+    verify_files,
+    version_dir,
+)
+from service.backends.base import Backend
+from service.backends.selection import BackendFactory, BackendLoader
+from service.batching import BatchLimits, DynamicBatcher
+from service.errors import (
+    ModelNotFoundError,
+    NotReadyError,
+    StartupError,
+    UnsupportedTaskError,
+)
+from service.metrics import Metrics
+from service.pipeline import PIPELINES, ModelParts, Pipeline
+from service.settings import Settings
+from service.tokenization import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P", bound=Pipeline)
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class ModelRegistry:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, backend_factory: BackendFactory | None = None
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._factory = backend_factory or BackendLoader(settings)
+        self._pipelines: dict[str, Pipeline] = {}
+        self._pool = ThreadPoolExecutor(settings.tokenizer_threads, thread_name_prefix="tokenize")
+        self._loaded = False
+        self._ready = asyncio.Event()
+        self._warmup_errors: dict[str, str] = {}
+        self._stopping = False
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def load(self) -> None:
+        """Read, verify and open every model. Raises `StartupError` with what to fix."""
+        names = self._model_names()
+        try:
+            for name in names:
+                pipeline = self._load_one(name, explicit=self.settings.models is not None)
+                if pipeline is not None:
+                    self._pipelines[name] = pipeline
+        except BaseException:
+            for pipeline in self._pipelines.values():
+                pipeline.backend.close()
+            self._pipelines.clear()
+            raise
+        if not self._pipelines:
+            raise StartupError(f"no servable model in {self.settings.repo}")
+        self._loaded = True
+
+    def _model_names(self) -> list[str]:
+        repo = self.settings.repo
+        if not repo.is_dir():
+            raise StartupError(f"model repository {repo} does not exist; run `bertserve export` first")
+        available = list_models(repo)
+        if self.settings.models is None:
+            if not available:
+                raise StartupError(f"no models in {repo} (no */model.yaml); run `bertserve export` first")
+            return available
+        missing = [name for name in self.settings.models if name not in available]
+        if missing:
+            raise StartupError(f"model(s) {', '.join(missing)} not found in {repo} (available: {available})")
+        return list(dict.fromkeys(self.settings.models))
+
+    def _load_one(self, name: str, *, explicit: bool) -> Pipeline | None:
+        repo = self.settings.repo
+        try:
+            config = load_model_config(repo, name)
+        except RepositoryError as exc:
+            raise StartupError(str(exc)) from None
+        pipeline_cls = PIPELINES.get(config.task)
+        if pipeline_cls is None:
+            if explicit:
+                raise StartupError(f"model {name!r}: task {config.task} is not served by this version")
+            log.warning("model %s: task %s is not served by this version; skipped", name, config.task)
+            return None
+        vdir = version_dir(repo, name, config.default_version)
+        try:
+            verify_files(vdir, config.version.tokenizer_files)
+            tokenizer_path = resolve_inside(vdir, TOKENIZER_FILE)
+            if not tokenizer_path.is_file():
+                raise RepositoryError(f"model {name!r}: {TOKENIZER_FILE} missing in {vdir}")
+            tokenizer = TextTokenizer(tokenizer_path, config.max_length)
+            backend = self._factory(config, vdir)
+        except (RepositoryError, ValueError, OSError) as exc:
+            raise StartupError(f"model {name!r}: {exc}") from None
+        except StartupError:
+            raise
+        except Exception as exc:  # runtime-specific load errors (corrupt graph, bad IR, ...)
+            raise StartupError(f"model {name!r}: could not load: {type(exc).__name__}: {exc}") from None
+        return pipeline_cls(self._parts(config, tokenizer, backend))
+
+    def _parts(self, config: ModelConfig, tokenizer: TextTokenizer, backend: Backend) -> ModelParts:
+        b = self.settings.batching_for(config.batching)
+        limits = BatchLimits(
+            b.max_batch_size,
+            b.max_batch_tokens,
+            b.max_queue_delay_ms / 1000,
+            b.max_queue_size,
+            self.settings.padding_efficiency_for(backend.name),
+        )
+        try:
+            batcher = DynamicBatcher(
+                config.name,
+                backend,
+                limits,
+                config.pad_token_id,
+                self.metrics,
+                unhealthy_after_failures=self.settings.unhealthy_after_failures,
+            )
+        except ValueError as exc:
+            backend.close()
+            raise StartupError(f"model {config.name!r}: {exc}") from None
+        return ModelParts(
+            config=config,
+            version=config.default_version,
+            tokenizer=tokenizer,
+            backend=backend,
+            batcher=batcher,
+            pool=self._pool,
+            metrics=self.metrics,
+            request_timeout_s=self.settings.request_timeout_ms / 1000,
+        )
+
+    def start(self) -> None:
+        """Start every batcher on the running event loop; requests are accepted from now on."""
+        loop = asyncio.get_running_loop()
+        for pipeline in self._pipelines.values():
+            pipeline.start(loop)
+
+    async def warm_up(self) -> None:
+        """One inference per model through every stage; ready only when all succeeded."""
+        for name, pipeline in self._pipelines.items():
+            try:
+                await pipeline.warm_up()
+            except Exception as exc:
+                log.error("model %s: warm-up failed: %s", name, exc)
+                self._warmup_errors[name] = f"{type(exc).__name__}"
+        if not self._warmup_errors:
+            self._ready.set()
+            log.info("ready: %s", ", ".join(self._pipelines))
+
+    async def wait_ready(self, timeout_s: float | None = None) -> None:
+        await asyncio.wait_for(self._ready.wait(), timeout_s)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._ready.clear()
+        await asyncio.gather(*(p.stop() for p in self._pipelines.values()))
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        """Release what `load` opened when the server never started (e.g. the port was taken)."""
+        for pipeline in self._pipelines.values():
+            pipeline.backend.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def readiness_problems(self) -> list[str]:
+        if self._stopping:
+            return ["shutting down"]
+        problems = [f"model {name}: warm-up failed ({err})" for name, err in self._warmup_errors.items()]
+        if not self._ready.is_set() and not problems:
+            problems.append("models are loading or warming up")
+        for name, pipeline in self._pipelines.items():
+            problem = pipeline.batcher.health_problem
+            if problem is not None:
+                problems.append(f"model {name}: {problem}")
+        return problems
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._pipelines)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._pipelines
+
+    def pipelines(self) -> list[Pipeline]:
+        return list(self._pipelines.values())
+
+    def describe(self, name: str) -> Pipeline:
+        """A served model for metadata, ready or not."""
+        pipeline = self._pipelines.get(name)
+        if pipeline is None:
+            raise ModelNotFoundError(f"model {name!r} is not served (see GET /v1/models)")
+        return pipeline
+
+    def get(self, name: str, kind: type[P]) -> P:
+        """A served model of the given pipeline kind, ready for inference."""
+        pipeline = self.describe(name)
+        if not isinstance(pipeline, kind):
+            raise UnsupportedTaskError(
+                f"model {name!r} is a {pipeline.config.task} model; this endpoint needs {kind.task}"
+            )
+        if not self._ready.is_set():
+            raise NotReadyError("the service is not ready: " + "; ".join(self.readiness_problems()))
+        return pipeline
+
+    @property
+    def is_ready(self) -> bool:
+        return self._ready.is_set()

@@ -1,0 +1,199 @@
+"""The service's one configuration object.
+
+Every field is a `BERTSERVE_<FIELD>` environment variable; `bertserve serve` flags are passed as
+init arguments and therefore win over the environment. Nothing is read at import time: a
+`Settings()` is built by `run_server` (or a test) when it is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from bertserve.modelrepo import BatchingConfig, Precision
+
+
+class BackendKind(StrEnum):
+    AUTO = "auto"
+    ORT_CPU = "onnxruntime-cpu"
+    ORT_CUDA = "onnxruntime-cuda"
+    TENSORRT = "tensorrt"
+    OPENVINO_CPU = "openvino-cpu"
+    FAKE = "fake"  # deterministic logits without a model file: tests and load-test dry runs
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (respects taskset/cgroup cpusets, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_DEFAULT_PADDING_EFFICIENCY = {
+    BackendKind.TENSORRT.value: 0.5,
+    BackendKind.ORT_CUDA.value: 0.5,
+    BackendKind.FAKE.value: 0.0,
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BERTSERVE_", extra="forbid", frozen=True)
+
+    # --- what to serve -------------------------------------------------------------------------
+    repo: Path = Field(Path("models"), description="Model repository written by `bertserve export`.")
+    models: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="Models to serve (comma-separated in the environment). Default: every model in "
+        "the repository, so one image can serve a whole repository without listing names.",
+    )
+    backend: BackendKind = Field(
+        BackendKind.AUTO,
+        description="Inference backend. `auto` takes the fastest this machine can run (TensorRT, "
+        "CUDA, OpenVINO when IR exists, ONNX Runtime CPU); naming one makes startup fail loudly "
+        "when it is unavailable instead of silently running slower.",
+    )
+    precision: Precision | None = Field(
+        None,
+        description="fp32 or int8. Default: the model's default_precision from model.yaml, which "
+        "export only sets to int8 when the quantized model passed its accuracy gate.",
+    )
+
+    # --- network -------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Bind address; loopback unless deliberately exposed.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port.")
+    access_log: bool = Field(
+        False, description="Per-request access log lines; off by default because they cost throughput."
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Log level of the service and uvicorn."
+    )
+
+    # --- backend tuning ------------------------------------------------------------------------
+    intra_op_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Threads one inference may use (ORT intra-op, OpenVINO inference threads). "
+        "Default: the CPUs available to the process; lower it when other work shares the box.",
+    )
+    inter_op_threads: int = Field(
+        1, ge=1, description="ORT inter-op threads; BERT graphs are sequential, so 1 avoids oversubscription."
+    )
+    openvino_hint: Literal["LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"] = Field(
+        "LATENCY",
+        description="OpenVINO performance hint. LATENCY suits the batcher, which runs one batch "
+        "at a time on all cores; THROUGHPUT only pays off with several infer requests in flight.",
+    )
+    openvino_streams: int | None = Field(
+        None, ge=1, description="OpenVINO CPU streams; default: what the performance hint chooses."
+    )
+    tensorrt_fp16: bool = Field(
+        True, description="Let TensorRT build fp16 kernels: about 2x faster on tensor cores, ~1e-3 drift."
+    )
+    tensorrt_cache_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "bertserve" / "tensorrt",
+        description="Where TensorRT engines and timing caches persist, so restarts skip the "
+        "minutes-long engine build.",
+    )
+    cuda_device_id: int = Field(0, ge=0, description="GPU used by the CUDA and TensorRT providers.")
+
+    # --- batching (None = the model's `batching` block in model.yaml) -------------------------
+    max_batch_size: int | None = Field(
+        None, ge=1, description="Sequences per executed batch at most; bounds latency of one batch."
+    )
+    max_batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Padded tokens (batch x longest sequence) per batch at most; keeps memory and "
+        "latency bounded when long inputs arrive together.",
+    )
+    max_queue_delay_ms: float | None = Field(
+        None,
+        ge=0,
+        description="Longest time the oldest queued sequence waits for company while other "
+        "requests are still being tokenized; trades a little latency for fuller batches.",
+    )
+    max_queue_size: int | None = Field(
+        None,
+        ge=1,
+        description="Queued sequences per model before new requests get 429: fails fast under "
+        "overload instead of letting every request time out.",
+    )
+    min_padding_efficiency: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="A batch stops growing when real / padded tokens would fall below this; the "
+        "sequences left out form the next batch. CPUs pay for every padded token, so packing "
+        "beats size there; GPUs run padding nearly for free. Default: 0.85 on CPU backends, 0.5 "
+        "on GPU backends, 0 for the fake backend.",
+    )
+    request_timeout_ms: float = Field(
+        10_000,
+        gt=0,
+        description="A request not answered within this time gets 504 and its queued sequences are "
+        "dropped, so a backlog never runs work nobody waits for.",
+    )
+    unhealthy_after_failures: int = Field(
+        3, ge=1, description="Consecutive failed batches after which readiness reports 503."
+    )
+
+    # --- tokenization and input limits --------------------------------------------------------
+    tokenizer_threads: int = Field(
+        2,
+        ge=1,
+        description="Threads that tokenize requests off the event loop, overlapping with inference.",
+    )
+    max_inputs: int = Field(32, ge=1, description="Inputs per request at most (413 above).")
+    max_input_chars: int = Field(
+        100_000, ge=1, description="Characters per input at most (413 above); bounds tokenizer work."
+    )
+    ner_stride: int = Field(
+        128,
+        ge=0,
+        description="Tokens of overlap between consecutive NER windows over long texts, so every "
+        "token is seen with context on both sides.",
+    )
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            names = [name.strip() for name in value.split(",") if name.strip()]
+            return names or None
+        return value
+
+    @field_validator("precision")
+    @classmethod
+    def _servable_precision(cls, value: Precision | None) -> Precision | None:
+        if value == Precision.FP16:
+            raise ValueError("precision must be fp32 or int8 (fp16 is chosen per backend)")
+        return value
+
+    def padding_efficiency_for(self, backend: str) -> float:
+        if self.min_padding_efficiency is not None:
+            return self.min_padding_efficiency
+        return _DEFAULT_PADDING_EFFICIENCY.get(backend, 0.85)
+
+    @property
+    def threads(self) -> int:
+        return self.intra_op_threads or available_cpus()
+
+    def batching_for(self, model_default: BatchingConfig) -> BatchingConfig:
+        """The model.yaml batching block with every BERTSERVE_* override applied."""
+        overrides = {
+            key: value
+            for key, value in (
+                ("max_batch_size", self.max_batch_size),
+                ("max_batch_tokens", self.max_batch_tokens),
+                ("max_queue_delay_ms", self.max_queue_delay_ms),
+                ("max_queue_size", self.max_queue_size),
+            )
+            if value is not None
+        }
+        return model_default.model_copy(update=overrides)

@@ -1,0 +1,128 @@
+"""Fast (Rust) tokenization of request inputs into model-ready sequences.
+
+Called from a thread pool: `tokenizers` releases the GIL inside `encode_batch`, so tokenizing
+the next requests overlaps with the batch the backend is running. A request's inputs are encoded
+in one call. Special tokens are never found by string: the tokenizer's own post-processor adds
+them, and `special_tokens_mask` / `word_ids` / `offsets` come from the encoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from tokenizers import Encoding, Tokenizer
+
+from service.errors import PayloadTooLargeError
+
+TextInput = str | tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInput:
+    """One sequence as the batcher pads it: token ids with special tokens, optional segment ids."""
+
+    ids: NDArray[np.int64]
+    type_ids: NDArray[np.int64] | None = None  # None = all zeros (single sentences)
+
+    @property
+    def length(self) -> int:
+        return int(self.ids.shape[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """One tokenized input. The Rust `Encoding` is kept so offsets and word ids are only
+    materialised (as Python lists) by the heads that need them, i.e. NER, not classification."""
+
+    encoding: Encoding
+    truncated: bool
+
+    @property
+    def length(self) -> int:
+        return len(self.encoding.ids)
+
+    @property
+    def ids(self) -> list[int]:
+        return list(self.encoding.ids)
+
+    @property
+    def type_ids(self) -> list[int]:
+        return list(self.encoding.type_ids)
+
+    @property
+    def offsets(self) -> list[tuple[int, int]]:
+        return list(self.encoding.offsets)
+
+    @property
+    def word_ids(self) -> list[int | None]:
+        return list(self.encoding.word_ids)
+
+    @property
+    def special_tokens_mask(self) -> list[int]:
+        return list(self.encoding.special_tokens_mask)
+
+    def model_input(self, with_type_ids: bool) -> ModelInput:
+        ids = np.array(self.encoding.ids, dtype=np.int64)
+        types = np.array(self.encoding.type_ids, dtype=np.int64) if with_type_ids else None
+        return ModelInput(ids, types)
+
+
+class TextTokenizer:
+    """Wraps one `tokenizer.json`. Two configured copies are kept instead of toggling truncation
+    per call, because a `tokenizers.Tokenizer` is shared by the pool's threads."""
+
+    def __init__(self, path: Path, max_length: int) -> None:
+        self.max_length = max_length
+        self._truncating = Tokenizer.from_file(str(path))
+        self._truncating.no_padding()  # the batcher pads, to the longest in the batch only
+        self._truncating.enable_truncation(max_length)
+        self._full = Tokenizer.from_file(str(path))
+        self._full.no_padding()
+        self._full.no_truncation()
+        frame = self._full.encode("").ids  # what the post-processor wraps around a sequence
+        if len(frame) < 2:
+            raise ValueError(f"{path}: tokenizer adds no [CLS]/[SEP]-style special tokens")
+        self._prefix, self._suffix = frame[:1], frame[1:]
+
+    @property
+    def special_tokens_per_window(self) -> int:
+        return len(self._prefix) + len(self._suffix)
+
+    def encode(self, inputs: Sequence[TextInput], *, truncate: bool, offsets: bool = False) -> list[Encoded]:
+        """Encode a request's inputs (texts or text pairs) with special tokens, in one call.
+
+        With `truncate=False` an input longer than `max_length` raises `PayloadTooLargeError`
+        naming its token count. `offsets=False` takes the faster path that skips offset tracking.
+        """
+        if truncate:
+            tok = self._truncating
+            encodings = tok.encode_batch(list(inputs)) if offsets else tok.encode_batch_fast(list(inputs))
+            # NOTE: with stride 0 the tokenizer puts the cut-off tail in `overflowing`.
+            return [Encoded(e, bool(e.overflowing)) for e in encodings]
+        tok = self._full
+        encodings = tok.encode_batch(list(inputs)) if offsets else tok.encode_batch_fast(list(inputs))
+        for index, enc in enumerate(encodings):
+            if len(enc.ids) > self.max_length:
+                raise PayloadTooLargeError(
+                    f"input {index} has {len(enc.ids)} tokens, more than the model's maximum of "
+                    f"{self.max_length}; shorten it or send truncate=true"
+                )
+        return [Encoded(e, False) for e in encodings]
+
+    def encode_untruncated(self, texts: Sequence[str]) -> list[Encoded]:
+        """Whole texts without special tokens and with offsets: the raw material of NER windows."""
+        return [Encoded(e, False) for e in self._full.encode_batch(list(texts), add_special_tokens=False)]
+
+    def window(self, raw: Encoded, start: int, end: int) -> ModelInput:
+        """[CLS] + tokens[start:end] + [SEP] of an `encode_untruncated` result, as a model input.
+        Token i of the slice is at position `i + 1` of the window's logits."""
+        if not 0 <= start < end <= raw.length:
+            raise ValueError(f"window [{start}, {end}) outside a {raw.length}-token text")
+        if end - start + self.special_tokens_per_window > self.max_length:
+            raise ValueError(f"window of {end - start} tokens does not fit max_length {self.max_length}")
+        ids = np.array(self._prefix + raw.encoding.ids[start:end] + self._suffix, dtype=np.int64)
+        return ModelInput(ids)

@@ -1,0 +1,104 @@
+"""A model repository for the fake backend: model.yaml + a real (tiny) WordPiece tokenizer.
+
+Builds in milliseconds without torch, so service tests that do not need real weights stay fast.
+The artifact entry points at a placeholder file: the fake backend never opens it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from bertserve.modelrepo import (
+    Artifact,
+    ArtifactFormat,
+    BatchingConfig,
+    ModelConfig,
+    Precision,
+    ProblemType,
+    Task,
+    VersionConfig,
+    save_model_config,
+    sha256_file,
+)
+
+CORPUS = (
+    "the movie was great and the actors were wonderful",
+    "i did not like this film at all , it was boring and far too long",
+    "john smith lives in new york and works for the united nations",
+    "the weather in seattle is rainy but the city is beautiful",
+    "worst service ever , the food was cold and the waiter was rude",
+    "a quiet , thoughtful story about family and friendship",
+)
+SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def build_tokenizer(vocab_size: int = 200) -> Tokenizer:
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(
+        CORPUS, trainer=trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL))
+    )
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return tok
+
+
+@dataclass(frozen=True)
+class FakeModelSpec:
+    name: str
+    task: Task = Task.TEXT_CLASSIFICATION
+    labels: tuple[str, ...] = ("NEGATIVE", "POSITIVE")
+    problem_type: ProblemType | None = None
+    inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+    max_length: int = 32
+    batching: BatchingConfig = field(default_factory=lambda: BatchingConfig(max_queue_delay_ms=5.0))
+
+
+DEFAULT_SPECS = (
+    FakeModelSpec("cls"),
+    FakeModelSpec("multi", labels=("sports", "politics", "business"), problem_type=ProblemType.MULTI_LABEL),
+    FakeModelSpec("distil", inputs=("input_ids", "attention_mask")),
+    FakeModelSpec("ner", task=Task.TOKEN_CLASSIFICATION, labels=("O", "B-PER", "I-PER", "B-LOC", "I-LOC")),
+)
+
+
+def write_fake_repo(root: Path, specs: tuple[FakeModelSpec, ...] = DEFAULT_SPECS) -> Path:
+    tokenizer = build_tokenizer()
+    for spec in specs:
+        vdir = root / spec.name / "1"
+        vdir.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(str(vdir / "tokenizer.json"))
+        (vdir / "model.onnx").write_bytes(b"placeholder: the fake backend opens no file")
+        config = ModelConfig(
+            name=spec.name,
+            task=spec.task,
+            architecture="bert",
+            problem_type=spec.problem_type,
+            labels=list(spec.labels),
+            max_length=spec.max_length,
+            inputs=list(spec.inputs),
+            batching=spec.batching,
+            versions={
+                1: VersionConfig(
+                    artifacts=[
+                        Artifact(
+                            format=ArtifactFormat.ONNX,
+                            precision=Precision.FP32,
+                            files={"model.onnx": sha256_file(vdir / "model.onnx")},
+                        )
+                    ],
+                    tokenizer_files={"tokenizer.json": sha256_file(vdir / "tokenizer.json")},
+                )
+            },
+        )
+        save_model_config(root, config)
+    return root

@@ -1,0 +1,212 @@
+"""The real backends (ONNX Runtime CPU, OpenVINO CPU; fp32 and int8) on models written by
+`bertserve export` (the `exported_repo` session fixture), checked against PyTorch."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from bertserve.modelrepo import load_model_config
+from service.app import create_app
+from service.errors import StartupError
+from service.metrics import Metrics
+from service.registry import ModelRegistry
+from service.settings import Settings
+
+SENTENCES = [
+    "the movie was great and the actors were wonderful",
+    "worst service ever",
+    "i did not like this film at all , it was boring and far too long " * 3,
+    "paris",
+]
+PAIRS = [("the movie was great", "the actors were wonderful"), ("is this the right way ?", "no")]
+CHECKPOINT_OF = {
+    "bert-cls": "bert_cls_checkpoint",
+    "distilbert-cls": "distilbert_cls_checkpoint",
+    "bert-multilabel": "bert_multilabel_checkpoint",
+}
+BACKENDS = ["onnxruntime-cpu", "openvino-cpu"]
+
+
+def torch_scores(checkpoint: Path, inputs: list[Any], max_length: int) -> list[dict[str, float]]:
+    """Label -> probability from the PyTorch checkpoint, one unpadded input at a time."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
+    multi = model.config.problem_type == "multi_label_classification"
+    out = []
+    with torch.no_grad():
+        for item in inputs:
+            args = (item,) if isinstance(item, str) else tuple(item)
+            enc = tokenizer(*args, truncation=True, max_length=max_length, return_tensors="pt")
+            logits = model(**enc).logits[0]
+            probs = torch.sigmoid(logits) if multi else torch.softmax(logits, dim=-1)
+            out.append({model.config.id2label[i]: float(p) for i, p in enumerate(probs)})
+    return out
+
+
+@pytest.fixture
+async def serve(exported_repo: Path) -> AsyncIterator[Callable[..., Any]]:
+    opened: list[tuple[Any, httpx.AsyncClient]] = []
+
+    async def start(model: str, backend: str, precision: str | None = None, **kw: Any) -> httpx.AsyncClient:
+        settings = Settings(
+            repo=exported_repo, models=[model], backend=backend, precision=precision, intra_op_threads=1, **kw
+        )  # type: ignore[arg-type]
+        app = create_app(settings)
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        await app.state.bertserve.registry.wait_ready(60)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+        opened.append((lifespan, client))
+        return client
+
+    yield start
+    for lifespan, client in reversed(opened):
+        await client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+
+async def classify(client: httpx.AsyncClient, model: str, inputs: Any) -> list[dict[str, float]]:
+    r = await client.post(f"/v1/models/{model}/classify", json={"inputs": inputs})
+    assert r.status_code == 200, r.text
+    return [{x["label"]: x["score"] for x in row} for row in r.json()["results"]]
+
+
+def assert_close(got: list[dict[str, float]], want: list[dict[str, float]], atol: float) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g.keys() == w.keys()
+        for label in w:
+            assert abs(g[label] - w[label]) <= atol, (label, g, w)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("model", list(CHECKPOINT_OF))
+async def test_fp32_matches_pytorch_single_batched_and_pairs(
+    serve: Callable[..., Any],
+    exported_repo: Path,
+    request: pytest.FixtureRequest,
+    model: str,
+    backend: str,
+) -> None:
+    checkpoint = request.getfixturevalue(CHECKPOINT_OF[model]).path
+    max_length = load_model_config(exported_repo, model).max_length
+    client = await serve(model, backend)
+    info = (await client.get(f"/v1/models/{model}")).json()
+    assert (info["backend"], info["precision"]) == (backend, "fp32")
+    assert_close(
+        await classify(client, model, SENTENCES[0]), torch_scores(checkpoint, SENTENCES[:1], max_length), 1e-3
+    )
+    assert_close(
+        await classify(client, model, SENTENCES), torch_scores(checkpoint, SENTENCES, max_length), 1e-3
+    )
+    pairs = [list(p) for p in PAIRS]
+    assert_close(await classify(client, model, pairs), torch_scores(checkpoint, pairs, max_length), 1e-3)
+
+
+def direct_int8_scores(repo: Path, backend: str, text: str) -> np.ndarray:
+    """The int8 artifact run without the service: the reference for the service's plumbing."""
+    from tokenizers import Tokenizer
+
+    vdir = repo / "bert-cls" / "1"
+    enc = Tokenizer.from_file(str(vdir / "tokenizer.json")).encode(text)
+    feeds = {
+        "input_ids": np.array([enc.ids], dtype=np.int64),
+        "attention_mask": np.ones((1, len(enc.ids)), dtype=np.int64),
+        "token_type_ids": np.array([enc.type_ids], dtype=np.int64),
+    }
+    if backend == "onnxruntime-cpu":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(vdir / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+        names = {i.name for i in session.get_inputs()}
+        logits = session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
+    else:
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(vdir / "openvino-int8" / "model.xml"), "CPU")
+        logits = compiled(feeds)[compiled.output(0)]
+    exp = np.exp(logits[0] - logits[0].max())
+    return np.asarray(exp / exp.sum())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_int8_runs_the_quantized_artifact(
+    serve: Callable[..., Any], exported_repo: Path, backend: str
+) -> None:
+    client = await serve("bert-cls", backend, precision="int8")
+    info = (await client.get("/v1/models/bert-cls")).json()
+    assert (info["backend"], info["precision"]) == (backend, "int8")
+    (got,) = await classify(client, "bert-cls", SENTENCES[0])
+    want = direct_int8_scores(exported_repo, backend, SENTENCES[0])
+    labels = load_model_config(exported_repo, "bert-cls").labels
+    assert [got[label] for label in labels] == pytest.approx(want.tolist(), abs=1e-4)
+    batched = await classify(client, "bert-cls", SENTENCES)
+    assert all(abs(sum(row.values()) - 1) < 1e-5 for row in batched)
+
+
+async def test_auto_picks_openvino_on_a_cpu_machine_with_ir(serve: Callable[..., Any]) -> None:
+    from service.backends.selection import count_cuda_devices
+
+    if count_cuda_devices() > 0:
+        pytest.skip("a GPU is present: auto prefers it")
+    client = await serve("bert-cls", "auto")
+    assert (await client.get("/v1/models/bert-cls")).json()["backend"] == "openvino-cpu"
+
+
+async def test_64_concurrent_clients_get_batched_and_their_own_answers(
+    serve: Callable[..., Any], exported_repo: Path, bert_cls_checkpoint: Any
+) -> None:
+    client = await serve("bert-cls", "onnxruntime-cpu", max_queue_delay_ms=5)
+    words = (
+        "the",
+        "movie",
+        "was",
+        "great",
+        "and",
+        "actors",
+        "were",
+        "wonderful",
+        "boring",
+        "film",
+        "city",
+        "rainy",
+    )
+    rng = np.random.default_rng(7)
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 20)))) for _ in range(64)]
+    results = await asyncio.gather(*(classify(client, "bert-cls", t) for t in texts))
+    want = torch_scores(
+        bert_cls_checkpoint.path, texts, load_model_config(exported_repo, "bert-cls").max_length
+    )
+    assert_close([r[0] for r in results], want, 1e-3)
+    metrics = (await client.get("/metrics")).text
+    count = _sample(metrics, 'bertserve_batch_size_count{model="bert-cls"}')
+    total = _sample(metrics, 'bertserve_batch_size_sum{model="bert-cls"}')
+    assert total == 64 + 1  # + the warm-up
+    assert total / count > 1, "executed batches should hold more than one sequence"
+
+
+def _sample(metrics: str, series: str) -> float:
+    line = next(line for line in metrics.splitlines() if line.startswith(series))
+    return float(line.rsplit(" ", 1)[1])
+
+
+@pytest.mark.parametrize("victim", ["model.ort.onnx", "tokenizer.json"])
+def test_tampered_artifact_stops_loading(exported_repo: Path, tmp_path: Path, victim: str) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(exported_repo / "bert-cls", repo / "bert-cls")
+    with (repo / "bert-cls" / "1" / victim).open("ab") as fh:
+        fh.write(b"\0")
+    registry = ModelRegistry(Settings(repo=repo, backend="onnxruntime-cpu"), Metrics(process=False))  # type: ignore[arg-type]
+    with pytest.raises(StartupError, match=f"{victim}.*sha256"):
+        registry.load()

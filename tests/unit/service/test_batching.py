@@ -1,0 +1,357 @@
+"""The batcher's guarantees, with the deterministic fake backend."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+
+import numpy as np
+import pytest
+
+from service.backends.fake import FakeBackend, fake_logits
+from service.batching import BatchLimits, Collator, DynamicBatcher, plan_batch
+from service.errors import (
+    DeadlineExceededError,
+    InferenceError,
+    NotReadyError,
+    QueueFullError,
+)
+from service.metrics import Metrics
+from service.tokenization import ModelInput
+
+NUM_LABELS = 3
+Factory = Callable[..., DynamicBatcher]
+
+
+def seq(length: int, start: int = 5, type_ids: bool = False) -> ModelInput:
+    ids = np.arange(start, start + length, dtype=np.int64)
+    types = (np.arange(length) >= length // 2).astype(np.int64) if type_ids else None
+    return ModelInput(ids, types)
+
+
+def expected_row(x: ModelInput, token_level: bool = False) -> np.ndarray:
+    """What the fake model gives this sequence alone, unpadded."""
+    mask = np.ones((1, x.length), dtype=np.int64)
+    types = None if x.type_ids is None else x.type_ids[None]
+    return fake_logits(x.ids[None], mask, types, NUM_LABELS, token_level)[0]
+
+
+@pytest.fixture
+async def make_batcher() -> AsyncIterator[Factory]:
+    made: list[tuple[DynamicBatcher, FakeBackend]] = []
+
+    def make(
+        *,
+        max_batch_size: int = 32,
+        max_batch_tokens: int = 8192,
+        delay_s: float = 0.05,
+        queue: int = 1024,
+        token_level: bool = False,
+        unhealthy_after: int = 3,
+        metrics: Metrics | None = None,
+    ) -> DynamicBatcher:
+        backend = FakeBackend(NUM_LABELS, token_level=token_level)
+        batcher = DynamicBatcher(
+            "m",
+            backend,
+            BatchLimits(max_batch_size, max_batch_tokens, delay_s, queue),
+            pad_token_id=0,
+            metrics=metrics or Metrics(process=False),
+            unhealthy_after_failures=unhealthy_after,
+        )
+        batcher.start(asyncio.get_running_loop())
+        made.append((batcher, backend))
+        return batcher
+
+    yield make
+    for batcher, backend in made:
+        if backend.faults.hang is not None:
+            backend.faults.hang.set()
+        await batcher.stop(timeout_s=5)
+
+
+def backend_of(batcher: DynamicBatcher) -> FakeBackend:
+    backend = batcher._backend
+    assert isinstance(backend, FakeBackend)
+    return backend
+
+
+async def submit_announced(batcher: DynamicBatcher, inputs: list[ModelInput]) -> list[np.ndarray]:
+    return await batcher.submit(inputs, announced=True)
+
+
+async def hold_backend(batcher: DynamicBatcher) -> tuple[asyncio.Task[list[np.ndarray]], threading.Event]:
+    """Occupy the worker with a one-sequence batch that blocks until the returned event is set."""
+    backend = backend_of(batcher)
+    release = threading.Event()
+    backend.faults.hang = release
+    blocker = asyncio.create_task(batcher.submit([seq(3)]))
+    assert await asyncio.to_thread(backend.started.wait, 5)
+    return blocker, release
+
+
+# --- plan_batch ---------------------------------------------------------------------------------
+
+
+def test_plan_batch_takes_the_neighbours_that_add_least_padding() -> None:
+    assert plan_batch([1, 2, 10, 11, 12], anchor=3, max_size=3, max_tokens=10_000) == (2, 5)
+    assert plan_batch([1, 2, 10, 11, 12], anchor=0, max_size=2, max_tokens=10_000) == (0, 2)
+
+
+def test_plan_batch_anchor_over_budget_runs_alone() -> None:
+    assert plan_batch([100, 200], anchor=1, max_size=8, max_tokens=50) == (1, 2)
+
+
+def test_plan_batch_respects_every_budget_on_random_queues() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        lengths = sorted(rng.integers(1, 64, size=int(rng.integers(1, 40))).tolist())
+        anchor = int(rng.integers(0, len(lengths)))
+        max_size, max_tokens = int(rng.integers(1, 16)), int(rng.integers(16, 600))
+        efficiency = float(rng.choice([0.0, 0.5, 0.85]))
+        lo, hi = plan_batch(lengths, anchor, max_size, max_tokens, efficiency)
+        assert lo <= anchor < hi
+        assert hi - lo <= max_size
+        if hi - lo > 1:
+            padded = (hi - lo) * lengths[hi - 1]
+            assert padded <= max_tokens
+            assert sum(lengths[lo:hi]) >= efficiency * padded
+
+
+def test_plan_batch_efficiency_floor_leaves_outliers_for_the_next_batch() -> None:
+    lengths = [10, 11, 12, 40]
+    assert plan_batch(lengths, anchor=0, max_size=8, max_tokens=10_000) == (0, 4)
+    assert plan_batch(lengths, anchor=0, max_size=8, max_tokens=10_000, min_efficiency=0.85) == (0, 3)
+
+
+# --- Collator -----------------------------------------------------------------------------------
+
+
+def test_collator_pads_to_the_longest_in_the_batch() -> None:
+    collator = Collator(("input_ids", "attention_mask", "token_type_ids"), pad_token_id=0)
+    feeds, real, padded = collator.collate([seq(2), seq(4, type_ids=True)])
+    assert feeds["input_ids"].shape == (2, 4)
+    assert feeds["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+    assert feeds["token_type_ids"].tolist() == [[0, 0, 0, 0], [0, 0, 1, 1]]
+    assert (real, padded) == (6, 8)
+
+
+def test_collator_feeds_only_the_graph_inputs() -> None:
+    feeds, _, _ = Collator(("input_ids", "attention_mask"), 0).collate([seq(3, type_ids=True)])
+    assert set(feeds) == {"input_ids", "attention_mask"}
+
+
+def test_collator_refuses_unknown_graph_inputs() -> None:
+    with pytest.raises(ValueError, match="position_ids"):
+        Collator(("input_ids", "position_ids"), 0)
+
+
+# --- DynamicBatcher -----------------------------------------------------------------------------
+
+
+async def test_concurrent_requests_share_a_batch(make_batcher: Factory) -> None:
+    batcher = make_batcher(max_batch_size=8, delay_s=1.0)
+    for _ in range(8):
+        batcher.announce()
+    await asyncio.gather(*(submit_announced(batcher, [seq(4, start=i)]) for i in range(8)))
+    # Full at 8 sequences: closed without waiting the (long) delay.
+    assert backend_of(batcher).batch_shapes == [(8, 4)]
+
+
+async def test_batch_waits_at_most_the_delay_for_announced_requests(make_batcher: Factory) -> None:
+    batcher = make_batcher(delay_s=0.1)
+    batcher.announce()
+    batcher.announce()  # a second request is "still tokenizing" and never arrives
+    start = time.monotonic()
+    await submit_announced(batcher, [seq(4)])
+    waited = time.monotonic() - start
+    assert 0.1 <= waited < 0.5
+    batcher.withdraw()
+
+
+async def test_request_arriving_within_the_delay_joins_the_batch(make_batcher: Factory) -> None:
+    batcher = make_batcher(delay_s=0.5)
+    batcher.announce()
+    batcher.announce()
+    first = asyncio.create_task(submit_announced(batcher, [seq(4)]))
+    await asyncio.sleep(0.02)
+    await asyncio.gather(first, submit_announced(batcher, [seq(4, start=9)]))
+    assert backend_of(batcher).batch_shapes == [(2, 4)]
+
+
+async def test_lone_request_does_not_wait_for_company(make_batcher: Factory) -> None:
+    batcher = make_batcher(delay_s=5.0)
+    start = time.monotonic()
+    await batcher.submit([seq(4)])
+    assert time.monotonic() - start < 1.0
+
+
+async def test_max_batch_size_holds(make_batcher: Factory) -> None:
+    batcher = make_batcher(max_batch_size=4, delay_s=0.2)
+    for _ in range(10):
+        batcher.announce()
+    await asyncio.gather(*(submit_announced(batcher, [seq(5, start=i)]) for i in range(10)))
+    sizes = [b for b, _ in backend_of(batcher).batch_shapes]
+    assert sum(sizes) == 10
+    assert max(sizes) == 4
+
+
+async def test_token_budget_holds(make_batcher: Factory) -> None:
+    batcher = make_batcher(max_batch_tokens=48, delay_s=0.2)
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(3, 16, size=20).tolist()
+    for _ in lengths:
+        batcher.announce()
+    await asyncio.gather(*(submit_announced(batcher, [seq(n)]) for n in lengths))
+    shapes = backend_of(batcher).batch_shapes
+    assert sum(b for b, _ in shapes) == 20
+    assert all(b * n <= 48 for b, n in shapes)
+    assert any(b > 1 for b, _ in shapes)
+
+
+async def test_queued_sequences_are_batched_by_length(make_batcher: Factory) -> None:
+    batcher = make_batcher(max_batch_size=2, delay_s=0.0)
+    blocker, release = await hold_backend(batcher)
+    # Queue [5, 30, 6, 31] while the worker is busy; FIFO cutting would pad 5->30 and 6->31.
+    pending = asyncio.gather(*(batcher.submit([seq(n)]) for n in (5, 30, 6, 31)))
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.gather(blocker, pending)
+    assert backend_of(batcher).batch_shapes[1:] == [(2, 6), (2, 31)]
+
+
+async def test_no_mixups_under_random_concurrent_load(make_batcher: Factory) -> None:
+    batcher = make_batcher(max_batch_size=8, max_batch_tokens=200, delay_s=0.002)
+    rng = np.random.default_rng(42)
+
+    def random_input() -> ModelInput:
+        n = int(rng.integers(2, 40))
+        ids = rng.integers(5, 30_000, size=n).astype(np.int64)
+        return ModelInput(ids, rng.integers(0, 2, size=n).astype(np.int64) if rng.random() < 0.5 else None)
+
+    requests = [[random_input() for _ in range(int(rng.integers(1, 5)))] for _ in range(120)]
+    for _ in requests:
+        batcher.announce()
+    results = await asyncio.gather(*(submit_announced(batcher, r) for r in requests))
+    for inputs, rows in zip(requests, results, strict=True):
+        assert len(rows) == len(inputs)
+        for x, row in zip(inputs, rows, strict=True):
+            np.testing.assert_allclose(row, expected_row(x), rtol=1e-6)
+    assert max(b for b, _ in backend_of(batcher).batch_shapes) > 1
+
+
+async def test_token_level_rows_are_cut_to_each_sequence(make_batcher: Factory) -> None:
+    batcher = make_batcher(token_level=True)
+    batcher.announce()
+    batcher.announce()
+    inputs = [seq(3), seq(7, start=40)]
+    rows = await asyncio.gather(*(submit_announced(batcher, [x]) for x in inputs))
+    for x, (row,) in zip(inputs, rows, strict=True):
+        assert row.shape == (x.length, NUM_LABELS)
+        np.testing.assert_allclose(row, expected_row(x, token_level=True), rtol=1e-6)
+
+
+async def test_batch_error_reaches_every_waiter_then_recovers(make_batcher: Factory) -> None:
+    batcher = make_batcher(delay_s=0.5)
+    backend_of(batcher).faults.fail_batches = 1
+    for _ in range(5):
+        batcher.announce()
+    outcomes = await asyncio.gather(
+        *(submit_announced(batcher, [seq(4, start=i)]) for i in range(5)), return_exceptions=True
+    )
+    assert len(backend_of(batcher).batch_shapes) == 1
+    assert all(isinstance(o, InferenceError) for o in outcomes)
+    (row,) = await batcher.submit([seq(4)])
+    np.testing.assert_allclose(row, expected_row(seq(4)), rtol=1e-6)
+
+
+async def test_cancelled_request_is_dropped_before_inference(make_batcher: Factory) -> None:
+    batcher = make_batcher(delay_s=0.0)
+    blocker, release = await hold_backend(batcher)
+    gone = asyncio.create_task(batcher.submit([seq(9), seq(10)]))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    await asyncio.sleep(0.01)
+    release.set()
+    await blocker
+    await batcher.submit([seq(4)])
+    assert backend_of(batcher).batch_shapes == [(1, 3), (1, 4)]
+
+
+async def test_queue_full_is_rejected_immediately(make_batcher: Factory) -> None:
+    metrics = Metrics(process=False)
+    batcher = make_batcher(queue=4, delay_s=0.0, metrics=metrics)
+    blocker, release = await hold_backend(batcher)
+    queued = asyncio.gather(*(batcher.submit([seq(4)]) for _ in range(2)), batcher.submit([seq(4), seq(5)]))
+    await asyncio.sleep(0.01)
+    assert batcher.queue_depth == 4
+    start = time.monotonic()
+    with pytest.raises(QueueFullError) as info:
+        await batcher.submit([seq(4)])
+    with pytest.raises(QueueFullError):
+        batcher.announce()  # refused before any tokenization is spent
+    assert time.monotonic() - start < 0.05
+    assert info.value.headers()["Retry-After"] == "1"
+    assert (
+        metrics.registry.get_sample_value("bertserve_rejected_total", {"model": "m", "reason": "queue_full"})
+        == 2
+    )
+    release.set()
+    await asyncio.gather(blocker, queued)
+
+
+async def test_deadline_answers_and_drops_the_request(make_batcher: Factory) -> None:
+    batcher = make_batcher(delay_s=0.0)
+    blocker, release = await hold_backend(batcher)
+    with pytest.raises(DeadlineExceededError):
+        await batcher.submit([seq(8)], timeout_s=0.05)
+    release.set()
+    await blocker
+    await batcher.submit([seq(4)])
+    assert (1, 8) not in backend_of(batcher).batch_shapes
+
+
+async def test_health_turns_bad_after_consecutive_failures_and_recovers(make_batcher: Factory) -> None:
+    batcher = make_batcher(unhealthy_after=2)
+    backend_of(batcher).faults.fail_always = True
+    for _ in range(2):
+        with pytest.raises(InferenceError):
+            await batcher.submit([seq(4)])
+    assert not batcher.healthy
+    assert batcher.health_problem == "2 consecutive batches failed"
+    backend_of(batcher).faults.fail_always = False
+    await batcher.submit([seq(4)])
+    assert batcher.healthy
+
+
+async def test_stop_finishes_queued_work_then_refuses(make_batcher: Factory) -> None:
+    batcher = make_batcher(delay_s=0.0)
+    blocker, release = await hold_backend(batcher)
+    queued = asyncio.create_task(batcher.submit([seq(6)]))
+    await asyncio.sleep(0.01)
+    stopping = asyncio.create_task(batcher.stop(timeout_s=5))
+    await asyncio.sleep(0.01)
+    release.set()
+    await stopping
+    (row,) = await queued
+    np.testing.assert_allclose(row, expected_row(seq(6)), rtol=1e-6)
+    await blocker
+    with pytest.raises(NotReadyError):
+        await batcher.submit([seq(4)])
+
+
+async def test_batches_are_measured(make_batcher: Factory) -> None:
+    metrics = Metrics(process=False)
+    batcher = make_batcher(metrics=metrics, delay_s=0.2)
+    batcher.announce()
+    batcher.announce()
+    await asyncio.gather(submit_announced(batcher, [seq(3)]), submit_announced(batcher, [seq(5)]))
+    sample = metrics.registry.get_sample_value
+    assert sample("bertserve_batch_size_sum", {"model": "m"}) == 2
+    assert sample("bertserve_batch_tokens_sum", {"model": "m"}) == 10
+    assert sample("bertserve_real_tokens_total", {"model": "m"}) == 8
+    assert sample("bertserve_padded_tokens_total", {"model": "m"}) == 10
+    assert sample("bertserve_queue_duration_seconds_count", {"model": "m"}) == 2
+    assert sample("bertserve_inference_duration_seconds_count", {"model": "m", "backend": "fake"}) == 1

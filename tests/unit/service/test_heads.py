@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bertserve.modelrepo import ProblemType
+from service.heads.classification import ClassificationHead, sigmoid, softmax
+
+LABELS = ("neg", "neu", "pos")
+
+
+def test_softmax_matches_the_definition_and_survives_huge_logits() -> None:
+    logits = np.array([[1.0, 2.0, 3.0], [1000.0, 1001.0, 999.0]], dtype=np.float32)
+    probs = softmax(logits)
+    row = [math.exp(v) for v in (1.0, 2.0, 3.0)]
+    np.testing.assert_allclose(probs[0], [v / sum(row) for v in row], rtol=1e-6)
+    assert np.isfinite(probs).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(probs[1], softmax(np.array([[1.0, 2.0, 0.0]], dtype=np.float32))[0], rtol=1e-6)
+
+
+def test_sigmoid_is_stable_at_both_ends() -> None:
+    x = np.array([-1000.0, -2.0, 0.0, 2.0, 1000.0], dtype=np.float32)
+    out = sigmoid(x)
+    np.testing.assert_allclose(out[1:4], [1 / (1 + math.exp(2)), 0.5, 1 / (1 + math.exp(-2))], rtol=1e-6)
+    assert out[0] == 0.0 and out[4] == 1.0
+
+
+def test_single_label_ranks_all_labels_by_softmax() -> None:
+    head = ClassificationHead(LABELS, ProblemType.SINGLE_LABEL)
+    (result,) = head.postprocess(np.array([[0.1, 2.0, -1.0]], dtype=np.float32))
+    assert [r.label for r in result] == ["neu", "neg", "pos"]
+    assert math.isclose(sum(r.score for r in result), 1.0, rel_tol=1e-6)
+
+
+def test_multi_label_uses_independent_sigmoids() -> None:
+    head = ClassificationHead(LABELS, ProblemType.MULTI_LABEL)
+    (result,) = head.postprocess(np.array([[3.0, 3.0, -3.0]], dtype=np.float32))
+    scores = {r.label: r.score for r in result}
+    assert scores["neg"] == pytest.approx(1 / (1 + math.exp(-3)), rel=1e-6)
+    assert scores["pos"] == pytest.approx(1 / (1 + math.exp(3)), rel=1e-6)
+    # ties keep label order
+    assert [r.label for r in result] == ["neg", "neu", "pos"]
+
+
+def test_top_k_per_input() -> None:
+    head = ClassificationHead(LABELS, ProblemType.SINGLE_LABEL)
+    results = head.postprocess(np.array([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]], dtype=np.float32), top_k=1)
+    assert [[r.label for r in row] for row in results] == [["pos"], ["neg"]]
+    assert len(head.postprocess(np.zeros((1, 3), dtype=np.float32), top_k=10)[0]) == 3
+
+
+def test_wrong_logit_shape_is_refused() -> None:
+    head = ClassificationHead(LABELS, ProblemType.SINGLE_LABEL)
+    with pytest.raises(ValueError, match=r"\[n, 3\]"):
+        head.postprocess(np.zeros((2, 4), dtype=np.float32))

@@ -1,0 +1,139 @@
+"""Backend choice, artifact choice and GPU provider options: pure logic, tested without a GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bertserve.modelrepo import Artifact, ArtifactFormat, ModelConfig, Precision, Task, VersionConfig
+from service.backends.onnxruntime import GpuOptions, ShapeProfile, provider_chain, tensorrt_provider_options
+from service.backends.selection import Environment, choose_artifact, choose_backend
+from service.errors import BackendUnavailableError, StartupError
+from service.settings import BackendKind
+
+CPU_ONLY = Environment(frozenset({"CPUExecutionProvider"}), cuda_devices=0, tensorrt_library=False)
+GPU_ORT = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"})
+GPU_FULL = Environment(GPU_ORT, cuda_devices=1, tensorrt_library=True)
+GPU_NO_TRT_LIB = Environment(GPU_ORT, cuda_devices=1, tensorrt_library=False)
+
+
+def artifact(fmt: ArtifactFormat, precision: Precision, main: str) -> Artifact:
+    return Artifact(format=fmt, precision=precision, files={main: "0" * 64})
+
+
+ALL_ARTIFACTS = [
+    artifact(ArtifactFormat.ONNX, Precision.FP32, "model.onnx"),
+    artifact(ArtifactFormat.ONNX_OPTIMIZED, Precision.FP32, "model.ort.onnx"),
+    artifact(ArtifactFormat.ONNX, Precision.INT8, "model.int8.onnx"),
+    artifact(ArtifactFormat.OPENVINO, Precision.FP32, "openvino/model.xml"),
+    artifact(ArtifactFormat.OPENVINO, Precision.INT8, "openvino-int8/model.xml"),
+]
+
+
+def model(artifacts: list[Artifact], default: Precision = Precision.FP32) -> ModelConfig:
+    return ModelConfig(
+        name="m",
+        task=Task.TEXT_CLASSIFICATION,
+        architecture="bert",
+        labels=["a", "b"],
+        max_length=128,
+        inputs=["input_ids", "attention_mask", "token_type_ids"],
+        versions={1: VersionConfig(artifacts=artifacts, default_precision=default)},
+    )
+
+
+ONNX_ONLY = model(ALL_ARTIFACTS[:3])
+WITH_IR = model(ALL_ARTIFACTS)
+
+
+@pytest.mark.parametrize(
+    ("env", "config", "expected"),
+    [
+        (GPU_FULL, WITH_IR, BackendKind.TENSORRT),
+        (GPU_NO_TRT_LIB, WITH_IR, BackendKind.ORT_CUDA),
+        (CPU_ONLY, WITH_IR, BackendKind.OPENVINO_CPU),
+        (CPU_ONLY, ONNX_ONLY, BackendKind.ORT_CPU),
+    ],
+)
+def test_auto_takes_the_fastest_available(
+    env: Environment, config: ModelConfig, expected: BackendKind
+) -> None:
+    choice = choose_backend(BackendKind.AUTO, env, config)
+    assert choice.kind == expected
+    assert choice.reason
+
+
+def test_tensorrt_without_gpu_says_what_is_missing() -> None:
+    with pytest.raises(BackendUnavailableError, match=r"tensorrt is unavailable: no NVIDIA GPU.*--backend"):
+        choose_backend(BackendKind.TENSORRT, CPU_ONLY, WITH_IR)
+
+
+def test_tensorrt_without_provider_or_library() -> None:
+    no_provider = Environment(frozenset({"CPUExecutionProvider"}), cuda_devices=1, tensorrt_library=True)
+    with pytest.raises(BackendUnavailableError, match="onnxruntime-gpu"):
+        choose_backend(BackendKind.TENSORRT, no_provider, WITH_IR)
+    with pytest.raises(BackendUnavailableError, match="libnvinfer"):
+        choose_backend(BackendKind.TENSORRT, GPU_NO_TRT_LIB, WITH_IR)
+
+
+def test_cuda_without_gpu_and_openvino_without_ir() -> None:
+    with pytest.raises(BackendUnavailableError, match="onnxruntime-cuda is unavailable"):
+        choose_backend(BackendKind.ORT_CUDA, CPU_ONLY, WITH_IR)
+    with pytest.raises(BackendUnavailableError, match=r"no OpenVINO IR.*--formats onnx,openvino"):
+        choose_backend(BackendKind.OPENVINO_CPU, CPU_ONLY, ONNX_ONLY)
+    assert choose_backend(BackendKind.ORT_CPU, CPU_ONLY, ONNX_ONLY).kind == BackendKind.ORT_CPU
+
+
+def test_artifact_choice_per_backend_and_precision() -> None:
+    def main(kind: BackendKind, precision: Precision | None, config: ModelConfig = WITH_IR) -> str:
+        return choose_artifact(kind, config, precision).main_file
+
+    assert main(BackendKind.ORT_CPU, None) == "model.ort.onnx"
+    assert main(BackendKind.ORT_CPU, Precision.INT8) == "model.int8.onnx"
+    assert main(BackendKind.ORT_CUDA, Precision.FP32) == "model.ort.onnx"
+    assert main(BackendKind.TENSORRT, None) == "model.onnx"  # portable graph, never the fused one
+    assert main(BackendKind.OPENVINO_CPU, None) == "openvino/model.xml"
+    assert main(BackendKind.OPENVINO_CPU, Precision.INT8) == "openvino-int8/model.xml"
+    assert main(BackendKind.ORT_CPU, None, model([ALL_ARTIFACTS[0]])) == "model.onnx"
+    # The model's own int8 default falls back to fp32 where a backend cannot run int8 ...
+    assert main(BackendKind.TENSORRT, None, model(ALL_ARTIFACTS, Precision.INT8)) == "model.onnx"
+    assert main(BackendKind.ORT_CPU, None, model(ALL_ARTIFACTS, Precision.INT8)) == "model.int8.onnx"
+
+
+def test_unrunnable_or_missing_precision_stops_startup() -> None:
+    with pytest.raises(StartupError, match="cannot run int8"):
+        choose_artifact(BackendKind.TENSORRT, WITH_IR, Precision.INT8)
+    with pytest.raises(StartupError, match="no onnx/int8"):
+        choose_artifact(BackendKind.ORT_CPU, model(ALL_ARTIFACTS[:2]), Precision.INT8)
+
+
+def test_tensorrt_options_cover_every_batch_the_batcher_can_cut(tmp_path: Path) -> None:
+    profile = ShapeProfile.for_batching(max_batch_size=32, max_batch_tokens=4096, max_length=256)
+    assert (profile.max_batch, profile.opt_length, profile.max_length) == (32, 128, 256)
+    opts = tensorrt_provider_options(GpuOptions(1, True, tmp_path), ("input_ids", "attention_mask"), profile)
+    assert opts["device_id"] == "1"
+    assert opts["trt_fp16_enable"] == "True"
+    assert opts["trt_engine_cache_enable"] == "True"
+    assert opts["trt_engine_cache_path"] == str(tmp_path)
+    assert opts["trt_profile_min_shapes"] == "input_ids:1x1,attention_mask:1x1"
+    assert opts["trt_profile_opt_shapes"] == "input_ids:32x128,attention_mask:32x128"
+    assert opts["trt_profile_max_shapes"] == "input_ids:32x256,attention_mask:32x256"
+    fp32 = tensorrt_provider_options(GpuOptions(0, False, tmp_path), ("input_ids",), profile)
+    assert fp32["trt_fp16_enable"] == "False"
+
+
+def test_provider_chains_fall_back_in_order(tmp_path: Path) -> None:
+    profile = ShapeProfile.for_batching(8, 1024, 128)
+    gpu = GpuOptions(0, True, tmp_path)
+    names = {
+        kind: [p for p, _ in provider_chain(kind, gpu, ("input_ids",), profile)]
+        for kind in (BackendKind.TENSORRT, BackendKind.ORT_CUDA, BackendKind.ORT_CPU)
+    }
+    assert names[BackendKind.TENSORRT] == [
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    assert names[BackendKind.ORT_CUDA] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert names[BackendKind.ORT_CPU] == ["CPUExecutionProvider"]
