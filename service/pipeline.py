@@ -2,10 +2,12 @@
 
 `Pipeline` holds what every task shares (tokenizer, backend, batcher, tokenization pool, metrics);
 a task subclass adds its endpoint method and head. The registry picks the class from `PIPELINES`
-by the model's task, so no code switches on the task. NER plugs in as another subclass: windows
-planned by `service/windowing.py` go through `TextTokenizer.encode_untruncated` + `window`,
-every window is one `ModelInput` of `submit_sequences`, and `heads/token_classification.py`
-aggregates the per-window logits; then `PIPELINES[Task.TOKEN_CLASSIFICATION]` names it.
+by the model's task, so no code switches on the task.
+
+NER: each text is tokenized whole (`TextTokenizer.encode_documents`), `service/windowing.py`
+cuts texts longer than the model into overlapping windows, every window is one sequence for the
+batcher (windows of all texts of all requests batch together), and the stitched per-token logits
+of each text are aggregated once by `heads/token_classification.py`.
 """
 
 from __future__ import annotations
@@ -23,8 +25,15 @@ from bertserve.modelrepo import ModelConfig, ProblemType, Task
 from service.backends.base import Backend, Logits
 from service.batching import DynamicBatcher
 from service.heads.classification import ClassificationHead, LabelScore
+from service.heads.token_classification import (
+    DEFAULT_IGNORE_LABELS,
+    AggregationStrategy,
+    Entity,
+    TokenClassificationHead,
+)
 from service.metrics import Metrics
-from service.tokenization import ModelInput, TextInput, TextTokenizer
+from service.tokenization import Encoded, ModelInput, TextInput, TextTokenizer
+from service.windowing import WindowPlan, plan_windows
 
 T = TypeVar("T")
 
@@ -41,6 +50,7 @@ class ModelParts:
     pool: Executor  # shared tokenization thread pool
     metrics: Metrics
     request_timeout_s: float
+    ner_stride: int = 128  # tokens shared by consecutive windows of a long NER text
 
 
 class Pipeline:
@@ -128,7 +138,78 @@ class ClassificationPipeline(Pipeline):
         await self.classify(["warm-up"], top_k=1)
 
 
-# The lead registers the NER pipeline here (Task.TOKEN_CLASSIFICATION) once it lands.
+@dataclass(frozen=True, slots=True)
+class _Document:
+    text: str
+    encoding: Encoded
+    plan: WindowPlan
+    sequences: list[ModelInput]
+
+
+class TokenClassificationPipeline(Pipeline):
+    task = Task.TOKEN_CLASSIFICATION
+
+    def __init__(self, parts: ModelParts) -> None:
+        super().__init__(parts)
+        self.head = TokenClassificationHead.from_config(self.config)
+        self._type_ids = "token_type_ids" in self.backend.input_names
+        capacity = self.config.max_length - self.tokenizer.num_special_tokens
+        # NOTE: a stride of half a window or more would make windows advance by less than they
+        # overlap; clamp rather than refuse, so one setting serves models of any max_length.
+        self.stride = min(parts.ner_stride, max(capacity // 2, 0))
+
+    def _plan(self, texts: Sequence[str]) -> list[_Document]:
+        documents = []
+        for text, enc in zip(texts, self.tokenizer.encode_documents(texts), strict=True):
+            mask, word_ids = enc.special_tokens_mask, enc.word_ids
+            plan = plan_windows(mask, word_ids, self.config.max_length, self.stride)
+            ids, types = enc.ids, enc.type_ids
+            sequences = []
+            for k in range(len(plan.windows)):
+                window = plan.window_inputs(k, ids, types)
+                sequences.append(
+                    ModelInput(window.input_ids, window.token_type_ids if self._type_ids else None)
+                )
+            documents.append(_Document(text, enc, plan, sequences))
+        return documents
+
+    def _aggregate(
+        self,
+        documents: list[_Document],
+        rows: list[Logits],
+        strategy: AggregationStrategy,
+        ignore_labels: Sequence[str],
+    ) -> list[list[Entity]]:
+        results, offset = [], 0
+        for doc in documents:
+            count = len(doc.sequences)
+            logits = doc.plan.stitch(rows[offset : offset + count])
+            offset += count
+            results.append(self.head.postprocess(doc.text, doc.encoding, logits, strategy, ignore_labels))
+        return results
+
+    async def recognize(
+        self,
+        texts: Sequence[str],
+        *,
+        strategy: AggregationStrategy = AggregationStrategy.SIMPLE,
+        ignore_labels: Sequence[str] = DEFAULT_IGNORE_LABELS,
+    ) -> list[list[Entity]]:
+        deadline = self.deadline()
+        documents = await self.prepare(lambda: self._plan(texts))
+        rows = await self.submit_sequences(
+            [x for doc in documents for x in doc.sequences], deadline, announced=True
+        )
+        # Aggregation of a long document takes milliseconds of numpy: keep it off the event loop.
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, lambda: self._aggregate(documents, rows, strategy, ignore_labels)
+        )
+
+    async def warm_up(self) -> None:
+        await self.recognize(["Warm-up in Paris."])
+
+
 PIPELINES: dict[Task, type[Pipeline]] = {
     Task.TEXT_CLASSIFICATION: ClassificationPipeline,
+    Task.TOKEN_CLASSIFICATION: TokenClassificationPipeline,
 }

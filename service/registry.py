@@ -150,6 +150,7 @@ class ModelRegistry:
             pool=self._pool,
             metrics=self.metrics,
             request_timeout_s=self.settings.request_timeout_ms / 1000,
+            ner_stride=self.settings.ner_stride,
         )
 
     def start(self) -> None:

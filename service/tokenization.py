@@ -86,11 +86,7 @@ class TextTokenizer:
         frame = self._full.encode("").ids  # what the post-processor wraps around a sequence
         if len(frame) < 2:
             raise ValueError(f"{path}: tokenizer adds no [CLS]/[SEP]-style special tokens")
-        self._prefix, self._suffix = frame[:1], frame[1:]
-
-    @property
-    def special_tokens_per_window(self) -> int:
-        return len(self._prefix) + len(self._suffix)
+        self.num_special_tokens = len(frame)  # per single-text sequence, e.g. [CLS] + [SEP]
 
     def encode(self, inputs: Sequence[TextInput], *, truncate: bool, offsets: bool = False) -> list[Encoded]:
         """Encode a request's inputs (texts or text pairs) with special tokens, in one call.
@@ -113,16 +109,7 @@ class TextTokenizer:
                 )
         return [Encoded(e, False) for e in encodings]
 
-    def encode_untruncated(self, texts: Sequence[str]) -> list[Encoded]:
-        """Whole texts without special tokens and with offsets: the raw material of NER windows."""
-        return [Encoded(e, False) for e in self._full.encode_batch(list(texts), add_special_tokens=False)]
-
-    def window(self, raw: Encoded, start: int, end: int) -> ModelInput:
-        """[CLS] + tokens[start:end] + [SEP] of an `encode_untruncated` result, as a model input.
-        Token i of the slice is at position `i + 1` of the window's logits."""
-        if not 0 <= start < end <= raw.length:
-            raise ValueError(f"window [{start}, {end}) outside a {raw.length}-token text")
-        if end - start + self.special_tokens_per_window > self.max_length:
-            raise ValueError(f"window of {end - start} tokens does not fit max_length {self.max_length}")
-        ids = np.array(self._prefix + raw.encoding.ids[start:end] + self._suffix, dtype=np.int64)
-        return ModelInput(ids)
+    def encode_documents(self, texts: Sequence[str]) -> list[Encoded]:
+        """Whole texts with special tokens and offsets, never truncated: NER's documents, which
+        `service.windowing.plan_windows` cuts into windows that fit the model."""
+        return [Encoded(e, False) for e in self._full.encode_batch(list(texts))]

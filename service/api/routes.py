@@ -16,7 +16,15 @@ from typing import cast
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.api.schemas import ClassifyRequest, ClassifyResponse, HealthOut, ModelInfo, ModelList
+from service.api.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
+    HealthOut,
+    ModelInfo,
+    ModelList,
+    NerRequest,
+    NerResponse,
+)
 from service.errors import (
     DeadlineExceededError,
     InferenceError,
@@ -29,7 +37,7 @@ from service.errors import (
     status_for,
 )
 from service.metrics import UNKNOWN_MODEL, Metrics
-from service.pipeline import ClassificationPipeline, Pipeline
+from service.pipeline import ClassificationPipeline, Pipeline, TokenClassificationPipeline
 from service.registry import ModelRegistry
 from service.settings import Settings
 from service.tokenization import TextInput
@@ -135,8 +143,22 @@ async def classify(model: str, body: ClassifyRequest, request: Request) -> Respo
         return json_response({"model": model, "results": results, "truncated": out.truncated})
 
 
-# POST /v1/models/{model}/ner goes here (endpoint label "ner"): the same shape as classify with
-# a TokenClassificationPipeline from registry.get(model, TokenClassificationPipeline).
+@router.post(
+    "/v1/models/{model}/ner",
+    response_model=NerResponse,
+    responses=_INFERENCE_ERRORS,
+    tags=["inference"],
+    summary="Named entities with exact character offsets, for texts of any length",
+)
+async def ner(model: str, body: NerRequest, request: Request) -> Response:
+    state = app_state(request)
+    with observe_request(state, model, "ner"):
+        pipeline = state.registry.get(model, TokenClassificationPipeline)
+        texts = cast(list[str], normalize_inputs(body.inputs, state.settings))
+        results = await pipeline.recognize(
+            texts, strategy=body.aggregation, ignore_labels=tuple(body.ignore_labels)
+        )
+        return json_response({"model": model, "results": [[e.as_dict() for e in row] for row in results]})
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["models"], summary="Served models")

@@ -6,6 +6,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from service.heads.token_classification import DEFAULT_IGNORE_LABELS, AggregationStrategy
+
 
 def _no_nul(value: str) -> str:
     if "\x00" in value:
@@ -38,6 +40,71 @@ class ClassifyRequest(BaseModel):
         description="Cut inputs longer than the model's max_length (the response lists them); "
         "false = answer 413 instead.",
     )
+
+
+class NerRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"inputs": "Angela Merkel met Emmanuel Macron in Paris to talk about Airbus."},
+                {"inputs": ["Tim Cook visited Berlin.", "No entities here."], "aggregation": "first"},
+                {"inputs": "Ada Lovelace was born in London.", "aggregation": "none"},
+            ]
+        },
+    )
+
+    inputs: Text | Annotated[list[Text], Field(min_length=1)] = Field(
+        description="One text or a list of texts. Texts longer than the model's max_length are "
+        "read in overlapping windows; entity offsets always refer to the text as sent."
+    )
+    aggregation: AggregationStrategy = Field(
+        AggregationStrategy.SIMPLE,
+        description="How token predictions become entities, with the semantics of the transformers "
+        "token-classification pipeline: none (one entry per token), simple, first, average, max "
+        "(the last three never split a word).",
+    )
+    ignore_labels: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_IGNORE_LABELS),
+        description="Entity types (or, with aggregation none, tags) left out of the results.",
+    )
+
+
+class EntityOut(BaseModel):
+    entity_group: str | None = Field(None, description="Entity type (grouped strategies).")
+    entity: str | None = Field(None, description="Token tag, e.g. B-PER (aggregation none).")
+    index: int | None = Field(None, description="Token position in the encoding (aggregation none).")
+    score: float
+    start: int = Field(description="Character offset in the input; input[start:end] == text.")
+    end: int
+    text: str
+
+
+class NerResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "ner",
+                    "results": [
+                        [
+                            {
+                                "entity_group": "PER",
+                                "score": 0.99,
+                                "start": 0,
+                                "end": 13,
+                                "text": "Angela Merkel",
+                            },
+                            {"entity_group": "LOC", "score": 0.98, "start": 37, "end": 42, "text": "Paris"},
+                        ]
+                    ],
+                }
+            ]
+        }
+    )
+
+    model: str
+    results: list[list[EntityOut]] = Field(description="One list per input, in text order.")
 
 
 class LabelScoreOut(BaseModel):

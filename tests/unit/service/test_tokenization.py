@@ -54,17 +54,13 @@ def test_offsets_and_word_ids_when_asked(tokenizer_path: Path) -> None:
     assert enc.word_ids == [None, 0, 1, None]
 
 
-def test_untruncated_text_and_windows(tokenizer_path: Path) -> None:
+def test_documents_keep_special_tokens_offsets_and_are_never_truncated(tokenizer_path: Path) -> None:
     tok = TextTokenizer(tokenizer_path, max_length=16)
-    (raw,) = tok.encode_untruncated([LONG])
-    assert raw.length > 16 and raw.special_tokens_mask[0] == 0  # no special tokens
-    assert raw.offsets[0] == (0, 3)
-    window = tok.window(raw, 4, 18)
-    (framed,) = tok.encode(["x"], truncate=True)
-    assert window.length == 16
-    assert window.ids[0] == framed.ids[0] and window.ids[-1] == framed.ids[-1]  # [CLS] ... [SEP]
-    assert window.ids[1:-1].tolist() == raw.ids[4:18]
-    with pytest.raises(ValueError, match="does not fit"):
-        tok.window(raw, 0, 15)
-    with pytest.raises(ValueError, match="outside"):
-        tok.window(raw, 5, raw.length + 1)
+    (doc,) = tok.encode_documents([LONG])
+    (framed,) = tok.encode([LONG], truncate=True)
+    assert doc.length > 16 and not doc.truncated
+    assert tok.num_special_tokens == 2
+    assert doc.special_tokens_mask[0] == 1 and doc.special_tokens_mask[-1] == 1
+    assert doc.ids[0] == framed.ids[0] and doc.ids[-1] == framed.ids[-1]  # [CLS] ... [SEP]
+    assert doc.ids[1:15] == framed.ids[1:15]
+    assert doc.offsets[1] == (0, 3)

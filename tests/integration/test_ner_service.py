@@ -1,0 +1,199 @@
+"""The /ner endpoint end to end: the fake backend for the HTTP contract and long-text windowing,
+the real backends on an exported token-classification model against the transformers pipeline."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from bertserve.modelrepo import ModelConfig, Task, load_model_config
+from service.app import create_app
+from service.backends.base import Backend
+from service.backends.fake import FakeBackend, fake_logits
+from service.heads.token_classification import TokenClassificationHead
+from service.settings import Settings
+from service.tokenization import TextTokenizer
+from tests.helpers.fake_repo import write_fake_repo
+
+WORDS = (
+    "john", "smith", "lives", "in", "new", "york", "and", "works", "for", "the", "united", "nations",
+    ".", "weather", "seattle", "is", "rainy", "but", "city", "beautiful", ";", "Zürich", "東京",
+    "café😀", "don't", "U.S.A.", "movie", "was", "great",
+)  # fmt: skip
+
+
+def random_text(rng: random.Random, n_words: int) -> str:
+    text = ""
+    for _ in range(n_words):
+        text += rng.choice(WORDS) + rng.choice((" ", " ", " ", "  ", "\n"))
+    return text.strip()
+
+
+def fake_factory(model: ModelConfig, version_dir: Path) -> Backend:
+    return FakeBackend(
+        len(model.labels),
+        token_level=model.task == Task.TOKEN_CLASSIFICATION,
+        input_names=tuple(model.inputs),
+    )
+
+
+@pytest.fixture
+async def fake_client(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Path, Any]]:
+    repo = write_fake_repo(tmp_path / "repo")
+    settings = Settings(repo=repo, backend="fake", ner_stride=8)  # type: ignore[arg-type]
+    app = create_app(settings, backend_factory=fake_factory)
+    lifespan = app.router.lifespan_context(app)
+    await lifespan.__aenter__()
+    await app.state.bertserve.registry.wait_ready(30)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+    yield client, repo, app
+    await client.aclose()
+    await lifespan.__aexit__(None, None, None)
+
+
+def expected_whole_text(repo: Path, text: str, strategy: str) -> list[dict[str, Any]]:
+    """What the fake token-level model gives on the whole text at once, no windows: its logits
+    depend on each token id alone, so windowing must not change a single entity."""
+    config = load_model_config(repo, "ner")
+    tokenizer = TextTokenizer(repo / "ner" / "1" / "tokenizer.json", max_length=10_000)
+    (doc,) = tokenizer.encode_documents([text])
+    ids = np.array([doc.ids], dtype=np.int64)
+    logits = fake_logits(ids, np.ones_like(ids), None, len(config.labels), True)[0]
+    head = TokenClassificationHead.from_config(config)
+    return [e.as_dict() for e in head.postprocess(text, doc.encoding, logits, strategy)]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("strategy", ["simple", "first", "average", "max", "none"])
+async def test_long_texts_are_windowed_without_changing_any_entity(
+    fake_client: tuple[httpx.AsyncClient, Path, Any], strategy: str
+) -> None:
+    client, repo, _ = fake_client
+    rng = random.Random(7)
+    texts = [random_text(rng, n) for n in (3, 40, 150, 400)]  # max_length is 32 tokens
+    r = await client.post("/v1/models/ner/ner", json={"inputs": texts, "aggregation": strategy})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == len(texts)
+    found = 0
+    for text, entities in zip(texts, results, strict=True):
+        assert entities == expected_whole_text(repo, text, strategy)
+        for e in entities:
+            assert text[e["start"] : e["end"]] == e["text"]
+        spans = [(e["start"], e["end"]) for e in entities]
+        assert len(spans) == len(set(spans))
+        found += len(entities)
+    assert found > 20  # the comparison above is not between empty lists
+
+
+async def test_ner_shapes_ignore_labels_and_metrics(fake_client: tuple[httpx.AsyncClient, Path, Any]) -> None:
+    client, _, _ = fake_client
+    text = "john smith lives in new york"
+    r = await client.post("/v1/models/ner/ner", json={"inputs": text, "aggregation": "none"})
+    assert r.status_code == 200
+    tokens = r.json()["results"][0]
+    assert tokens and all({"entity", "index", "score", "start", "end", "text"} <= t.keys() for t in tokens)
+    assert all(t["entity"] != "O" for t in tokens)
+    r = await client.post("/v1/models/ner/ner", json={"inputs": [text]})
+    default = r.json()["results"][0]
+    assert default and all(g["entity_group"] != "O" for g in default)
+    r = await client.post("/v1/models/ner/ner", json={"inputs": [text], "ignore_labels": []})
+    everything = r.json()["results"][0]
+    assert {tuple(g.values()) for g in default} <= {tuple(g.values()) for g in everything}
+    types = sorted({g["entity_group"] for g in everything})
+    r = await client.post("/v1/models/ner/ner", json={"inputs": [text], "ignore_labels": types})
+    assert r.json()["results"] == [[]]
+    metrics = (await client.get("/metrics")).text
+    assert 'bertserve_requests_total{code="200",endpoint="ner",model="ner"} 4.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/v1/models/cls/ner", {"inputs": "text"}, 400),
+        ("/v1/models/ner/classify", {"inputs": "text"}, 400),
+        ("/v1/models/nope/ner", {"inputs": "text"}, 404),
+        ("/v1/models/ner/ner", {"inputs": ""}, 422),
+        ("/v1/models/ner/ner", {"inputs": []}, 422),
+        ("/v1/models/ner/ner", {"inputs": "x", "aggregation": "longest"}, 422),
+        ("/v1/models/ner/ner", {"inputs": [["a", "b"]]}, 422),
+    ],
+)
+async def test_ner_errors_use_the_envelope(
+    fake_client: tuple[httpx.AsyncClient, Path, Any], path: str, body: dict[str, Any], status: int
+) -> None:
+    client, _, _ = fake_client
+    r = await client.post(path, json=body)
+    assert r.status_code == status, r.text
+    assert set(r.json()) == {"error"} and {"type", "message"} <= r.json()["error"].keys()
+
+
+async def test_character_cap_applies_to_ner(tmp_path: Path) -> None:
+    repo = write_fake_repo(tmp_path / "repo")
+    settings = Settings(repo=repo, backend="fake", max_input_chars=50)  # type: ignore[arg-type]
+    app = create_app(settings, backend_factory=fake_factory)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as c,
+    ):
+        await app.state.bertserve.registry.wait_ready(30)
+        r = await c.post("/v1/models/ner/ner", json={"inputs": "x" * 51})
+        assert r.status_code == 413
+        assert "51 characters" in r.json()["error"]["message"]
+
+
+# --- real backends on the exported tiny tagger, against the transformers pipeline --------------
+
+
+@pytest.fixture(scope="module")
+def reference_pipeline(bert_ner_checkpoint: Any) -> Callable[[str, str], list[dict[str, Any]]]:
+    from transformers import pipeline
+
+    pipe = pipeline("token-classification", model=str(bert_ner_checkpoint.path), device="cpu")
+
+    def run(text: str, strategy: str) -> list[dict[str, Any]]:
+        return list(pipe(text, aggregation_strategy=strategy))
+
+    return run
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime-cpu", "openvino-cpu"])
+async def test_exported_tagger_agrees_with_the_transformers_pipeline(
+    exported_repo: Path, reference_pipeline: Callable[[str, str], list[dict[str, Any]]], backend: str
+) -> None:
+    settings = Settings(repo=exported_repo, models=["bert-ner"], backend=backend, intra_op_threads=1)  # type: ignore[arg-type]
+    app = create_app(settings)
+    rng = random.Random(3)
+    texts = [random_text(rng, rng.randint(1, 20)) for _ in range(25)]
+    async with app.router.lifespan_context(app):
+        await app.state.bertserve.registry.wait_ready(60)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+            compared = 0
+            for strategy in ("simple", "first", "average", "max"):
+                r = await c.post("/v1/models/bert-ner/ner", json={"inputs": texts, "aggregation": strategy})
+                assert r.status_code == 200, r.text
+                for text, got in zip(texts, r.json()["results"], strict=True):
+                    want = reference_pipeline(text, strategy)
+                    assert [(e["entity_group"], e["start"], e["end"]) for e in got] == [
+                        (e["entity_group"], e["start"], e["end"]) for e in want
+                    ], (strategy, text)
+                    for g, w in zip(got, want, strict=True):
+                        assert abs(g["score"] - float(w["score"])) < 1e-3
+                        assert text[g["start"] : g["end"]] == g["text"]
+                    compared += len(want)
+            assert compared > 50  # the random tagger does tag things: the comparison has content
+
+            # a text far beyond the model's 128 tokens: windowed, exact spans, no duplicates
+            long_text = random_text(rng, 600)
+            r = await c.post("/v1/models/bert-ner/ner", json={"inputs": long_text})
+            entities = r.json()["results"][0]
+            assert entities and entities[-1]["end"] > len(long_text) // 2
+            assert all(long_text[e["start"] : e["end"]] == e["text"] for e in entities)
+            assert all(a["end"] <= b["start"] for a, b in itertools.pairwise(entities))

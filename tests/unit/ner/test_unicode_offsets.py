@@ -1,0 +1,105 @@
+"""`text[start:end] == entity.text` whatever the Unicode, with a real fast tokenizer's offsets."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+from bertserve.modelrepo import TagScheme
+from service.heads.token_classification import AggregationStrategy, aggregate, softmax
+
+LABEL_SETS = {
+    TagScheme.IOB2: ("O", "B-PER", "I-PER", "B-LOC", "I-LOC"),
+    TagScheme.IOB1: ("O", "I-PER", "B-PER", "I-LOC"),
+    TagScheme.BIOES: ("O", "B-LOC", "I-LOC", "E-LOC", "S-LOC", "S-PER"),
+    TagScheme.NONE: ("O", "PER", "LOC"),
+}
+
+PIECES = (
+    "Angela", "Merkel", "Zoë", "São", "Paulo", "Zürich", "naïve", "e\u0301cole", "Å", "İstanbul",
+    "東京", "北京大学", "한국어", "🎉", "👩\u200d👩\u200d👧", "🇩🇪", "👍🏽", "café😀", "a\u200bb",
+    "don't", "U.S.A.", "(new)", "york,", "3.14", "@user", "#tag", "—", "...", "ﬁne", "x\u0000y",
+)  # fmt: skip
+SEPARATORS = (" ", " ", " ", "  ", "   ", "\t", "\n", " \n ", "\u00a0", "\u3000")
+
+
+def random_text(rng: random.Random) -> str:
+    words = [rng.choice(PIECES) for _ in range(rng.randint(1, 14))]
+    text = words[0]
+    for word in words[1:]:
+        text += rng.choice(SEPARATORS) + word
+    return rng.choice(("", " ", "  ")) + text + rng.choice(("", " ", "\n"))
+
+
+def test_each_word_is_one_entity_with_its_exact_text(wordpiece: Tokenizer) -> None:
+    text = "Zoë  and 東京 🎉 👩\u200d👩\u200d👧 café\tMerkel\n\ne\u0301cole 🇩🇪x"
+    enc = wordpiece.encode(text)
+    labels = LABEL_SETS[TagScheme.IOB2]
+    # per token: B-LOC on a word's first token, I-LOC on the others ("simple" then finds each word);
+    # the word-level strategies get B-LOC on every token, so whatever they vote, each word is B-LOC
+    starts_word = [
+        word is not None and (i == 0 or enc.word_ids[i - 1] != word) for i, word in enumerate(enc.word_ids)
+    ]
+
+    def logits_for(tags: list[str]) -> np.ndarray:
+        return np.array(
+            [[4.0 if label == tag else 0.0 for label in labels] for tag in tags], dtype=np.float32
+        )
+
+    special = [bool(flag) for flag in enc.special_tokens_mask]
+    by_token = logits_for(
+        ["O" if sp else ("B-LOC" if st else "I-LOC") for sp, st in zip(special, starts_word, strict=True)]
+    )
+    by_word = logits_for(["O" if sp else "B-LOC" for sp in special])
+    expected = ["Zoë", "and", "東", "京", "🎉", "👩\u200d👩\u200d👧", "café", "Merkel", "e\u0301cole", "🇩🇪x"]
+    for strategy in ("simple", "first", "average", "max"):
+        entities = aggregate(
+            text,
+            enc.offsets,
+            enc.word_ids,
+            enc.special_tokens_mask,
+            softmax(by_token if strategy == "simple" else by_word),
+            labels,
+            TagScheme.IOB2,
+            AggregationStrategy(strategy),
+        )
+        assert [e.text for e in entities] == expected, strategy
+        assert all(text[e.start : e.end] == e.text for e in entities)
+
+
+@pytest.mark.parametrize("scheme", list(LABEL_SETS))
+def test_offsets_invariant_on_random_unicode(wordpiece: Tokenizer, scheme: TagScheme) -> None:
+    rng = random.Random(f"unicode-{scheme}")
+    np_rng = np.random.default_rng(len(scheme))
+    labels = LABEL_SETS[scheme]
+    for _ in range(60):
+        text = random_text(rng)
+        enc = wordpiece.encode(text)
+        scores = softmax(np_rng.normal(0.0, 3.0, size=(len(enc.ids), len(labels))).astype(np.float32))
+        for strategy in AggregationStrategy:
+            entities = aggregate(
+                text,
+                enc.offsets,
+                enc.word_ids,
+                enc.special_tokens_mask,
+                scores,
+                labels,
+                scheme,
+                strategy,
+                ignore_labels=(),
+            )
+            assert entities, (text, strategy)
+            for e in entities:
+                assert 0 <= e.start < e.end <= len(text)
+                assert text[e.start : e.end] == e.text
+                assert e.text == e.text.strip()  # spans start and end on tokens, never on spaces
+            if strategy is AggregationStrategy.NONE:
+                content = [i for i, special in enumerate(enc.special_tokens_mask) if not special]
+                assert [e.index for e in entities] == content
+            else:
+                # groups partition the text's tokens: in order, never overlapping
+                assert all(a.end <= b.start for a, b in itertools.pairwise(entities))
