@@ -29,8 +29,8 @@ serve: install
 	$(BIN)/bertserve serve --repo $(REPO)
 
 lint: install
-	$(BIN)/ruff check bertserve service export loadtest tests
-	$(BIN)/ruff format --check bertserve service export loadtest tests
+	$(BIN)/ruff check bertserve service export loadtest scripts tests
+	$(BIN)/ruff format --check bertserve service export loadtest scripts tests
 
 typecheck: install
 	$(BIN)/mypy bertserve service export
