@@ -1,21 +1,30 @@
-"""Side-by-side benchmark: the raw backend vs the service, measured in one run on one machine.
+"""Side-by-side benchmark, in one run on one machine and one model.
 
-    python -m loadtest.bench --repo models --model sentiment [--backend onnxruntime-cpu]
+    python -m loadtest.bench [--repo models] [--model sentiment] [--quick] [--profile]
 
 1. Raw backend (the ceiling): the very backend object the service would build (same artifact,
    same threads), fed pre-tokenized sentences in arrival order, padded to the longest of each
    batch, at batch sizes 1..64. Only `backend.infer` is timed.
-2. The service, started here as `bertserve serve` on loopback, closed loop at 1, 4, 16, 64 and
-   128 concurrent clients, one sentence per request: throughput and p50/p95/p99.
-3. Padding efficiency (real / padded tokens) from the service's own counters over the 64-client
-   run.
+2. The service (`bertserve serve` on loopback), closed loop at 1, 4, 16, 64 and 128 clients, one
+   sentence per request: throughput and p50/p95/p99.
+3. A naive server (loadtest/naive_server.py: FastAPI + the transformers pipeline, one request per
+   call) on the same checkpoint, driven by the same client.
+4. Every backend/precision the export wrote (ORT fused fp32, portable ONNX fp32, ORT int8,
+   OpenVINO fp32/int8), each through its own service at 64 clients and raw at the best batch.
+5. Open loop: the highest constant arrival rate with p95 under `--slo-ms` (loadtest/slo.py).
+6. Padding efficiency (real / padded tokens) from the service's own /metrics counters.
 
-Headline figures (goals from the issues): service throughput at 64 clients / raw throughput at its
-best batch size (>= 0.9), batch-1 p50 latency of the service minus the raw backend call's p50
-(<= 1.5 ms), real / padded tokens (>= 0.85).
+Noise control: the machine is shared, so every ratio is computed from two measurements taken back
+to back (raw best batch then service at 64 clients; raw batch 1 then service at 1 client; service
+then naive at 64 clients), repeated `--repeats` times; the reported figure is the median, and
+every repeat is kept in summary.json. Backend configurations are measured in interleaved rounds
+with all their servers up (idle servers cost nothing), so a noisy minute hits them all alike.
 
-Sentences come from `../shared/data/sst2/dev.tsv` when present (real SST-2 lengths), else from a
-small built-in corpus. Results land in `results/<timestamp>/summary.json` and `report.md`.
+Model: `--model` (default the demo `sentiment`); when it is not in the repository the bench falls
+back to `minilm-sst2-untrained` (built by `python -m export.minilm_example --repo models`, which it
+runs if needed). The naive server needs the PyTorch checkpoint: `--checkpoint PATH`, else
+`<repo>/<model>/checkpoint/`, else (for the MiniLM example) the deterministic checkpoint rebuilt
+into ~/.cache/bertserve/checkpoints; without one that phase is skipped and said so.
 NOTE: the load client runs on the same cores as the server; it is lean (loadtest/httpload.py) but
 not free, so the service figures are, if anything, pessimistic.
 """
@@ -25,10 +34,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
+import platform
 import random
 import re
+import shlex
+import shutil
 import socket
 import statistics
 import subprocess
@@ -36,73 +47,128 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from loadtest.httpload import encode_post, run_closed_loop
+from loadtest.corpus import Corpus, classify_corpus, sentence_file_corpus
+from loadtest.httpload import LoadResult, encode_post, run_closed_loop, run_open_loop
+from loadtest.report import BackendPoint, BenchRun, LoadPoint, RawPoint, write_results
+from loadtest.slo import RateProbe, find_max_rate
+
+if TYPE_CHECKING:
+    from bertserve.modelrepo import ModelConfig
+    from service.backends.base import Backend
 
 ROOT = Path(__file__).resolve().parent.parent
-SST2_DEV = ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv"
-
-FALLBACK_SENTENCES = [
-    "I absolutely loved this movie, the acting was superb.",
-    "What a waste of time and money.",
-    "The cast is great but the plot drags on for far too long.",
-    "Not bad at all, though the ending felt rushed.",
-    "the service was slow and the food arrived cold .",
-    "A charming, funny and surprisingly moving little film that stays with you.",
-    "I wanted to like it, I really did, but nothing about it works.",
-    "Battery life is excellent and the screen is bright even outdoors.",
-    "Two hours of my life I will never get back.",
-    "solid , if unspectacular , entertainment .",
-]
+FALLBACK_MODEL = "minilm-sst2-untrained"
+CHECKPOINT_CACHE = Path.home() / ".cache" / "bertserve" / "checkpoints"
+RAW_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+COMPARE_CLIENTS = 64
 
 
-def load_sentences(path: Path | None, limit: int) -> tuple[list[str], str]:
-    source = path or SST2_DEV
-    if source.is_file():
-        rows = source.read_text(encoding="utf-8").splitlines()[1:]
-        sentences = [r.split("\t")[0].strip() for r in rows if r.strip()]
-        return sentences[:limit], str(source)
-    return FALLBACK_SENTENCES * max(1, limit // len(FALLBACK_SENTENCES)), "built-in corpus"
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Seconds per measurement. The defaults keep a full run near 8 minutes on 2 cores (plus model
+    loading), inside the 15-minute bound; `--quick` is for development only."""
+
+    raw_s: float = 3.0  # per raw batch size
+    level_s: float = 8.0  # per concurrency level
+    warmup_s: float = 2.0  # before each closed-loop level (not counted)
+    pair_s: float = 4.0  # each side of a paired ratio measurement
+    repeats: int = 3  # paired repeats; the median is reported
+    backend_s: float = 5.0  # each backend configuration per round
+    backend_rounds: int = 2
+    probe_s: float = 8.0  # each open-loop rate probe
+    max_probes: int = 7
+    naive_levels: tuple[int, ...] = (1, 16, 64)
+
+    @classmethod
+    def quick(cls) -> Budget:
+        return cls(0.5, 2.0, 0.5, 1.5, 1, 1.5, 1, 2.0, 4, (1, 64))
+
+
+# --- model, sentences, checkpoint ------------------------------------------------------------
+
+
+def resolve_model(repo: Path, model: str, build_fallback: bool) -> str:
+    from bertserve.modelrepo import RepositoryError, load_model_config
+
+    try:
+        load_model_config(repo, model)
+        return model
+    except RepositoryError as exc:
+        print(f"bench: model {model!r} is not in {repo} ({exc})")
+    try:
+        load_model_config(repo, FALLBACK_MODEL)
+        print(f"bench: falling back to {FALLBACK_MODEL!r} (the MiniLM-L6 example; its head is untrained)")
+        return FALLBACK_MODEL
+    except RepositoryError:
+        pass
+    if not build_fallback:
+        raise SystemExit(
+            f"bench: neither {model!r} nor {FALLBACK_MODEL!r} is in {repo}; build the demo (`make demo`) "
+            f"or run `python -m export.minilm_example --repo {repo}`"
+        )
+    print(
+        f"bench: building {FALLBACK_MODEL!r} (python -m export.minilm_example --repo {repo}); takes minutes"
+    )
+    subprocess.run([sys.executable, "-m", "export.minilm_example", "--repo", str(repo)], check=True)
+    return FALLBACK_MODEL
+
+
+def find_checkpoint(repo: Path, model: str, explicit: Path | None) -> Path | None:
+    """The PyTorch checkpoint the model was exported from, for the naive server."""
+    if explicit is not None:
+        if not (explicit / "config.json").is_file():
+            raise SystemExit(f"bench: --checkpoint {explicit} has no config.json")
+        return explicit
+    beside = repo / model / "checkpoint"
+    if (beside / "config.json").is_file():
+        return beside
+    if model == FALLBACK_MODEL:
+        cached = CHECKPOINT_CACHE / FALLBACK_MODEL
+        if not (cached / "config.json").is_file():
+            # The example's checkpoint is deterministic (packaged backbone + seeded head), so
+            # rebuilding it gives exactly the weights that were exported.
+            from export.minilm_example import build_checkpoint
+
+            print(f"bench: rebuilding the {FALLBACK_MODEL} checkpoint into {cached}")
+            build_checkpoint(cached)
+        return cached
+    return None
+
+
+def load_sentences(data: Path | None, limit: int, seed: int) -> Corpus:
+    corpus = sentence_file_corpus(data, limit) if data else classify_corpus(limit)
+    texts = list(corpus.texts)
+    random.Random(seed).shuffle(texts)
+    return Corpus(tuple(texts), corpus.source)
 
 
 # --- raw backend ------------------------------------------------------------------------------
 
 
-@dataclass
-class RawPoint:
-    batch_size: int
-    sequences_per_s: float
-    p50_ms: float
-    real_token_ratio: float
+class RawBench:
+    """`backend.infer` alone on pre-collated batches of the benchmark's sentences."""
 
+    def __init__(self, backend: Backend, config: ModelConfig, tokenizer_json: Path, sentences: Sequence[str]):
+        from service.batching import Collator
+        from service.tokenization import TextTokenizer
 
-def measure_raw(
-    repo: Path, model: str, backend: str, precision: str | None, sentences: list[str], seconds: float
-) -> tuple[list[RawPoint], str, str]:
-    """Throughput of `backend.infer` alone at each batch size, sentences in arrival order."""
-    from bertserve.modelrepo import load_model_config, version_dir
-    from service.backends.selection import BackendLoader
-    from service.batching import Collator
-    from service.settings import Settings
-    from service.tokenization import TextTokenizer
+        self.backend = backend
+        tokenizer = TextTokenizer(tokenizer_json, config.max_length)
+        with_types = "token_type_ids" in backend.input_names
+        self._inputs = [e.model_input(with_types) for e in tokenizer.encode(list(sentences), truncate=True)]
+        self._collator = Collator(backend.input_names, config.pad_token_id)
 
-    settings = Settings(repo=repo, backend=backend, precision=precision)
-    config = load_model_config(repo, model)
-    vdir = version_dir(repo, model, config.default_version)
-    be = BackendLoader(settings)(config, vdir)
-    tokenizer = TextTokenizer(vdir / "tokenizer.json", config.max_length)
-    with_types = "token_type_ids" in be.input_names
-    inputs = [e.model_input(with_types) for e in tokenizer.encode(sentences, truncate=True)]
-    collator = Collator(be.input_names, config.pad_token_id)
-    points: list[RawPoint] = []
-    for bs in (1, 2, 4, 8, 16, 32, 64):
-        batches = [inputs[i : i + bs] for i in range(0, len(inputs) - bs + 1, bs)]
-        feeds = [collator.collate(b) for b in batches]
-        be.infer(feeds[0][0])  # warm the shapes' kernels
+    def measure(self, batch_size: int, seconds: float) -> RawPoint:
+        inputs = self._inputs
+        batches = [inputs[i : i + batch_size] for i in range(0, len(inputs) - batch_size + 1, batch_size)]
+        feeds = [self._collator.collate(b) for b in batches]
+        self.backend.infer(feeds[0][0])  # warm the shapes' kernels
         times: list[float] = []
         real = padded = done = 0
         deadline = time.perf_counter() + seconds
@@ -110,22 +176,29 @@ def measure_raw(
         while time.perf_counter() < deadline or not times:
             f, r, p = feeds[k % len(feeds)]
             t0 = time.perf_counter()
-            be.infer(f)
+            self.backend.infer(f)
             times.append(time.perf_counter() - t0)
-            real, padded, done = real + r, padded + p, done + bs
+            real, padded, done = real + r, padded + p, done + batch_size
             k += 1
-        points.append(
-            RawPoint(bs, done / sum(times), statistics.median(times) * 1000.0, real / max(padded, 1))
+        return RawPoint(
+            batch_size, done / sum(times), statistics.median(times) * 1000.0, real / max(padded, 1)
         )
-        print(
-            f"  raw batch {bs:>3}: {points[-1].sequences_per_s:8.1f} seq/s  "
-            f"p50 {points[-1].p50_ms:7.2f} ms/batch"
-        )
-    be.close()
-    return points, be.name, str(getattr(be, "precision", "?"))
 
 
-# --- service ----------------------------------------------------------------------------------
+def open_raw(
+    repo: Path, model: str, backend: str, precision: str | None, sentences: Sequence[str]
+) -> RawBench:
+    from bertserve.modelrepo import load_model_config, version_dir
+    from service.backends.selection import BackendLoader
+    from service.settings import Settings
+
+    settings = Settings.model_validate({"repo": repo, "backend": backend, "precision": precision})
+    config = load_model_config(repo, model)
+    vdir = version_dir(repo, model, config.default_version)
+    return RawBench(BackendLoader(settings)(config, vdir), config, vdir / "tokenizer.json", sentences)
+
+
+# --- servers ----------------------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -134,14 +207,42 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_ready(proc: subprocess.Popen[bytes], port: int, what: str, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {err[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
 @contextlib.contextmanager
-def running_service(
-    repo: Path, model: str, backend: str, precision: str | None, port: int, extra_env: dict[str, str]
-) -> Iterator[subprocess.Popen[bytes]]:
+def subprocess_server(cmd: list[str], port: int, what: str, env: dict[str, str]) -> Iterator[int]:
+    """Start a server, wait for /health/ready, yield its pid, stop it (SIGTERM, then SIGKILL)."""
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_ready(proc, port, what)
+        yield proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def serve_command(repo: Path, model: str, backend: str, precision: str | None, port: int) -> list[str]:
     cmd = [
-        sys.executable,
-        "-m",
-        "bertserve.cli",
+        "bertserve",
         "serve",
         "--repo",
         str(repo),
@@ -149,159 +250,446 @@ def running_service(
         model,
         "--backend",
         backend,
-        "--host",
-        "127.0.0.1",
         "--port",
         str(port),
     ]
-    if precision:
-        cmd += ["--precision", precision]
-    env = {**os.environ, "BERTSERVE_LOG_LEVEL": "warning", **extra_env}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"service exited with {proc.returncode}: {err[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("service not ready within 120 s")
-            time.sleep(0.2)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    return [*cmd, "--precision", precision] if precision else cmd
+
+
+def running_service(
+    repo: Path, model: str, backend: str, precision: str | None, port: int
+) -> contextlib.AbstractContextManager[int]:
+    cmd = [sys.executable, "-m", "bertserve.cli", *serve_command(repo, model, backend, precision, port)[1:]]
+    what = f"service ({backend} {precision or 'default precision'})"
+    return subprocess_server(cmd, port, what, {"BERTSERVE_LOG_LEVEL": "warning"})
 
 
 _SAMPLE = re.compile(r"^(bertserve_(?:real|padded)_tokens_total)\{[^}]*\}\s+([0-9.e+]+)$", re.M)
 
 
-def token_counters(port: int) -> dict[str, float]:
+def token_counters(port: int) -> tuple[float, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
-    return {m.group(1): float(m.group(2)) for m in _SAMPLE.finditer(text)}
+    values = {m.group(1): float(m.group(2)) for m in _SAMPLE.finditer(text)}
+    return values.get("bertserve_real_tokens_total", 0.0), values.get("bertserve_padded_tokens_total", 0.0)
+
+
+# --- load -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """A server and the pre-encoded requests it is driven with."""
+
+    port: int
+    requests: list[bytes]
+    counts_tokens: bool = True
+
+    @classmethod
+    def classify(cls, port: int, model: str, sentences: Sequence[str], counts_tokens: bool = True) -> Target:
+        path = f"/v1/models/{model}/classify"
+        return cls(
+            port, [encode_post("127.0.0.1", port, path, {"inputs": s}) for s in sentences], counts_tokens
+        )
+
+    def closed(self, clients: int, seconds: float, warmup_s: float) -> LoadPoint:
+        before = token_counters(self.port) if self.counts_tokens else None
+        res = asyncio.run(run_closed_loop("127.0.0.1", self.port, self.requests, clients, seconds, warmup_s))
+        ratio = None
+        if before is not None:
+            after = token_counters(self.port)
+            padded = after[1] - before[1]
+            ratio = round((after[0] - before[0]) / padded, 4) if padded else None
+        return load_point(clients, res, ratio)
+
+    def open(self, rate: float, seconds: float) -> RateProbe:
+        res = asyncio.run(run_open_loop("127.0.0.1", self.port, self.requests, rate, seconds))
+        failures = res.errors + sum(n for code, n in res.codes.items() if code != 200)
+        return RateProbe(rate, res.percentile_ms(95), res.ok / max(res.elapsed_s, 1e-9), failures)
+
+
+def load_point(clients: int, res: LoadResult, real_token_ratio: float | None) -> LoadPoint:
+    return LoadPoint(
+        clients=clients,
+        throughput_rps=round(res.throughput(), 2),
+        p50_ms=round(res.percentile_ms(50), 3),
+        p95_ms=round(res.percentile_ms(95), 3),
+        p99_ms=round(res.percentile_ms(99), 3),
+        requests_ok=res.ok,
+        errors=res.errors,
+        codes=dict(res.codes),
+        real_token_ratio=real_token_ratio,
+    )
+
+
+def show(name: str, p: LoadPoint) -> None:
+    bad = p.errors + sum(n for c, n in p.codes.items() if c != 200)
+    print(
+        f"  {name} {p.clients:>3} clients: {p.throughput_rps:8.1f} req/s  p50 {p.p50_ms:7.2f}  "
+        f"p95 {p.p95_ms:7.2f}  p99 {p.p99_ms:7.2f} ms  real/padded {p.real_token_ratio}  failed {bad}"
+    )
+
+
+# --- backends and precisions ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Configuration:
+    backend: str
+    precision: str
+    artifact: str  # format of the artifact the backend opens
+    portable_only: bool = False  # hide the fused graph so ORT opens the portable one
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend} {self.precision} ({self.artifact})"
+
+
+def configurations(config: ModelConfig) -> list[Configuration]:
+    """What the export wrote that a CPU backend can run, in the service's own preference order."""
+    have = {(a.format.value, a.precision.value) for a in config.version.artifacts}
+    found: list[Configuration] = []
+    if ("onnx-optimized", "fp32") in have:
+        found.append(Configuration("onnxruntime-cpu", "fp32", "onnx-optimized"))
+    if ("onnx", "fp32") in have:
+        found.append(
+            Configuration("onnxruntime-cpu", "fp32", "onnx", portable_only=("onnx-optimized", "fp32") in have)
+        )
+    if ("onnx", "int8") in have or ("onnx-optimized", "int8") in have:
+        found.append(Configuration("onnxruntime-cpu", "int8", "onnx"))
+    if ("openvino", "fp32") in have:
+        found.append(Configuration("openvino-cpu", "fp32", "openvino"))
+    if ("openvino", "int8") in have:
+        found.append(Configuration("openvino-cpu", "int8", "openvino"))
+    return found
+
+
+def portable_view(repo: Path, model: str, into: Path) -> Path:
+    """A repository holding `model` without its ORT-fused graph, so ORT CPU opens the portable one.
+
+    Files are hard-linked (copied across file systems): the service refuses symlinks that leave
+    the repository, and its sha256 check still runs on the real bytes.
+    """
+    from bertserve.modelrepo import load_model_config, save_model_config, version_dir
+
+    config = load_model_config(repo, model)
+    version = config.version
+    kept = [a for a in version.artifacts if a.format.value != "onnx-optimized"]
+    src, dst = (
+        version_dir(repo, model, config.default_version),
+        version_dir(into, model, config.default_version),
+    )
+    dst.mkdir(parents=True, exist_ok=True)
+    for rel in [*version.tokenizer_files, *(f for a in kept for f in a.files)]:
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for extra in [src / rel] + ([(src / rel).with_suffix(".bin")] if rel.endswith(".xml") else []):
+            link = target.parent / extra.name
+            if not link.exists():
+                try:
+                    os.link(extra, link)
+                except OSError:
+                    shutil.copy2(extra, link)
+    trimmed = version.model_copy(update={"artifacts": kept})
+    save_model_config(into, config.model_copy(update={"versions": {config.default_version: trimmed}}))
+    return into
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def locust_command(
+    model: str, rate: float, clients: int, repo: Path, backend: str, precision: str | None
+) -> str:
+    serve = shlex.join(serve_command(repo, model, backend, precision, 8000))
+    make = shlex.join(
+        [
+            "make",
+            "loadtest",
+            "HOST=http://127.0.0.1:8000",
+            f"CLASSIFY_MODEL={model}",
+            "TASK_MIX=classify=1",
+            "INPUTS=1",
+            f"USERS={clients}",
+            f"SPAWN_RATE={clients}",
+            f"RATE={rate:.0f}",
+            "DURATION=60s",
+        ]
+    )
+    return f"{serve} &  # wait for /health/ready, then:\n{make}"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repo", type=Path, default=Path("models"))
     ap.add_argument("--model", default="sentiment")
-    ap.add_argument("--backend", default="onnxruntime-cpu")
-    ap.add_argument("--precision", default=None)
-    ap.add_argument("--data", type=Path, default=None, help="TSV with the sentence in column 1")
+    ap.add_argument("--backend", default="onnxruntime-cpu", help="backend of phases 1, 2, 3 and 5")
+    ap.add_argument("--precision", default=None, help="fp32 | int8 (default: the model's default)")
+    ap.add_argument("--checkpoint", type=Path, default=None, help="PyTorch checkpoint for the naive server")
+    ap.add_argument(
+        "--data", type=Path, default=None, help="sentences: TSV with a `sentence` column, or one a line"
+    )
     ap.add_argument("--sentences", type=int, default=872)
-    ap.add_argument("--raw-seconds", type=float, default=4.0, help="per batch size")
-    ap.add_argument("--seconds", type=float, default=10.0, help="per concurrency level")
     ap.add_argument("--concurrency", default="1,4,16,64,128")
+    ap.add_argument("--slo-ms", type=float, default=100.0, help="p95 target of the open-loop rate search")
+    ap.add_argument("--skip", default="", help="phases to leave out, comma-separated: naive,backends,slo")
+    ap.add_argument("--quick", action="store_true", help="short phases for development (figures are rough)")
+    ap.add_argument(
+        "--profile", action="store_true", help="py-spy the service under 64 clients (needs py-spy)"
+    )
+    ap.add_argument("--no-build", action="store_true", help="never build the fallback model")
     ap.add_argument("--out", type=Path, default=Path("results"))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-
-    sentences, source = load_sentences(args.data, args.sentences)
-    random.Random(args.seed).shuffle(sentences)
-    print(f"bench: model {args.model} in {args.repo}, backend {args.backend}, {len(sentences)} sentences")
-    print(f"       from {source}; {os.cpu_count()} CPUs")
-
-    print("1. raw backend (backend.infer only, arrival-order batches padded to their longest)")
-    raw, backend_name, precision = measure_raw(
-        args.repo, args.model, args.backend, args.precision, sentences, args.raw_seconds
-    )
-    best_raw = max(raw, key=lambda p: p.sequences_per_s)
-    raw_b1 = next(p for p in raw if p.batch_size == 1)
-
-    print("2. service, closed loop, one sentence per request")
-    port = free_port()
-    path = f"/v1/models/{args.model}/classify"
-    requests = [encode_post("127.0.0.1", port, path, {"inputs": s}) for s in sentences]
-    levels = [int(c) for c in args.concurrency.split(",")]
-    service_points: dict[int, dict[str, object]] = {}
-    real_ratio_64 = float("nan")
-    with running_service(args.repo, args.model, args.backend, args.precision, port, {}):
-        for c in levels:
-            before = token_counters(port)
-            res = asyncio.run(
-                run_closed_loop("127.0.0.1", port, requests, c, args.seconds, warmup_s=min(2.0, args.seconds))
-            )
-            after = token_counters(port)
-            d_real = after["bertserve_real_tokens_total"] - before["bertserve_real_tokens_total"]
-            d_pad = after["bertserve_padded_tokens_total"] - before["bertserve_padded_tokens_total"]
-            summary = res.summary()
-            summary["real_token_ratio"] = round(d_real / d_pad, 4) if d_pad else None
-            service_points[c] = summary
-            if c == 64:
-                real_ratio_64 = d_real / d_pad if d_pad else float("nan")
-            print(
-                f"  {c:>3} clients: {summary['throughput_rps']:8.1f} req/s  p50 {summary['p50_ms']:7.2f}  "
-                f"p95 {summary['p95_ms']:7.2f}  p99 {summary['p99_ms']:7.2f} ms  "
-                f"real/padded {summary['real_token_ratio']}  codes {summary['codes']} "
-                f"errors {summary['errors']}"
-            )
-
-    thr64 = float(service_points[64]["throughput_rps"]) if 64 in service_points else float("nan")  # type: ignore[arg-type]
-    p50_1 = float(service_points[1]["p50_ms"]) if 1 in service_points else float("nan")  # type: ignore[arg-type]
-    summary_doc = {
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model": args.model,
-        "backend": backend_name,
-        "precision": precision,
-        "cpus": os.cpu_count(),
-        "sentences": {"source": source, "count": len(sentences)},
-        "raw": [p.__dict__ for p in raw],
-        "service": {str(k): v for k, v in service_points.items()},
-        "service_vs_raw": round(thr64 / best_raw.sequences_per_s, 3),
-        "raw_best_batch_size": best_raw.batch_size,
-        "latency_overhead_ms": round(p50_1 - raw_b1.p50_ms, 3),
-        "real_token_ratio": round(real_ratio_64, 4),
-    }
+    budget = Budget.quick() if args.quick else Budget()
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    started = time.perf_counter()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out / stamp
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary_doc, indent=2))
-    lines = [
-        f"# bertserve benchmark {summary_doc['timestamp']}",
-        "",
-        f"model `{args.model}`, backend `{backend_name}` ({precision}), {os.cpu_count()} CPUs, "
-        f"{len(sentences)} sentences from {source}",
-        "",
-        "| raw batch | seq/s | p50 ms/batch |",
-        "|---:|---:|---:|",
-        *[f"| {p.batch_size} | {p.sequences_per_s:.1f} | {p.p50_ms:.2f} |" for p in raw],
-        "",
-        "| clients | req/s | p50 ms | p95 ms | p99 ms | real/padded |",
-        "|---:|---:|---:|---:|---:|---:|",
-        *[
-            f"| {c} | {v['throughput_rps']} | {v['p50_ms']} | {v['p95_ms']} | {v['p99_ms']} | "
-            f"{v['real_token_ratio']} |"
-            for c, v in service_points.items()
-        ],
-        "",
-        f"- service / raw (64 clients vs raw batch {best_raw.batch_size}): "
-        f"**{summary_doc['service_vs_raw']}**",
-        f"- batch-1 p50 latency overhead: **{summary_doc['latency_overhead_ms']} ms**",
-        f"- real / padded tokens at 64 clients: **{summary_doc['real_token_ratio']}**",
-    ]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+    from bertserve.modelrepo import load_model_config
+
+    model = resolve_model(args.repo, args.model, build_fallback=not args.no_build)
+    config = load_model_config(args.repo, model)
+    corpus = load_sentences(args.data, args.sentences, args.seed)
+    sentences = list(corpus.texts)
+    print(f"bench: model {model} in {args.repo}, backend {args.backend}, {len(sentences)} sentences")
+    print(f"       from {corpus.source}; {os.cpu_count()} CPUs; budget {'quick' if args.quick else 'full'}")
+
+    print("1. raw backend (backend.infer only, arrival-order batches padded to their longest)")
+    raw_bench = open_raw(args.repo, model, args.backend, args.precision, sentences)
+    raw: list[RawPoint] = []
+    for bs in RAW_BATCH_SIZES:
+        raw.append(raw_bench.measure(bs, budget.raw_s))
+        print(
+            f"  raw batch {bs:>3}: {raw[-1].sequences_per_s:8.1f} seq/s  p50 {raw[-1].p50_ms:7.2f} ms/batch"
+        )
+    best_bs = max(raw, key=lambda p: p.sequences_per_s).batch_size
+    precision = str(raw_bench.backend.precision)
+    backend_name = raw_bench.backend.name
+
+    run = BenchRun(
+        meta={
+            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+            "model": model,
+            "repo": str(args.repo),
+            "backend": backend_name,
+            "precision": precision,
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "sentences": {"source": corpus.source, "count": len(sentences)},
+            "raw_best_batch_size": best_bs,
+            "compare_clients": COMPARE_CLIENTS,
+            "budget": {"quick": args.quick, **{k: getattr(budget, k) for k in budget.__dataclass_fields__}},
+        },
+        raw=raw,
+        service=[],
+    )
+
+    port = free_port()
+    with running_service(args.repo, model, args.backend, args.precision, port) as service_pid:
+        target = Target.classify(port, model, sentences)
+        print("2. service, closed loop, one sentence per request")
+        for c in (int(x) for x in args.concurrency.split(",")):
+            run.service.append(target.closed(c, budget.level_s, budget.warmup_s))
+            show("service", run.service[-1])
+
+        print(
+            f"   {budget.repeats} paired repeats: raw batch {best_bs} then service at {COMPARE_CLIENTS} "
+            "clients; raw batch 1 then service at 1 client"
+        )
+        for _ in range(budget.repeats):
+            r = raw_bench.measure(best_bs, budget.pair_s).sequences_per_s
+            s = target.closed(COMPARE_CLIENTS, budget.pair_s, 0.5)
+            run.service_vs_raw_pairs.append(round(s.throughput_rps / r, 4))
+            if s.real_token_ratio is not None:
+                run.real_token_ratios.append(s.real_token_ratio)
+            r1 = raw_bench.measure(1, budget.pair_s / 2).p50_ms
+            s1 = target.closed(1, budget.pair_s / 2, 0.3).p50_ms
+            run.latency_overhead_pairs.append(round(s1 - r1, 3))
+            print(
+                f"   service/raw {run.service_vs_raw_pairs[-1]:.3f} ({s.throughput_rps:.1f} vs {r:.1f}); "
+                f"overhead {run.latency_overhead_pairs[-1]:.2f} ms ({s1:.2f} vs {r1:.2f}); "
+                f"real/padded {s.real_token_ratio}"
+            )
+
+        if args.profile:
+            profile_service(service_pid, target, budget, out)
+
+        if "naive" not in skip:
+            measure_naive(run, args, model, sentences, target, budget)
+
+        if "backends" not in skip:
+            measure_backends(run, args.repo, model, config, sentences, best_bs, budget, out)
+
+        if "slo" not in skip:
+            print(f"5. open loop: highest rate with p95 <= {args.slo_ms:g} ms")
+            start = 0.7 * max(p.throughput_rps for p in run.service)
+            search = find_max_rate(
+                lambda rate: _show_probe(target.open(rate, budget.probe_s)),
+                slo_p95_ms=args.slo_ms,
+                start_rate=max(start, 1.0),
+                max_probes=budget.max_probes,
+            )
+            run = replace(run, slo=search)
+            if search.max_rate is not None:
+                rate = int(search.max_rate)
+                run = replace(
+                    run,
+                    locust_command=locust_command(
+                        model, rate, COMPARE_CLIENTS, args.repo, args.backend, args.precision
+                    ),
+                )
+    raw_bench.backend.close()
+
+    run.meta["elapsed_s"] = round(time.perf_counter() - started, 1)
+    summary = write_results(out, run)
     print()
-    print(
-        f"service_vs_raw = {summary_doc['service_vs_raw']} (64 clients {thr64:.1f} req/s vs raw "
-        f"{best_raw.sequences_per_s:.1f} seq/s at batch {best_raw.batch_size}; goal >= 0.9)"
-    )
-    print(
-        f"latency_overhead_ms = {summary_doc['latency_overhead_ms']} (service p50 {p50_1:.2f} ms at 1 client "
-        f"vs raw batch-1 p50 {raw_b1.p50_ms:.2f} ms; goal <= 1.5)"
-    )
-    print(f"real_token_ratio = {summary_doc['real_token_ratio']} (goal >= 0.85)")
-    print(f"written to {out}/summary.json and report.md")
+    print(f"service_vs_raw = {summary['service_vs_raw']} (median of {budget.repeats} pairs; goal >= 0.9)")
+    print(f"service_vs_naive = {summary['service_vs_naive']} (goal >= 5)")
+    print(f"latency_overhead_ms = {summary['latency_overhead_ms']} (batch-1 p50, service - raw; goal <= 1.5)")
+    print(f"real_token_ratio = {summary['real_token_ratio']} (at {COMPARE_CLIENTS} clients; goal >= 0.85)")
+    print(f"best_backend = {summary['best_backend']}")
+    print(f"max_rate_at_slo = {summary['max_rate_at_slo']} req/s (p95 <= {args.slo_ms:g} ms)")
+    if run.locust_command:
+        print(f"\n60-second Locust check at that rate:\n{run.locust_command}")
+    print(f"\nwritten to {out}/ (summary.json, report.md, *.png) in {run.meta['elapsed_s']} s")
     return 0
+
+
+def _show_probe(p: RateProbe) -> RateProbe:
+    print(
+        f"  rate {p.rate:7.1f} req/s: p95 {p.p95_ms:8.2f} ms, "
+        f"achieved {p.achieved_rps:7.1f} req/s, failed {p.failures}"
+    )
+    return p
+
+
+def measure_naive(
+    run: BenchRun, args: argparse.Namespace, model: str, sentences: list[str], target: Target, budget: Budget
+) -> None:
+    checkpoint = find_checkpoint(args.repo, model, args.checkpoint)
+    if checkpoint is None:
+        print(
+            f"3. naive server: SKIPPED, no PyTorch checkpoint for {model!r} (pass --checkpoint PATH, or keep "
+            f"the fine-tuned checkpoint in {args.repo / model / 'checkpoint'})"
+        )
+        return
+    print(f"3. naive server (FastAPI + transformers pipeline, no batching) on {checkpoint}")
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "loadtest.naive_server",
+        "--checkpoint",
+        str(checkpoint),
+        "--model",
+        model,
+        "--port",
+        str(port),
+    ]
+    with subprocess_server(cmd, port, "naive server", {"PYTHONPATH": str(ROOT)}):
+        naive = Target.classify(port, model, sentences, counts_tokens=False)
+        for c in budget.naive_levels:
+            run.naive.append(naive.closed(c, budget.level_s, budget.warmup_s))
+            show("naive  ", run.naive[-1])
+        for _ in range(budget.repeats):  # back to back, so both sides see the same machine
+            s = target.closed(COMPARE_CLIENTS, budget.pair_s, 0.5).throughput_rps
+            n = naive.closed(COMPARE_CLIENTS, budget.pair_s, 0.5).throughput_rps
+            run.service_vs_naive_pairs.append(round(s / n, 3) if n else float("nan"))
+            print(f"   service/naive {run.service_vs_naive_pairs[-1]} ({s:.1f} vs {n:.1f} req/s)")
+
+
+def measure_backends(
+    run: BenchRun,
+    repo: Path,
+    model: str,
+    config: ModelConfig,
+    sentences: list[str],
+    best_bs: int,
+    budget: Budget,
+    out: Path,
+) -> None:
+    configs = configurations(config)
+    print(
+        f"4. backends and precisions at {COMPARE_CLIENTS} clients, {budget.backend_rounds} interleaved "
+        f"rounds: {', '.join(c.label for c in configs)}"
+    )
+    view: Path | None = None
+    with contextlib.ExitStack() as stack:
+        targets: list[tuple[Configuration, Target, RawBench]] = []
+        for cfg in configs:
+            where = repo
+            if cfg.portable_only:
+                view = view or portable_view(repo, model, out / "portable-repo")
+                where = view
+            port = free_port()
+            stack.enter_context(running_service(where, model, cfg.backend, cfg.precision, port))
+            raw = open_raw(where, model, cfg.backend, cfg.precision, sentences)
+            stack.callback(raw.backend.close)
+            targets.append((cfg, Target.classify(port, model, sentences), raw))
+        service: dict[str, list[LoadPoint]] = {c.label: [] for c in configs}
+        raw_rates: dict[str, list[float]] = {c.label: [] for c in configs}
+        for _ in range(budget.backend_rounds):
+            for cfg, target, raw in targets:
+                service[cfg.label].append(target.closed(COMPARE_CLIENTS, budget.backend_s, 0.5))
+                raw_rates[cfg.label].append(raw.measure(best_bs, budget.backend_s / 2).sequences_per_s)
+        for cfg, _, _ in targets:
+            points = sorted(service[cfg.label], key=lambda p: p.throughput_rps)
+            middle = points[len(points) // 2]  # the median round, kept whole
+            point = BackendPoint(
+                cfg.label,
+                cfg.backend,
+                cfg.precision,
+                cfg.artifact,
+                middle,
+                round(statistics.median(raw_rates[cfg.label]), 2),
+            )
+            run.backends.append(point)
+            print(
+                f"  {cfg.label:<42} service {middle.throughput_rps:8.1f} req/s (p95 {middle.p95_ms:.1f} ms), "
+                f"raw {point.raw_sequences_per_s:8.1f} seq/s"
+            )
+    if view is not None:
+        shutil.rmtree(view, ignore_errors=True)
+
+
+def profile_service(pid: int, target: Target, budget: Budget, out: Path) -> None:
+    """py-spy the service while 64 clients load it; the collapsed stacks are kept and summarised by stage."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        print("   profile: SKIPPED, py-spy is not installed (pip install py-spy)")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = max(int(budget.level_s), 2)
+    print(f"   profile: py-spy record of the service at {COMPARE_CLIENTS} clients for {seconds} s")
+    stacks = out / "profile-service-64.txt"
+    # --nonblocking: sample without pausing the server, so the profile does not slow what it measures.
+    cmd = [
+        spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(seconds),
+        "--rate",
+        "200",
+        "--format",
+        "raw",
+        "--output",
+        str(stacks),
+        "--threads",
+        "--nonblocking",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(0.5)
+    target.closed(COMPARE_CLIENTS, seconds + 1, 0.0)
+    proc.wait(timeout=60)
+    from loadtest.profiling import summarize_collapsed
+
+    if stacks.is_file():
+        print(summarize_collapsed(stacks.read_text(encoding="utf-8")).render())
 
 
 if __name__ == "__main__":

@@ -14,19 +14,43 @@ is measured from the scheduled start time).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import numpy as np
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback IP (127.0.0.0/8, ::1); names other than localhost are not resolved,
+    because a name that resolves to loopback today may not tomorrow."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def check_loopback(host: str) -> None:
-    if host not in LOOPBACK and not host.startswith("127."):
-        raise ValueError(f"load tests only target loopback addresses, not {host!r}")
+    """Load tests saturate their target: refuse anything but this machine, so that a typo or a
+    copied command never load-tests someone else's server."""
+    if not is_loopback(host):
+        raise ValueError(
+            f"load tests only target loopback addresses (127.0.0.1, ::1, localhost), not {host!r}"
+        )
+
+
+def check_loopback_url(url: str) -> str:
+    """Validate an `http://host:port` base URL; returns it without a trailing slash."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected a base URL like http://127.0.0.1:8000, not {url!r}")
+    check_loopback(parts.hostname)
+    return url.rstrip("/")
 
 
 def encode_post(host: str, port: int, path: str, body: dict[str, object]) -> bytes:

@@ -1,0 +1,291 @@
+"""Benchmark results: the measured values, the headline ratios, summary.json, report.md and plots.
+
+Pure functions of a `BenchRun`, so the summary's keys and the report are unit-tested on synthetic
+data without a server.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from loadtest.slo import SloSearch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# Goals from issues 3 and 6: (key, comparison, threshold).
+GOALS: tuple[tuple[str, str, float], ...] = (
+    ("service_vs_raw", ">=", 0.9),
+    ("service_vs_naive", ">=", 5.0),
+    ("latency_overhead_ms", "<=", 1.5),
+    ("real_token_ratio", ">=", 0.85),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RawPoint:
+    batch_size: int
+    sequences_per_s: float
+    p50_ms: float  # per batch
+    real_token_ratio: float
+
+
+@dataclass(frozen=True, slots=True)
+class LoadPoint:
+    clients: int
+    throughput_rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    requests_ok: int
+    errors: int
+    codes: dict[int, int] = field(default_factory=dict)
+    real_token_ratio: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendPoint:
+    label: str  # e.g. "onnxruntime-cpu fp32 (onnx-optimized)"
+    backend: str
+    precision: str
+    artifact: str
+    service: LoadPoint  # through the service at the comparison concurrency
+    raw_sequences_per_s: float  # the raw backend at the main sweep's best batch size
+
+
+@dataclass(frozen=True, slots=True)
+class BenchRun:
+    meta: dict[str, object]
+    raw: list[RawPoint]
+    service: list[LoadPoint]
+    naive: list[LoadPoint] = field(default_factory=list)
+    # Paired repeats: each value comes from two measurements taken back to back.
+    service_vs_raw_pairs: list[float] = field(default_factory=list)
+    latency_overhead_pairs: list[float] = field(default_factory=list)
+    service_vs_naive_pairs: list[float] = field(default_factory=list)
+    real_token_ratios: list[float] = field(default_factory=list)
+    backends: list[BackendPoint] = field(default_factory=list)
+    slo: SloSearch | None = None
+    locust_command: str | None = None
+
+
+def _median(values: list[float]) -> float | None:
+    finite = [v for v in values if math.isfinite(v)]
+    return round(statistics.median(finite), 4) if finite else None
+
+
+def best_backend(backends: list[BackendPoint]) -> str | None:
+    """The configuration with the highest service throughput (ties: the first measured)."""
+    if not backends:
+        return None
+    return max(backends, key=lambda b: b.service.throughput_rps).label
+
+
+def goal_verdicts(summary: dict[str, object]) -> dict[str, dict[str, object]]:
+    verdicts: dict[str, dict[str, object]] = {}
+    for key, op, threshold in GOALS:
+        value = summary.get(key)
+        met = None
+        if isinstance(value, int | float):
+            met = value >= threshold if op == ">=" else value <= threshold
+        verdicts[key] = {"value": value, "goal": f"{op} {threshold:g}", "met": met}
+    return verdicts
+
+
+def build_summary(run: BenchRun) -> dict[str, object]:
+    """summary.json: the headline figures at the top level, every measurement below them."""
+    slo = run.slo
+    summary: dict[str, object] = {
+        **run.meta,
+        "service_vs_raw": _median(run.service_vs_raw_pairs),
+        "service_vs_naive": _median(run.service_vs_naive_pairs),
+        "latency_overhead_ms": _median(run.latency_overhead_pairs),
+        "real_token_ratio": _median(run.real_token_ratios),
+        "best_backend": best_backend(run.backends),
+        "max_rate_at_slo": round(slo.max_rate, 1) if slo and slo.max_rate is not None else None,
+        "slo_p95_ms": slo.slo_p95_ms if slo else None,
+        "locust_command": run.locust_command,
+        "pairs": {
+            "service_vs_raw": run.service_vs_raw_pairs,
+            "latency_overhead_ms": run.latency_overhead_pairs,
+            "service_vs_naive": run.service_vs_naive_pairs,
+            "real_token_ratio": run.real_token_ratios,
+        },
+        "raw": [asdict(p) for p in run.raw],
+        "service": [asdict(p) for p in run.service],
+        "naive": [asdict(p) for p in run.naive],
+        "backends": [asdict(b) for b in run.backends],
+        "slo_search": (
+            [{**asdict(p), "passed": ok} for p, ok in zip(slo.probes, slo.passed, strict=True)]
+            if slo
+            else None
+        ),
+    }
+    summary["goals"] = goal_verdicts(summary)
+    return summary
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def _failed(p: LoadPoint) -> int:
+    return p.errors + sum(n for code, n in p.codes.items() if code != 200)
+
+
+def _verdict(met: object) -> str:
+    return "n/a" if met is None else "yes" if met else "no"
+
+
+def render_markdown(run: BenchRun, summary: dict[str, object]) -> str:
+    goals = goal_verdicts(summary)
+    meta = run.meta
+    lines = [
+        f"# bertserve benchmark {meta.get('timestamp', '')}",
+        "",
+        f"model `{meta.get('model')}`, backend `{meta.get('backend')}` ({meta.get('precision')}), "
+        f"{meta.get('cpus')} CPUs, sentences: {meta.get('sentences')}",
+        "",
+        "## Headline",
+        "",
+        "| figure | value | goal | met |",
+        "|---|---:|---|---|",
+        *[f"| {k} | {_fmt(v['value'])} | {v['goal']} | {_verdict(v['met'])} |" for k, v in goals.items()],
+        f"| best_backend | {summary.get('best_backend')} | | |",
+        f"| max_rate_at_slo (req/s, p95 <= {_fmt(summary.get('slo_p95_ms'))} ms) | "
+        f"{_fmt(summary.get('max_rate_at_slo'))} | | |",
+        "",
+        "Ratios are medians of paired repeats, both sides measured back to back (`pairs` in summary.json).",
+        "",
+        "## Raw backend (backend.infer only)",
+        "",
+        "| batch | seq/s | p50 ms/batch | real/padded |",
+        "|---:|---:|---:|---:|",
+        *[
+            f"| {p.batch_size} | {p.sequences_per_s:.1f} | {p.p50_ms:.2f} | {p.real_token_ratio:.3f} |"
+            for p in run.raw
+        ],
+    ]
+    for title, points in (("Service, closed loop", run.service), ("Naive server (transformers)", run.naive)):
+        if not points:
+            continue
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            "| clients | req/s | p50 ms | p95 ms | p99 ms | failed | real/padded |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+            *[
+                f"| {p.clients} | {p.throughput_rps:.1f} | {p.p50_ms:.2f} | {p.p95_ms:.2f} | {p.p99_ms:.2f} "
+                f"| {_failed(p)} | {_fmt(p.real_token_ratio)} |"
+                for p in points
+            ],
+        ]
+    if run.backends:
+        lines += [
+            "",
+            "## Backends and precisions (service at the comparison concurrency; raw at the best batch)",
+            "",
+            "| configuration | service req/s | p50 ms | p95 ms | raw seq/s | service / raw |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for b in run.backends:
+            ratio = (
+                b.service.throughput_rps / b.raw_sequences_per_s if b.raw_sequences_per_s else float("nan")
+            )
+            lines.append(
+                f"| {b.label} | {b.service.throughput_rps:.1f} | {b.service.p50_ms:.2f} | "
+                f"{b.service.p95_ms:.2f} | {b.raw_sequences_per_s:.1f} | {ratio:.3f} |"
+            )
+    if run.slo is not None:
+        lines += [
+            "",
+            f"## Open loop: highest rate with p95 <= {run.slo.slo_p95_ms:g} ms",
+            "",
+            "| rate req/s | p95 ms | achieved req/s | failed | passed |",
+            "|---:|---:|---:|---:|---|",
+            *[
+                f"| {p.rate:.1f} | {p.p95_ms:.2f} | {p.achieved_rps:.1f} | {p.failures} | {_verdict(ok)} |"
+                for p, ok in zip(run.slo.probes, run.slo.passed, strict=True)
+            ],
+        ]
+    if run.locust_command:
+        lines += ["", "## Locust at the sustainable rate", "", "```bash", run.locust_command, "```"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(run: BenchRun, out: Path) -> list[Path]:
+    """throughput.png, latency.png and backends.png (each when it has data)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a display
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    if run.service:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, points in (("bertserve", run.service), ("naive transformers server", run.naive)):
+            if points:
+                ax.plot([p.clients for p in points], [p.throughput_rps for p in points], "o-", label=name)
+        if run.raw:
+            best = max(p.sequences_per_s for p in run.raw)
+            ax.axhline(best, linestyle="--", color="grey", label="raw backend, best batch")
+        ax.set(xscale="log", xlabel="concurrent clients", ylabel="requests / s")
+        ax.set_title("Throughput vs concurrency")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        written.append(_save(fig, out / "throughput.png"))
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        clients = [p.clients for p in run.service]
+        ax.plot(clients, [p.p50_ms for p in run.service], "o-", label="bertserve p50")
+        ax.plot(clients, [p.p95_ms for p in run.service], "s-", label="bertserve p95")
+        ax.plot(clients, [p.p99_ms for p in run.service], "^-", label="bertserve p99")
+        if run.naive:
+            ax.plot([p.clients for p in run.naive], [p.p95_ms for p in run.naive], "x--", label="naive p95")
+        ax.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="latency (ms)")
+        ax.set_title("Latency percentiles, closed loop")
+        ax.legend()
+        ax.grid(alpha=0.3, which="both")
+        written.append(_save(fig, out / "latency.png"))
+
+    if run.backends:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        xs = list(range(len(run.backends)))
+        ax.bar([x - 0.2 for x in xs], [b.service.throughput_rps for b in run.backends], 0.4, label="service")
+        ax.bar([x + 0.2 for x in xs], [b.raw_sequences_per_s for b in run.backends], 0.4, label="raw backend")
+        ax.set_xticks(xs, [b.label for b in run.backends], rotation=20, ha="right", fontsize=8)
+        ax.set(ylabel="sequences / s")
+        ax.set_title("Backends and precisions")
+        ax.legend()
+        ax.grid(alpha=0.3, axis="y")
+        written.append(_save(fig, out / "backends.png"))
+    return written
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_results(out: Path, run: BenchRun, *, plots: bool = True) -> dict[str, object]:
+    out.mkdir(parents=True, exist_ok=True)
+    summary = build_summary(run)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(render_markdown(run, summary), encoding="utf-8")
+    if plots:
+        plot(run, out)
+    return summary

@@ -1,0 +1,78 @@
+"""summary.json, report.md and the plots, written from synthetic measurements."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from loadtest.report import BackendPoint, BenchRun, LoadPoint, RawPoint, build_summary, write_results
+from loadtest.slo import RateProbe, SloSearch
+
+REQUIRED = (
+    "service_vs_raw",
+    "service_vs_naive",
+    "latency_overhead_ms",
+    "real_token_ratio",
+    "best_backend",
+    "max_rate_at_slo",
+)
+
+
+def point(clients: int, rps: float, p50: float = 10.0) -> LoadPoint:
+    return LoadPoint(clients, rps, p50, p50 * 2, p50 * 3, int(rps * 10), 0, {200: int(rps * 10)}, 0.9)
+
+
+def synthetic_run() -> BenchRun:
+    return BenchRun(
+        meta={"model": "m", "backend": "onnxruntime-cpu", "precision": "fp32", "cpus": 2, "timestamp": "t"},
+        raw=[RawPoint(1, 100.0, 9.5, 1.0), RawPoint(8, 300.0, 26.0, 0.8)],
+        service=[point(1, 90.0, 10.5), point(64, 280.0, 200.0)],
+        naive=[point(1, 40.0, 25.0), point(64, 45.0, 1400.0)],
+        service_vs_raw_pairs=[0.95, 0.91, 0.99],
+        latency_overhead_pairs=[1.2, 0.9, 3.0],
+        service_vs_naive_pairs=[6.0, 6.4, 5.5],
+        real_token_ratios=[0.9, 0.88, 0.91],
+        backends=[
+            BackendPoint("ort fp32", "onnxruntime-cpu", "fp32", "onnx-optimized", point(64, 280.0), 300.0),
+            BackendPoint("openvino int8", "openvino-cpu", "int8", "openvino", point(64, 410.0), 450.0),
+        ],
+        slo=SloSearch(
+            100.0, 240.0, (RateProbe(200.0, 40.0, 200.0, 0), RateProbe(300.0, 900.0, 280.0, 0)), (True, False)
+        ),
+        locust_command="make loadtest RATE=240",
+    )
+
+
+def test_summary_has_the_headline_keys_as_medians_of_the_pairs() -> None:
+    summary = build_summary(synthetic_run())
+    assert set(REQUIRED) <= summary.keys()
+    assert summary["service_vs_raw"] == 0.95
+    assert summary["latency_overhead_ms"] == 1.2
+    assert summary["service_vs_naive"] == 6.0
+    assert summary["real_token_ratio"] == 0.9
+    assert summary["best_backend"] == "openvino int8"
+    assert summary["max_rate_at_slo"] == 240.0
+    goals = summary["goals"]
+    assert isinstance(goals, dict)
+    assert goals["service_vs_raw"]["met"] is True
+    assert goals["latency_overhead_ms"]["met"] is True
+
+
+def test_missing_phases_give_nulls_not_errors() -> None:
+    run = BenchRun(meta={}, raw=[RawPoint(1, 100.0, 9.5, 1.0)], service=[point(1, 90.0)])
+    summary = build_summary(run)
+    for key in REQUIRED:
+        assert summary[key] is None
+    assert summary["goals"]["service_vs_naive"]["met"] is None  # type: ignore[index]
+
+
+def test_write_results_produces_json_markdown_and_plots(tmp_path: Path) -> None:
+    write_results(tmp_path, synthetic_run())
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(REQUIRED) <= summary.keys()
+    assert [p["passed"] for p in summary["slo_search"]] == [True, False]
+    report = (tmp_path / "report.md").read_text()
+    assert "| service_vs_raw | 0.95 | >= 0.9 | yes |" in report
+    assert "openvino int8" in report and "make loadtest RATE=240" in report
+    for name in ("throughput.png", "latency.png", "backends.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
