@@ -3,6 +3,11 @@
 The lifespan loads the models unless the caller already did (`run_server` loads before the
 port opens), starts the batchers, and warms up in the background so that /health/live answers
 and /health/ready says 503 until every model has run one inference.
+
+Middleware, outermost first: CORS (only when origins are listed: preflights carry no key), the
+API key (only when one is set), the body-size limit, then FastAPI's own stack. There are no
+management, reload or file-path endpoints: the routes are the inference, model-metadata, health
+and metrics ones in `service.api.routes`, plus the OpenAPI schema and its viewers.
 """
 
 from __future__ import annotations
@@ -11,11 +16,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.middleware.cors import CORSMiddleware
 
 import service
-from service.api.routes import AppState, router
+from service.api.middleware import METRICS_PATH, PUBLIC_PATHS, ApiKeyMiddleware, BodyLimitMiddleware
+from service.api.routes import AppState, count_unobserved_error, router
 from service.backends.selection import BackendFactory
 from service.errors import install_error_handlers
 from service.metrics import Metrics
@@ -49,7 +58,9 @@ def create_app(
             warm_up.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await warm_up
-            await reg.stop()
+            # Requests were drained before uvicorn shut down (see service.main); a backend stuck
+            # in a call must not hold the exit beyond the drain budget.
+            await reg.stop(timeout_s=settings.drain_timeout_s)
 
     app = FastAPI(
         title="bertserve",
@@ -58,6 +69,40 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.bertserve = AppState(settings=settings, registry=reg, metrics=reg.metrics)
-    install_error_handlers(app)
+    install_error_handlers(app, observe=count_unobserved_error)
     app.include_router(router)
+    # add_middleware wraps what is there: the last added runs first.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.api_key is not None:
+        public = PUBLIC_PATHS | {METRICS_PATH} if settings.metrics_public else PUBLIC_PATHS
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value(), public_paths=public)
+        _document_bearer_auth(app, public)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Timeout-Ms"],
+            allow_credentials=False,  # a Bearer key is sent explicitly; no cookies are involved
+            max_age=600,
+        )
     return app
+
+
+def _document_bearer_auth(app: FastAPI, public: frozenset[str]) -> None:
+    """Declare the Bearer scheme in OpenAPI (the /docs "Authorize" button) on protected routes."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "BERTSERVE_API_KEY"}
+            }
+            for path, operations in schema["paths"].items():
+                if path not in public:
+                    for operation in operations.values():
+                        operation["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

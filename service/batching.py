@@ -155,6 +155,7 @@ class DynamicBatcher:
         pad_token_id: int,
         metrics: Metrics,
         unhealthy_after_failures: int = 3,
+        stalled_after_s: float | None = None,
     ) -> None:
         self.model = model
         self.limits = limits
@@ -170,6 +171,12 @@ class DynamicBatcher:
         self._failures = 0
         self._unhealthy_after = unhealthy_after_failures
         self._crash: BaseException | None = None
+        # NOTE: a backend call cannot be interrupted (ORT and OpenVINO run native code), so a hung
+        # one is detected, not killed: while the running batch is older than `stalled_after_s`
+        # readiness reports it and new requests are refused at once instead of queueing behind
+        # it until their deadlines; both recover when the call returns.
+        self._stalled_after = stalled_after_s
+        self._running_since: float | None = None  # monotonic start of the batch in the backend
         # Children bound once: label lookups are not free on the hot path.
         self._m_queue = metrics.queue_duration.labels(model)
         self._m_depth = metrics.queue_depth.labels(model)
@@ -180,6 +187,7 @@ class DynamicBatcher:
         self._m_padded = metrics.padded_tokens.labels(model)
         self._m_rejected_full = metrics.rejected.labels(model, "queue_full")
         self._m_rejected_deadline = metrics.rejected.labels(model, "deadline")
+        self._m_rejected_stalled = metrics.rejected.labels(model, "backend_stalled")
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -202,15 +210,25 @@ class DynamicBatcher:
 
     @property
     def healthy(self) -> bool:
-        return self._crash is None and self._failures < self._unhealthy_after
+        return self.health_problem is None
 
     @property
     def health_problem(self) -> str | None:
         if self._crash is not None:
             return f"batch worker crashed: {type(self._crash).__name__}"
+        stalled = self._stalled_for()
+        if stalled is not None:
+            return f"a batch has been running for {stalled:.1f} s (backend stuck?)"
         if self._failures >= self._unhealthy_after:
             return f"{self._failures} consecutive batches failed"
         return None
+
+    def _stalled_for(self) -> float | None:
+        since, limit = self._running_since, self._stalled_after
+        if since is None or limit is None:
+            return None
+        running = time.monotonic() - since
+        return running if running > limit else None
 
     @property
     def queue_depth(self) -> int:
@@ -246,6 +264,13 @@ class DynamicBatcher:
         loop = self._loop
         if loop is None:
             raise NotReadyError(f"model {self.model} is not started")
+        if timeout_s is not None and timeout_s <= 0:
+            # The deadline passed before the sequences were ready (e.g. slow tokenization): they
+            # are never queued, so they can never run.
+            if announced:
+                self.withdraw()
+            self._m_rejected_deadline.inc()
+            raise DeadlineExceededError(f"model {self.model}: request deadline passed before queueing")
         future: asyncio.Future[list[Logits]] = loop.create_future()
         group = _Group(future, len(inputs))
         now = time.monotonic()
@@ -280,6 +305,9 @@ class DynamicBatcher:
             raise NotReadyError(f"model {self.model} is shutting down")
         if self._crash is not None:
             raise InferenceError(f"model {self.model} is unavailable: its batch worker stopped")
+        if self._stalled_for() is not None:
+            self._m_rejected_stalled.inc()
+            raise NotReadyError(f"model {self.model}: the backend is stuck on a batch; retry later")
 
     def _reject_full(self) -> None:
         self._m_rejected_full.inc()
@@ -357,7 +385,11 @@ class DynamicBatcher:
             self._m_queue.observe(start - item.enqueued)
         try:
             feeds, real, padded = self._collator.collate([item.input for item in batch])
-            logits = self._backend.infer(feeds)
+            self._running_since = start
+            try:
+                logits = self._backend.infer(feeds)
+            finally:
+                self._running_since = None
             if logits.shape[0] != len(batch):
                 raise RuntimeError(f"backend returned {logits.shape[0]} rows for a batch of {len(batch)}")
         except Exception as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar, Final
 
@@ -44,6 +44,27 @@ class PayloadTooLargeError(ServiceError):
     """Too many inputs, too many characters, or too many tokens with truncation off."""
 
     error_type = "payload_too_large"
+
+
+class BodyTooLargeError(PayloadTooLargeError):
+    """The request body is over the limit; raised by the body-limit middleware, from `receive`
+    while a (chunked) body streams in."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes")
+
+    def headers(self) -> Mapping[str, str]:
+        # The rest of the body is never read: the connection cannot carry another request.
+        return {"Connection": "close"}
+
+
+class UnauthorizedError(ServiceError):
+    """No or a wrong API key."""
+
+    error_type = "unauthorized"
+
+    def headers(self) -> Mapping[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="bertserve"'}
 
 
 class ModelNotFoundError(ServiceError):
@@ -97,6 +118,7 @@ class BackendUnavailableError(StartupError):
 # NOTE: the one status table. Lookup walks the MRO, so a subclass inherits its parent's status.
 STATUS_TABLE: Final[Mapping[type[ServiceError], int]] = {
     ServiceError: 500,
+    UnauthorizedError: 401,
     InvalidInputError: 422,
     PayloadTooLargeError: 413,
     ModelNotFoundError: 404,
@@ -147,12 +169,28 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(f"{loc}: {msg}" for loc, msg in list(first.items())[:5]) or "invalid request"
 
 
+def service_error_response(exc: ServiceError) -> Response:
+    return error_response(status_for(exc), exc.error_type, exc.message, exc.headers())
+
+
 async def handle_error(request: Request, exc: Exception) -> Response:
     """The single handler behind every non-2xx answer."""
     if isinstance(exc, ServiceError):
-        return error_response(status_for(exc), exc.error_type, exc.message, exc.headers())
+        return service_error_response(exc)
     if isinstance(exc, RequestValidationError):
         return error_response(422, "invalid_input", _validation_message(exc))
+    if isinstance(exc, StarletteHTTPException) and isinstance(exc.__cause__, ServiceError):
+        # FastAPI wraps whatever is raised while it reads the body into a 400, including the
+        # body-limit middleware's error.
+        return service_error_response(exc.__cause__)
+    if (
+        isinstance(exc, StarletteHTTPException)
+        and exc.status_code == 400
+        and isinstance(exc.__cause__, ValueError)
+    ):
+        # FastAPI answers 400 when the body cannot even be decoded (invalid UTF-8 in a JSON body):
+        # to the client that is one more invalid input, like malformed JSON (422).
+        return error_response(422, "invalid_input", "request body is not valid UTF-8 JSON")
     if isinstance(exc, StarletteHTTPException):
         status = exc.status_code
         phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "error"
@@ -162,9 +200,21 @@ async def handle_error(request: Request, exc: Exception) -> Response:
     return error_response(500, ServiceError.error_type, "internal server error")
 
 
-def install_error_handlers(app: FastAPI) -> None:
+ErrorObserver = Callable[[Request, int], None]
+
+
+def install_error_handlers(app: FastAPI, observe: ErrorObserver | None = None) -> None:
+    """`observe(request, status)` sees every error answered here, e.g. to count the 422s that
+    FastAPI raises before a route runs."""
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        response = await handle_error(request, exc)
+        if observe is not None:
+            observe(request, response.status_code)
+        return response
+
     for exc_type in (ServiceError, RequestValidationError, StarletteHTTPException, Exception):
-        app.add_exception_handler(exc_type, handle_error)
+        app.add_exception_handler(exc_type, handler)
 
 
 def openapi_error_responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, Any]]:

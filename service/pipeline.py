@@ -69,8 +69,8 @@ class Pipeline:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.batcher.start(loop)
 
-    async def stop(self) -> None:
-        await self.batcher.stop()
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        await self.batcher.stop(timeout_s)
         self.backend.close()
 
     async def warm_up(self) -> None:
@@ -96,11 +96,15 @@ class Pipeline:
     ) -> list[Logits]:
         """Logits per sequence, in order; `deadline` is a `time.monotonic()` instant."""
         return await self.batcher.submit(
-            sequences, announced=announced, timeout_s=max(deadline - time.monotonic(), 1e-3)
+            sequences, announced=announced, timeout_s=deadline - time.monotonic()
         )
 
-    def deadline(self) -> float:
-        return time.monotonic() + self.parts.request_timeout_s
+    def deadline(self, timeout_s: float | None = None) -> float:
+        """The request's deadline: the service's timeout, or the client's when that is shorter."""
+        limit = self.parts.request_timeout_s
+        if timeout_s is not None:
+            limit = min(limit, timeout_s)
+        return time.monotonic() + limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +131,14 @@ class ClassificationPipeline(Pipeline):
         )
 
     async def classify(
-        self, inputs: Sequence[TextInput], *, top_k: int | None = None, truncate: bool = True
+        self,
+        inputs: Sequence[TextInput],
+        *,
+        top_k: int | None = None,
+        truncate: bool = True,
+        timeout_s: float | None = None,
     ) -> Classification:
-        deadline = self.deadline()
+        deadline = self.deadline(timeout_s)
         sequences, truncated = await self.prepare(lambda: self._encode(inputs, truncate))
         rows = await self.submit_sequences(sequences, deadline, announced=True)
         return Classification(self.head.postprocess(np.stack(rows), top_k), truncated)
@@ -194,8 +203,9 @@ class TokenClassificationPipeline(Pipeline):
         *,
         strategy: AggregationStrategy = AggregationStrategy.SIMPLE,
         ignore_labels: Sequence[str] = DEFAULT_IGNORE_LABELS,
+        timeout_s: float | None = None,
     ) -> list[list[Entity]]:
-        deadline = self.deadline()
+        deadline = self.deadline(timeout_s)
         documents = await self.prepare(lambda: self._plan(texts))
         rows = await self.submit_sequences(
             [x for doc in documents for x in doc.sequences], deadline, announced=True

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TypeVar
 
 from bertserve.modelrepo import (
@@ -54,6 +57,11 @@ class ModelRegistry:
         self._ready = asyncio.Event()
         self._warmup_errors: dict[str, str] = {}
         self._stopping = False
+        self._draining = False
+        self._drain_deadline: float | None = None
+        self._inflight = 0  # inference requests being answered; a drain waits for them
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -106,6 +114,9 @@ class ModelRegistry:
             return None
         vdir = version_dir(repo, name, config.default_version)
         try:
+            # A version folder that is a symlink out of the repository would carry every file
+            # check below (which only looks inside the folder) along with it.
+            resolve_inside(repo, f"{name}/{config.default_version}")
             verify_files(vdir, config.version.tokenizer_files)
             tokenizer_path = resolve_inside(vdir, TOKENIZER_FILE)
             if not tokenizer_path.is_file():
@@ -137,6 +148,8 @@ class ModelRegistry:
                 config.pad_token_id,
                 self.metrics,
                 unhealthy_after_failures=self.settings.unhealthy_after_failures,
+                # A batch still running when every request in it has timed out is stuck.
+                stalled_after_s=self.settings.request_timeout_ms / 1000,
             )
         except ValueError as exc:
             backend.close()
@@ -174,10 +187,50 @@ class ModelRegistry:
     async def wait_ready(self, timeout_s: float | None = None) -> None:
         await asyncio.wait_for(self._ready.wait(), timeout_s)
 
-    async def stop(self) -> None:
+    def begin_drain(self, deadline: float | None = None) -> None:
+        """Shutdown has begun: readiness turns 503 and new requests are refused from now on,
+        while the requests already admitted run to completion. `deadline` (time.monotonic())
+        also bounds `stop`. NOTE: called from a signal handler: it only sets attributes."""
+        self._draining = True
+        self._drain_deadline = deadline
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no admitted request is in flight; False when `timeout_s` ran out first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """One inference request from admission to answer. Refuses (503) once draining."""
+        if self._draining or self._stopping:
+            raise NotReadyError("the service is shutting down; retry on another instance")
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Run what is queued, then stop the batchers (each waits at most `timeout_s`)."""
         self._stopping = True
         self._ready.clear()
-        await asyncio.gather(*(p.stop() for p in self._pipelines.values()))
+        if self._drain_deadline is not None:
+            timeout_s = max(0.0, min(timeout_s, self._drain_deadline - time.monotonic()))
+        await asyncio.gather(*(p.stop(timeout_s) for p in self._pipelines.values()))
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
@@ -189,7 +242,7 @@ class ModelRegistry:
     # --- queries ----------------------------------------------------------------------------
 
     def readiness_problems(self) -> list[str]:
-        if self._stopping:
+        if self._stopping or self._draining:
             return ["shutting down"]
         problems = [f"model {name}: warm-up failed ({err})" for name, err in self._warmup_errors.items()]
         if not self._ready.is_set() and not problems:

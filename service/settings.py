@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bertserve.modelrepo import BatchingConfig, Precision
@@ -72,6 +72,31 @@ class Settings(BaseSettings):
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of the service and uvicorn."
+    )
+
+    # --- access control ------------------------------------------------------------------------
+    api_key: SecretStr | None = Field(
+        None,
+        description="When set, every endpoint except /health/* (and /metrics with metrics_public) "
+        "requires `Authorization: Bearer <key>`. Without it anyone who reaches the port can run "
+        "inference, so binding beyond loopback without a key logs a warning.",
+    )
+    metrics_public: bool = Field(
+        False,
+        description="Serve /metrics without the API key, for a Prometheus that cannot send one. "
+        "Metrics carry no input text, only model names and counts.",
+    )
+    cors_origins: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="Browser origins allowed to call the API (comma-separated in the environment). "
+        "Default: none, so no CORS headers are sent and browsers refuse cross-origin calls.",
+    )
+    drain_timeout_s: float = Field(
+        20,
+        gt=0,
+        description="After SIGTERM: readiness turns 503 and new requests are refused at once, "
+        "in-flight requests get this long to finish before the process exits (keep it below the "
+        "orchestrator's grace period).",
     )
 
     # --- backend tuning ------------------------------------------------------------------------
@@ -137,7 +162,9 @@ class Settings(BaseSettings):
         10_000,
         gt=0,
         description="A request not answered within this time gets 504 and its queued sequences are "
-        "dropped, so a backlog never runs work nobody waits for.",
+        "dropped, so a backlog never runs work nobody waits for. A client may ask for less with "
+        "the X-Request-Timeout-Ms header, never for more. A batch still running after this long "
+        "counts as stuck: readiness turns 503 and new requests are refused until it returns.",
     )
     unhealthy_after_failures: int = Field(
         3, ge=1, description="Consecutive failed batches after which readiness reports 503."
@@ -148,6 +175,12 @@ class Settings(BaseSettings):
         2,
         ge=1,
         description="Threads that tokenize requests off the event loop, overlapping with inference.",
+    )
+    max_body_bytes: int = Field(
+        2 * 1024 * 1024,
+        ge=1,
+        description="Request body size at most (413 above), checked from Content-Length before the "
+        "body is read and counted while a chunked body streams in: bounds memory per connection.",
     )
     max_inputs: int = Field(32, ge=1, description="Inputs per request at most (413 above).")
     max_input_chars: int = Field(
@@ -160,12 +193,21 @@ class Settings(BaseSettings):
         "token is seen with context on both sides.",
     )
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "cors_origins", mode="before")
     @classmethod
-    def _split_models(cls, value: object) -> object:
+    def _split_names(cls, value: object) -> object:
         if isinstance(value, str):
             names = [name.strip() for name in value.split(",") if name.strip()]
             return names or None
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _usable_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None  # an empty BERTSERVE_API_KEY (e.g. an unset compose variable) means no key
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("api_key must be at least 16 characters")
         return value
 
     @field_validator("precision")

@@ -11,9 +11,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import cast
+from typing import Annotated, Final, cast
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
+from pydantic import WithJsonSchema
 from starlette.responses import Response
 
 from service.api.schemas import (
@@ -28,10 +29,12 @@ from service.api.schemas import (
 from service.errors import (
     DeadlineExceededError,
     InferenceError,
+    InvalidInputError,
     ModelNotFoundError,
     NotReadyError,
     PayloadTooLargeError,
     QueueFullError,
+    UnauthorizedError,
     UnsupportedTaskError,
     openapi_error_responses,
     status_for,
@@ -44,6 +47,20 @@ from service.tokenization import TextInput
 
 JSON = "application/json"
 CLIENT_CLOSED = 499  # nginx's convention for "client went away before the answer"
+INFERENCE_ENDPOINTS: Final = ("classify", "ner")  # route names = `endpoint` label values
+_OBSERVED = "bertserve.observed"  # scope key: this request was counted by observe_request
+
+RequestTimeoutHeader = Annotated[
+    float | None,
+    Header(
+        alias="X-Request-Timeout-Ms",
+        gt=0,
+        description="Answer 504 if no result within this many milliseconds. May only shorten the "
+        "server's BERTSERVE_REQUEST_TIMEOUT_MS, never extend it.",
+    ),
+    # An absent header is None; a header is never JSON null, so OpenAPI shows a plain number.
+    WithJsonSchema({"type": "number", "exclusiveMinimum": 0}),
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,15 +79,19 @@ def json_response(payload: object, status: int = 200) -> Response:
 
 
 @contextmanager
-def observe_request(state: AppState, model: str, endpoint: str) -> Iterator[None]:
-    """In-flight gauge, request counter by status code and latency histogram for one call."""
+def observe_request(request: Request, model: str, endpoint: str) -> Iterator[None]:
+    """Admission (refused while draining), in-flight gauge, request counter by status code and
+    latency histogram for one inference call."""
+    state = app_state(request)
+    request.scope[_OBSERVED] = True
     metrics = state.metrics
     label = model if model in state.registry else UNKNOWN_MODEL
     metrics.inflight.inc()
     start = time.perf_counter()
     code = 200
     try:
-        yield
+        with state.registry.admit():
+            yield
     except BaseException as exc:
         code = status_for(exc) if isinstance(exc, Exception) else CLIENT_CLOSED
         raise
@@ -78,6 +99,23 @@ def observe_request(state: AppState, model: str, endpoint: str) -> Iterator[None
         metrics.inflight.dec()
         metrics.requests.labels(label, endpoint, str(code)).inc()
         metrics.request_duration.labels(label, endpoint).observe(time.perf_counter() - start)
+
+
+def count_unobserved_error(request: Request, status: int) -> None:
+    """Count errors answered before an inference route ran (FastAPI's 422 for an invalid body, a
+    413 for a body over the limit), so bertserve_requests_total sees every answer it gave."""
+    route = request.scope.get("route")
+    endpoint = getattr(route, "name", None)
+    if request.scope.get(_OBSERVED) or endpoint not in INFERENCE_ENDPOINTS:
+        return
+    state = app_state(request)
+    model = request.path_params.get("model")
+    label = model if model in state.registry else UNKNOWN_MODEL
+    state.metrics.requests.labels(label, endpoint, str(status)).inc()
+
+
+def timeout_s(header_ms: float | None) -> float | None:
+    return None if header_ms is None else header_ms / 1000
 
 
 def normalize_inputs(raw: str | list[str] | list[tuple[str, str]], settings: Settings) -> list[TextInput]:
@@ -116,6 +154,8 @@ def model_info(pipeline: Pipeline, ready: bool) -> dict[str, object]:
 router = APIRouter()
 
 _INFERENCE_ERRORS = openapi_error_responses(
+    UnauthorizedError,
+    InvalidInputError,
     PayloadTooLargeError,
     ModelNotFoundError,
     UnsupportedTaskError,
@@ -133,12 +173,16 @@ _INFERENCE_ERRORS = openapi_error_responses(
     tags=["inference"],
     summary="Classify texts or text pairs",
 )
-async def classify(model: str, body: ClassifyRequest, request: Request) -> Response:
+async def classify(
+    model: str, body: ClassifyRequest, request: Request, timeout_ms: RequestTimeoutHeader = None
+) -> Response:
     state = app_state(request)
-    with observe_request(state, model, "classify"):
+    with observe_request(request, model, "classify"):
         pipeline = state.registry.get(model, ClassificationPipeline)
         inputs = normalize_inputs(body.inputs, state.settings)
-        out = await pipeline.classify(inputs, top_k=body.top_k, truncate=body.truncate)
+        out = await pipeline.classify(
+            inputs, top_k=body.top_k, truncate=body.truncate, timeout_s=timeout_s(timeout_ms)
+        )
         results = [[{"label": s.label, "score": s.score} for s in row] for row in out.results]
         return json_response({"model": model, "results": results, "truncated": out.truncated})
 
@@ -150,18 +194,29 @@ async def classify(model: str, body: ClassifyRequest, request: Request) -> Respo
     tags=["inference"],
     summary="Named entities with exact character offsets, for texts of any length",
 )
-async def ner(model: str, body: NerRequest, request: Request) -> Response:
+async def ner(
+    model: str, body: NerRequest, request: Request, timeout_ms: RequestTimeoutHeader = None
+) -> Response:
     state = app_state(request)
-    with observe_request(state, model, "ner"):
+    with observe_request(request, model, "ner"):
         pipeline = state.registry.get(model, TokenClassificationPipeline)
         texts = cast(list[str], normalize_inputs(body.inputs, state.settings))
         results = await pipeline.recognize(
-            texts, strategy=body.aggregation, ignore_labels=tuple(body.ignore_labels)
+            texts,
+            strategy=body.aggregation,
+            ignore_labels=tuple(body.ignore_labels),
+            timeout_s=timeout_s(timeout_ms),
         )
         return json_response({"model": model, "results": [[e.as_dict() for e in row] for row in results]})
 
 
-@router.get("/v1/models", response_model=ModelList, tags=["models"], summary="Served models")
+@router.get(
+    "/v1/models",
+    response_model=ModelList,
+    responses=openapi_error_responses(UnauthorizedError),
+    tags=["models"],
+    summary="Served models",
+)
 async def list_models(request: Request) -> Response:
     registry = app_state(request).registry
     ready = registry.is_ready
@@ -171,7 +226,7 @@ async def list_models(request: Request) -> Response:
 @router.get(
     "/v1/models/{model}",
     response_model=ModelInfo,
-    responses=openapi_error_responses(ModelNotFoundError),
+    responses=openapi_error_responses(UnauthorizedError, ModelNotFoundError),
     tags=["models"],
     summary="One served model: task, labels, backend, precision, batching",
 )
@@ -199,7 +254,13 @@ async def ready(request: Request) -> Response:
     return json_response({"status": "ok", "reasons": []})
 
 
-@router.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    responses=openapi_error_responses(UnauthorizedError),
+    tags=["health"],
+    summary="Prometheus metrics (needs the API key unless metrics_public)",
+    response_class=Response,
+)
 async def metrics(request: Request) -> Response:
     body, content_type = app_state(request).metrics.render()
     return Response(body, media_type=content_type)

@@ -9,13 +9,26 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from service.heads.token_classification import DEFAULT_IGNORE_LABELS, AggregationStrategy
 
 
-def _no_nul(value: str) -> str:
+def _plain_text(value: str) -> str:
     if "\x00" in value:
         raise ValueError("text must not contain NUL characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # JSON may escape a lone surrogate (\ud800) that no UTF-8 tokenizer can take.
+            raise ValueError("text must be valid Unicode (no lone surrogates)") from None
     return value
 
 
-Text = Annotated[str, StringConstraints(min_length=1), AfterValidator(_no_nul)]
+# The pattern documents the NUL rule in OpenAPI (so generated clients and fuzzers know it);
+# `_plain_text` enforces it with a readable message.
+Text = Annotated[
+    str,
+    StringConstraints(min_length=1),
+    AfterValidator(_plain_text),
+    Field(json_schema_extra={"pattern": "^[^\u0000]*$"}),
+]
 TextPair = tuple[Text, Text]
 
 

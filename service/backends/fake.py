@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,13 +41,16 @@ class FakeBackend:
     name: str = "fake"
     precision: Precision = Precision.FP32
     faults: FaultHooks = field(default_factory=FaultHooks)
-    batch_shapes: list[tuple[int, int]] = field(default_factory=list)  # (batch, length) per call
+    # (batch, length) of the latest calls; bounded so that a long load test does not grow memory
+    batch_shapes: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=10_000))
+    sequences_run: int = 0  # sequences the backend was called with, ever: proves what never ran
     started: threading.Event = field(default_factory=threading.Event)  # set when a batch arrives
     closed: bool = False
 
     def infer(self, feeds: Feeds) -> Logits:
         ids = feeds["input_ids"]
         self.batch_shapes.append((int(ids.shape[0]), int(ids.shape[1])))
+        self.sequences_run += int(ids.shape[0])
         self.started.set()
         hooks = self.faults
         if hooks.hang is not None:

@@ -231,6 +231,10 @@ class BackendLoader:
             artifact.precision,
         )
         verify_files(version_dir, artifact.files)
+        if artifact.format != ArtifactFormat.OPENVINO:
+            from service.backends.onnx_files import check_external_data
+
+            check_external_data(version_dir, artifact.main_file, artifact.files)
         path = version_dir / artifact.main_file
         output = model.outputs[0]
         if choice.kind == BackendKind.OPENVINO_CPU:

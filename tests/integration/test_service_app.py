@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from bertserve.modelrepo import ModelConfig
+from bertserve.modelrepo import ModelConfig, Task
 from service.app import create_app
 from service.backends.base import Backend
 from service.backends.fake import FakeBackend, FaultHooks, fake_logits
@@ -40,7 +40,12 @@ class FakeBackends:
     made: dict[str, FakeBackend] = field(default_factory=dict)
 
     def __call__(self, model: ModelConfig, version_dir: Path) -> Backend:
-        backend = FakeBackend(len(model.labels), input_names=tuple(model.inputs), faults=self.faults)
+        backend = FakeBackend(
+            len(model.labels),
+            token_level=model.task == Task.TOKEN_CLASSIFICATION,
+            input_names=tuple(model.inputs),
+            faults=self.faults,
+        )
         self.made[model.name] = backend
         return backend
 
@@ -197,7 +202,7 @@ async def test_input_limits_give_413(make_service: Callable[..., Any]) -> None:
 async def test_models_endpoints_describe_what_is_served(make_service: Callable[..., Any]) -> None:
     svc: Service = await make_service(max_batch_size=7)
     models = (await svc.client.get("/v1/models")).json()["models"]
-    assert [m["name"] for m in models] == ["cls", "distil", "multi"]  # ner: no pipeline yet, skipped
+    assert [m["name"] for m in models] == ["cls", "distil", "multi", "ner"]
     info = (await svc.client.get("/v1/models/multi")).json()
     assert info["labels"] == ["sports", "politics", "business"]
     assert info["problem_type"] == "multi_label_classification"

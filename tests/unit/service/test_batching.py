@@ -157,7 +157,7 @@ async def test_concurrent_requests_share_a_batch(make_batcher: Factory) -> None:
         batcher.announce()
     await asyncio.gather(*(submit_announced(batcher, [seq(4, start=i)]) for i in range(8)))
     # Full at 8 sequences: closed without waiting the (long) delay.
-    assert backend_of(batcher).batch_shapes == [(8, 4)]
+    assert list(backend_of(batcher).batch_shapes) == [(8, 4)]
 
 
 async def test_batch_waits_at_most_the_delay_for_announced_requests(make_batcher: Factory) -> None:
@@ -178,7 +178,7 @@ async def test_request_arriving_within_the_delay_joins_the_batch(make_batcher: F
     first = asyncio.create_task(submit_announced(batcher, [seq(4)]))
     await asyncio.sleep(0.02)
     await asyncio.gather(first, submit_announced(batcher, [seq(4, start=9)]))
-    assert backend_of(batcher).batch_shapes == [(2, 4)]
+    assert list(backend_of(batcher).batch_shapes) == [(2, 4)]
 
 
 async def test_lone_request_does_not_wait_for_company(make_batcher: Factory) -> None:
@@ -219,7 +219,7 @@ async def test_queued_sequences_are_batched_by_length(make_batcher: Factory) -> 
     await asyncio.sleep(0.05)
     release.set()
     await asyncio.gather(blocker, pending)
-    assert backend_of(batcher).batch_shapes[1:] == [(2, 6), (2, 31)]
+    assert list(backend_of(batcher).batch_shapes)[1:] == [(2, 6), (2, 31)]
 
 
 async def test_no_mixups_under_random_concurrent_load(make_batcher: Factory) -> None:
@@ -277,7 +277,7 @@ async def test_cancelled_request_is_dropped_before_inference(make_batcher: Facto
     release.set()
     await blocker
     await batcher.submit([seq(4)])
-    assert backend_of(batcher).batch_shapes == [(1, 3), (1, 4)]
+    assert list(backend_of(batcher).batch_shapes) == [(1, 3), (1, 4)]
 
 
 async def test_queue_full_is_rejected_immediately(make_batcher: Factory) -> None:

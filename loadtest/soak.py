@@ -1,0 +1,243 @@
+"""Soak test: a long, steady load at ~70 % of capacity, watching for slow leaks and creeping latency.
+
+    python -m loadtest.soak --minutes 30 [--repo models] [--fraction 0.7] [--interval-s 30]
+    make soak SOAK_MINUTES=5
+
+Starts its own `bertserve serve` on loopback (never a shared instance): the MiniLM demo model when
+the repository has a classification model (`python -m export.minilm_example --repo models` writes
+one), else the fake backend on whatever classification model.yaml + tokenizer it finds. It measures
+capacity with a closed loop, then holds an open-loop rate of `fraction` x capacity and, every
+interval, samples the server process from /proc (RSS, threads, open file descriptors) and the
+interval's p99 from /metrics. At the end it prints the trend (RSS slope over the second half, after
+allocator warm-up) and a verdict; the exit code is 0 for PASS, 1 for a suspected leak or drift.
+
+Bounded by design: `--minutes` is the whole load phase, and the service is stopped with SIGTERM
+(and its exit code reported) however the run ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from bertserve.modelrepo import Task, list_models, load_model_config
+from loadtest.corpus import classify_corpus
+from loadtest.httpload import LoadResult, encode_post, run_closed_loop, run_open_loop
+
+HOST = "127.0.0.1"
+DURATION_METRIC = "bertserve_request_duration_seconds"
+# Verdict thresholds: generous enough for allocator noise on a shared box, tight enough for a leak
+# that would matter over days (20 MB/h is ~0.5 GB a day).
+MAX_RSS_SLOPE_MB_PER_H = 20.0
+MAX_FD_GROWTH = 8
+MAX_THREAD_GROWTH = 4
+MAX_P99_RATIO = 1.5
+WIDTHS = (7, 8, 4, 4, 10, 10, 6, 8)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    t_s: float
+    rss_mb: float
+    threads: int
+    fds: int
+    server_p99_ms: float
+
+
+def proc_sample(pid: int) -> tuple[float, int, int]:
+    """(RSS in MB, threads, open file descriptors) of `pid`, from /proc."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.split()
+    rss_mb = int(fields["VmRSS"][0]) / 1024  # kB
+    return rss_mb, int(fields["Threads"][0]), len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def duration_buckets(base: str, model: str) -> dict[float, float]:
+    """Cumulative bucket counts of the classify request-duration histogram: upper bound -> count."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != DURATION_METRIC:
+            continue
+        for s in family.samples:
+            if s.name.endswith("_bucket") and s.labels.get("model") == model:
+                buckets[float(s.labels["le"])] = s.value
+    return buckets
+
+
+def interval_p99_ms(before: dict[float, float], after: dict[float, float]) -> float:
+    """p99 of the requests answered between two scrapes (bucket resolution, upper bound)."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    if total <= 0:
+        return float("nan")
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= 0.99 * total:
+            return bound * 1000
+    return float("inf")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def pick_model(repo: Path) -> tuple[str, bool]:
+    """(classification model name, whether its runnable artifacts are there)."""
+    for name in list_models(repo):
+        config = load_model_config(repo, name)
+        if config.task == Task.TEXT_CLASSIFICATION:
+            vdir = repo / name / str(config.default_version)
+            runnable = all((vdir / a.main_file).is_file() for a in config.version.artifacts)
+            return name, runnable
+    raise SystemExit(
+        f"no classification model in {repo}; build one with `python -m export.minilm_example --repo {repo}`"
+    )
+
+
+def start_service(repo: Path, model: str, backend: str, port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTSERVE_")}
+    command = [sys.executable, "-m", "bertserve.cli", "serve", "--repo", str(repo), "--model", model]
+    command += ["--backend", backend, "--host", HOST, "--port", str(port)]
+    return subprocess.Popen(command, env={**env, "BERTSERVE_LOG_LEVEL": "warning"})
+
+
+def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the service exited with {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"{base}/health/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("the service did not become ready")
+
+
+def slope_per_hour(samples: list[Sample], attr: str) -> float:
+    if len(samples) < 2:
+        return 0.0
+    t = np.array([s.t_s for s in samples]) / 3600
+    y = np.array([getattr(s, attr) for s in samples], dtype=np.float64)
+    return float(np.polyfit(t, y, 1)[0])
+
+
+def verdict(samples: list[Sample], failures: int) -> tuple[bool, list[str]]:
+    steady = samples[len(samples) // 2 :]  # after warm-up: allocator arenas and caches settle
+    notes = []
+    rss_slope = slope_per_hour(steady, "rss_mb")
+    notes.append(f"RSS slope (second half) {rss_slope:+.1f} MB/h (limit {MAX_RSS_SLOPE_MB_PER_H})")
+    fd_growth = max(s.fds for s in steady) - min(s.fds for s in steady)
+    thread_growth = max(s.threads for s in steady) - min(s.threads for s in steady)
+    notes.append(f"fd range {fd_growth} (limit {MAX_FD_GROWTH})")
+    notes.append(f"thread range {thread_growth} (limit {MAX_THREAD_GROWTH})")
+    quarter = max(1, len(samples) // 4)
+    early = np.nanmedian([s.server_p99_ms for s in samples[:quarter]])
+    late = np.nanmedian([s.server_p99_ms for s in samples[-quarter:]])
+    notes.append(f"server p99 first quarter {early:.1f} ms, last quarter {late:.1f} ms")
+    notes.append(f"transport errors and 5xx: {failures}")
+    ok = (
+        rss_slope <= MAX_RSS_SLOPE_MB_PER_H
+        and fd_growth <= MAX_FD_GROWTH
+        and thread_growth <= MAX_THREAD_GROWTH
+        and not (late > MAX_P99_RATIO * early)
+        and failures == 0
+    )
+    return ok, notes
+
+
+async def soak(args: argparse.Namespace) -> int:
+    repo = Path(args.repo)
+    model, runnable = pick_model(repo)
+    backend = args.backend or ("auto" if runnable else "fake")
+    port = free_port()
+    base = f"http://{HOST}:{port}"
+    corpus = classify_corpus()
+    requests = [encode_post(HOST, port, f"/v1/models/{model}/classify", {"inputs": t}) for t in corpus.texts]
+    print(f"soak: model {model} ({backend}), {len(requests)} texts from {corpus.source}, {args.minutes} min")
+    proc = start_service(repo, model, backend, port)
+    try:
+        wait_ready(base, proc)
+        capacity = (
+            await run_closed_loop(HOST, port, requests, args.concurrency, args.calibrate_s)
+        ).throughput()
+        rate = args.fraction * capacity
+        print(f"capacity {capacity:.1f} req/s -> holding {rate:.1f} req/s ({args.fraction:.0%})")
+        columns = ("t (s)", "RSS MB", "thr", "fds", "p99 srv ms", "p99 cli ms", "ok", "non-200")
+        print(" ".join(f"{c:>{w}}" for c, w in zip(columns, WIDTHS, strict=True)))
+        samples: list[Sample] = []
+        failures = 0
+        start = time.monotonic()
+        end = start + args.minutes * 60
+        previous = duration_buckets(base, model)
+        while time.monotonic() < end:
+            span = min(args.interval_s, end - time.monotonic())
+            result: LoadResult = await run_open_loop(HOST, port, requests, rate, span)
+            current = duration_buckets(base, model)
+            rss, threads, fds = proc_sample(proc.pid)
+            sample = Sample(time.monotonic() - start, rss, threads, fds, interval_p99_ms(previous, current))
+            previous = current
+            samples.append(sample)
+            bad = result.errors + sum(n for code, n in result.codes.items() if code >= 500)
+            failures += bad
+            not_ok = sum(result.codes.values()) - result.ok + result.errors
+            row = (
+                f"{sample.t_s:.0f}", f"{rss:.1f}", threads, fds, f"{sample.server_p99_ms:.1f}",
+                f"{result.percentile_ms(99):.1f}", result.ok, not_ok,
+            )  # fmt: skip
+            print(" ".join(f"{v:>{w}}" for v, w in zip(row, WIDTHS, strict=True)), flush=True)
+        ok, notes = verdict(samples, failures)
+        series = [s.rss_mb for s in samples]
+        print(f"RSS: start {series[0]:.1f} MB, min {min(series):.1f}, max {max(series):.1f}", end="")
+        print(f", end {series[-1]:.1f} MB")
+        for note in notes:
+            print(f"  {note}")
+        print(f"verdict: {'PASS' if ok else 'SUSPECT (leak or drift): inspect the table above'}")
+        return 0 if ok else 1
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            print(f"service exit code after SIGTERM: {proc.wait(timeout=60)}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--minutes", type=float, default=float(os.environ.get("SOAK_MINUTES", 30)))
+    parser.add_argument("--repo", default="models", help="Model repository (default: models).")
+    parser.add_argument(
+        "--backend", default=None, help="Default: auto when the model files exist, else fake."
+    )
+    parser.add_argument("--fraction", type=float, default=0.7, help="Share of the measured capacity to hold.")
+    parser.add_argument("--interval-s", type=float, default=30.0, help="Seconds between samples.")
+    parser.add_argument("--concurrency", type=int, default=32, help="Clients while measuring capacity.")
+    parser.add_argument("--calibrate-s", type=float, default=15.0, help="Seconds of capacity measurement.")
+    args = parser.parse_args()
+    if args.minutes <= 0 or not 0 < args.fraction <= 1:
+        parser.error("--minutes must be > 0 and --fraction in (0, 1]")
+    return asyncio.run(soak(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
