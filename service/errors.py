@@ -107,6 +107,13 @@ class InferenceError(ServiceError):
     error_type = "inference_error"
 
 
+class ClientClosedError(ServiceError):
+    """The client closed the connection before its answer; its queued sequences were dropped.
+    Nobody reads the response: the status exists for the request counter and the logs."""
+
+    error_type = "client_closed"
+
+
 class StartupError(Exception):
     """Configuration, repository or backend problem that must stop the process before it listens."""
 
@@ -127,6 +134,7 @@ STATUS_TABLE: Final[Mapping[type[ServiceError], int]] = {
     NotReadyError: 503,
     DeadlineExceededError: 504,
     InferenceError: 500,
+    ClientClosedError: 499,  # nginx's convention for "client went away before the answer"
 }
 
 # FastAPI/Starlette raise plain HTTP exceptions for routing problems; they get these types.

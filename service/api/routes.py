@@ -6,12 +6,13 @@ pydantic response models document the contract in OpenAPI but are not re-validat
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Final, cast
+from typing import Annotated, Final, TypeVar, cast
 
 from fastapi import APIRouter, Header, Request
 from pydantic import WithJsonSchema
@@ -27,6 +28,7 @@ from service.api.schemas import (
     NerResponse,
 )
 from service.errors import (
+    ClientClosedError,
     DeadlineExceededError,
     InferenceError,
     InvalidInputError,
@@ -45,6 +47,7 @@ from service.registry import ModelRegistry
 from service.settings import Settings
 from service.tokenization import TextInput
 
+T = TypeVar("T")
 JSON = "application/json"
 CLIENT_CLOSED = 499  # nginx's convention for "client went away before the answer"
 INFERENCE_ENDPOINTS: Final = ("classify", "ner")  # route names = `endpoint` label values
@@ -114,6 +117,31 @@ def count_unobserved_error(request: Request, status: int) -> None:
     state.metrics.requests.labels(label, endpoint, str(status)).inc()
 
 
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first.
+
+    The body has been read by then, so the next ASGI message can only be `http.disconnect`.
+    Cancelling the work cancels the batcher future, and the batch worker drops the request's
+    queued sequences before inference: a client that gave up costs no backend time.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+        watcher.cancel()
+    if task.cancelled() or not task.done():
+        raise ClientClosedError("client closed the connection before the answer")
+    return task.result()
+
+
 def timeout_s(header_ms: float | None) -> float | None:
     return None if header_ms is None else header_ms / 1000
 
@@ -180,8 +208,11 @@ async def classify(
     with observe_request(request, model, "classify"):
         pipeline = state.registry.get(model, ClassificationPipeline)
         inputs = normalize_inputs(body.inputs, state.settings)
-        out = await pipeline.classify(
-            inputs, top_k=body.top_k, truncate=body.truncate, timeout_s=timeout_s(timeout_ms)
+        out = await unless_disconnected(
+            request,
+            pipeline.classify(
+                inputs, top_k=body.top_k, truncate=body.truncate, timeout_s=timeout_s(timeout_ms)
+            ),
         )
         results = [[{"label": s.label, "score": s.score} for s in row] for row in out.results]
         return json_response({"model": model, "results": results, "truncated": out.truncated})
@@ -201,11 +232,14 @@ async def ner(
     with observe_request(request, model, "ner"):
         pipeline = state.registry.get(model, TokenClassificationPipeline)
         texts = cast(list[str], normalize_inputs(body.inputs, state.settings))
-        results = await pipeline.recognize(
-            texts,
-            strategy=body.aggregation,
-            ignore_labels=tuple(body.ignore_labels),
-            timeout_s=timeout_s(timeout_ms),
+        results = await unless_disconnected(
+            request,
+            pipeline.recognize(
+                texts,
+                strategy=body.aggregation,
+                ignore_labels=tuple(body.ignore_labels),
+                timeout_s=timeout_s(timeout_ms),
+            ),
         )
         return json_response({"model": model, "results": [[e.as_dict() for e in row] for row in results]})
 

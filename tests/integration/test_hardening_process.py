@@ -403,3 +403,36 @@ def test_broken_repository_stops_startup_before_the_port_opens(
     assert code == 2, output
     assert message in output, output
     assert "Uvicorn running" not in output and "Traceback" not in output
+
+
+# --- a client that hangs up costs no backend time --------------------------------------------
+
+
+def metric_value(base: str, series: str) -> float:
+    text = httpx.get(f"{base}/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series))
+
+
+@pytest.mark.parametrize("service", [(400.0, {})], indirect=True)
+def test_a_request_whose_client_disconnected_is_dropped_before_inference(service: ServiceProcess) -> None:
+    path = "/v1/models/cls/classify"
+    body = json.dumps({"inputs": "the movie was great"}).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    runs_before = metric_value(service.base, "bertserve_batch_size_count")
+    with httpx.Client(base_url=service.base, timeout=10) as client:
+        # The first request occupies the backend for 400 ms; the second queues behind it and hangs up.
+        with socket.create_connection(("127.0.0.1", service.port)) as busy:
+            busy.sendall(head.encode() + body)
+            time.sleep(0.1)
+            with socket.create_connection(("127.0.0.1", service.port)) as quitter:
+                quitter.sendall(head.encode() + body)
+                time.sleep(0.05)
+            assert busy.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(0.6)  # long enough for a second batch, had one been run
+        assert client.get("/health/ready").status_code == 200
+    assert metric_value(service.base, "bertserve_batch_size_count") - runs_before == 1
+    closed = 'bertserve_requests_total{code="499",endpoint="classify",model="cls"}'
+    assert metric_value(service.base, closed) == 1
