@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 REPO ?= models
 
-.PHONY: install demo serve test lint typecheck pytest clean
+.PHONY: install demo demo-build demo-eval serve test lint typecheck pytest clean bench loadtest
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,10 +20,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Until the demo recipe lands: export the packaged MiniLM-L6 backbone with a fresh head and serve it.
-demo: install
-	$(BIN)/python -m export.minilm_example --repo $(REPO)
-	$(BIN)/bertserve serve --repo $(REPO)
+# The demo: fine-tune `sentiment` and `ner` from the packaged MiniLM-L6-H384 (offline), export them
+# into $(REPO) unless they are already built from the current recipe (models/demo/), print example
+# curl calls, then serve both on 127.0.0.1:8000.
+DEMO_HOST ?= 127.0.0.1
+DEMO_PORT ?= 8000
+
+demo-build: install
+	$(BIN)/python models/demo/build.py --repo $(REPO) --host $(DEMO_HOST) --port $(DEMO_PORT)
+
+demo: demo-build
+	$(BIN)/bertserve serve --repo $(REPO) --model sentiment --model ner --host $(DEMO_HOST) --port $(DEMO_PORT)
+
+# Held-out figures, SST-2 dev accuracy and WNUT-17 PER/LOC F1 (with ../shared/data) of the built demo.
+demo-eval: install
+	$(BIN)/python scripts/evaluate_demo.py --repo $(REPO)
 
 serve: install
 	$(BIN)/bertserve serve --repo $(REPO)
@@ -33,10 +44,18 @@ lint: install
 	$(BIN)/ruff format --check bertserve service export loadtest scripts tests
 
 typecheck: install
-	$(BIN)/mypy bertserve service export
+	$(BIN)/mypy bertserve service export loadtest
 
 pytest: install
 	$(BIN)/pytest -q -ra
+
+# Manual and bounded: ~70 % of measured capacity for SOAK_MINUTES against a service it starts on
+# loopback (the repository's classification model, else the fake backend); prints RSS, threads, fds
+# and p99 per interval, the RSS trend and a verdict. Not part of `make test`.
+SOAK_MINUTES ?= 30
+.PHONY: soak
+soak: install
+	$(BIN)/python -m loadtest.soak --minutes $(SOAK_MINUTES) --repo $(REPO)
 
 # Dockerfile, compose, Helm chart and dashboard checks (tools land in .tools/ via deploy/tools/install.sh).
 .PHONY: deploy-check
@@ -44,6 +63,29 @@ deploy-check: install
 	VENV_BIN=$(CURDIR)/$(BIN) deploy/check.sh
 
 test: lint typecheck deploy-check pytest
+
+# --- benchmarks and load tests (loadtest/, docs/benchmarks.md) ------------------------------------
+# `make bench`: raw backend vs service vs a naive server, backends/precisions, the max rate at the
+# p95 SLO; results/<time>/ gets summary.json, report.md and plots. BENCH_ARGS=--quick while developing.
+BENCH_ARGS ?=
+bench: install
+	$(BIN)/python -m loadtest.bench --repo $(REPO) $(BENCH_ARGS)
+
+# `make loadtest`: Locust headless against a server you started (loopback only), CSV + HTML reports
+# under results/locust-<time>/. RATE=0 is a closed loop; RATE=N holds N requests/s over USERS users.
+HOST ?= http://127.0.0.1:8000
+USERS ?= 32
+SPAWN_RATE ?= 16
+RATE ?= 0
+DURATION ?= 60s
+TASK_MIX ?= classify=3,ner=1
+INPUTS ?= 1
+CLASSIFY_MODEL ?= sentiment
+NER_MODEL ?= ner
+loadtest: install
+	$(BIN)/python -m loadtest.run_locust --host $(HOST) --users $(USERS) --spawn-rate $(SPAWN_RATE) \
+		--rate $(RATE) --duration $(DURATION) --task-mix $(TASK_MIX) --inputs $(INPUTS) \
+		--classify-model $(CLASSIFY_MODEL) --ner-model $(NER_MODEL)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

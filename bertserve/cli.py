@@ -72,6 +72,65 @@ def export(
 
 
 @app.command()
+def finetune(
+    task: Annotated[str, typer.Option(help="text-classification or token-classification.")],
+    train: Annotated[
+        Path, typer.Option(help="Training data: CSV/TSV text,label (classification) or CoNLL token<TAB>tag.")
+    ],
+    output: Annotated[Path, typer.Option(help="Folder for the fine-tuned checkpoint (new or empty).")],
+    base: Annotated[
+        Path | None,
+        typer.Option(help="Base checkpoint folder (default: the packaged MiniLM-L6-H384 backbone)."),
+    ] = None,
+    labels: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated labels in id order (default: from the data, sorted; O first)."),
+    ] = None,
+    eval_file: Annotated[
+        Path | None, typer.Option("--eval", help="Held-out file in the same format, scored after training.")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the training data.")] = 3,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, linear warmup and decay).")] = 5e-5,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 32,
+    max_length: Annotated[int, typer.Option(help="Tokens per example at most (longer ones are cut).")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed for the head's init, dropout and shuffling.")] = 42,
+    freeze_embeddings: Annotated[
+        bool,
+        typer.Option(
+            "--freeze-embeddings",
+            help="Keep the pretrained word embeddings fixed (helps small data sets generalise).",
+        ),
+    ] = False,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps (smoke tests).")] = None,
+) -> None:
+    """Fine-tune a BERT-family checkpoint on your CSV/TSV or CoNLL data, on CPU, for `bertserve export`."""
+    from export.errors import ExportError
+    from export.finetune import FinetuneOptions
+    from export.finetune import finetune as run_finetune
+
+    options = FinetuneOptions(
+        task=task,
+        train=train,
+        output=output,
+        base=base,
+        labels=tuple(x.strip() for x in labels.split(",") if x.strip()) if labels else None,
+        eval_file=eval_file,
+        epochs=epochs,
+        learning_rate=lr,
+        batch_size=batch_size,
+        max_length=max_length,
+        seed=seed,
+        freeze_embeddings=freeze_embeddings,
+        max_steps=max_steps,
+    )
+    try:
+        run_finetune(options, log=typer.echo)
+    except ExportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+
+
+@app.command()
 def serve(
     repo: Annotated[Path | None, typer.Option(help="Model repository [env BERTSERVE_REPO].")] = None,
     model: Annotated[
