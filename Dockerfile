@@ -25,7 +25,7 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.13.0
 # Swap point for the demo recipe (`make demo`'s builder). It runs in the demo-builder stage with the
 # project installed with its export extra, and must write a model repository to /models.
-ARG DEMO_BUILD_CMD="python -m export.minilm_example --repo /models"
+ARG DEMO_BUILD_CMD="python /src/models/demo/build.py --repo /models"
 ARG MODELS_FROM=demo-builder
 
 # ---------------------------------------------------------------------------------------------------
@@ -62,6 +62,8 @@ ARG TORCH_INDEX_URL
 ARG TORCH_VERSION
 ARG DEMO_BUILD_CMD
 COPY --from=wheel /wheels /wheels
+# The demo recipe (hand-written data, compose and build code): `make demo`'s builder.
+COPY models/demo /src/models/demo
 RUN python -m venv /opt/build \
     && /opt/build/bin/pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
     && whl="$(find /wheels -name 'bertserve-*.whl')" \
