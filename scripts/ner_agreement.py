@@ -24,23 +24,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from anywhere: the project's packages come first
+    sys.path.insert(0, str(ROOT))
+
+from loadtest.corpus import read_conll_sentences  # noqa: E402
+
 WNUT_TEST = ROOT.parent / "shared" / "data" / "wnut17" / "emerging.test.annotated"
 STRATEGIES = ("simple", "first", "average", "max")
 Span = tuple[str, int, int]
-
-
-def read_conll_sentences(path: Path) -> list[str]:
-    sentences, tokens = [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            if tokens:
-                sentences.append(" ".join(tokens))
-                tokens = []
-            continue
-        tokens.append(line.split("\t")[0].strip() or line.split()[0])
-    if tokens:
-        sentences.append(" ".join(tokens))
-    return sentences
 
 
 def spans(entities: list[dict[str, Any]]) -> list[Span]:

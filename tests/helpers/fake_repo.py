@@ -23,6 +23,8 @@ from bertserve.modelrepo import (
     save_model_config,
     sha256_file,
 )
+from service.backends.base import Backend
+from service.backends.fake import FakeBackend, FaultHooks
 
 CORPUS = (
     "the movie was great and the actors were wonderful",
@@ -102,3 +104,22 @@ def write_fake_repo(root: Path, specs: tuple[FakeModelSpec, ...] = DEFAULT_SPECS
         )
         save_model_config(root, config)
     return root
+
+
+@dataclass
+class FakeBackends:
+    """A BackendFactory handing out FakeBackends (token-level for NER models) that share one set of
+    fault hooks; `made` keeps each model's backend so tests can read its counters."""
+
+    faults: FaultHooks = field(default_factory=FaultHooks)
+    made: dict[str, FakeBackend] = field(default_factory=dict)
+
+    def __call__(self, model: ModelConfig, version_dir: Path) -> Backend:
+        backend = FakeBackend(
+            len(model.labels),
+            token_level=model.task == Task.TOKEN_CLASSIFICATION,
+            input_names=tuple(model.inputs),
+            faults=self.faults,
+        )
+        self.made[model.name] = backend
+        return backend

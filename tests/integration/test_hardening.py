@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 
-from bertserve.modelrepo import ModelConfig, Task
 from service.app import create_app
-from service.backends.base import Backend
-from service.backends.fake import FakeBackend, FaultHooks
+from service.backends.fake import FaultHooks
 from service.registry import ModelRegistry
 from service.settings import Settings
-from tests.helpers.fake_repo import write_fake_repo
+from tests.helpers.fake_repo import FakeBackends, write_fake_repo
 
 API_KEY = "k" * 24
 SECRET_TEXT = "zanzibar-4711"  # stands for user input: must never be echoed or logged
@@ -35,22 +33,6 @@ SECRET_TEXT = "zanzibar-4711"  # stands for user input: must never be echoed or 
 @pytest.fixture(scope="module")
 def fake_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_fake_repo(tmp_path_factory.mktemp("hardening-repo"))
-
-
-@dataclass
-class FakeBackends:
-    faults: FaultHooks = field(default_factory=FaultHooks)
-    made: dict[str, FakeBackend] = field(default_factory=dict)
-
-    def __call__(self, model: ModelConfig, version_dir: Path) -> Backend:
-        backend = FakeBackend(
-            len(model.labels),
-            token_level=model.task == Task.TOKEN_CLASSIFICATION,
-            input_names=tuple(model.inputs),
-            faults=self.faults,
-        )
-        self.made[model.name] = backend
-        return backend
 
 
 @dataclass

@@ -13,14 +13,13 @@ import httpx
 import numpy as np
 import pytest
 
-from bertserve.modelrepo import ModelConfig, Task, load_model_config
+from bertserve.modelrepo import load_model_config
 from service.app import create_app
-from service.backends.base import Backend
-from service.backends.fake import FakeBackend, fake_logits
+from service.backends.fake import fake_logits
 from service.heads.token_classification import TokenClassificationHead
 from service.settings import Settings
 from service.tokenization import TextTokenizer
-from tests.helpers.fake_repo import write_fake_repo
+from tests.helpers.fake_repo import FakeBackends, write_fake_repo
 
 WORDS = (
     "john", "smith", "lives", "in", "new", "york", "and", "works", "for", "the", "united", "nations",
@@ -36,19 +35,11 @@ def random_text(rng: random.Random, n_words: int) -> str:
     return text.strip()
 
 
-def fake_factory(model: ModelConfig, version_dir: Path) -> Backend:
-    return FakeBackend(
-        len(model.labels),
-        token_level=model.task == Task.TOKEN_CLASSIFICATION,
-        input_names=tuple(model.inputs),
-    )
-
-
 @pytest.fixture
 async def fake_client(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Path, Any]]:
     repo = write_fake_repo(tmp_path / "repo")
     settings = Settings(repo=repo, backend="fake", ner_stride=8)  # type: ignore[arg-type]
-    app = create_app(settings, backend_factory=fake_factory)
+    app = create_app(settings, backend_factory=FakeBackends())
     lifespan = app.router.lifespan_context(app)
     await lifespan.__aenter__()
     await app.state.bertserve.registry.wait_ready(30)
@@ -137,7 +128,7 @@ async def test_ner_errors_use_the_envelope(
 async def test_character_cap_applies_to_ner(tmp_path: Path) -> None:
     repo = write_fake_repo(tmp_path / "repo")
     settings = Settings(repo=repo, backend="fake", max_input_chars=50)  # type: ignore[arg-type]
-    app = create_app(settings, backend_factory=fake_factory)
+    app = create_app(settings, backend_factory=FakeBackends())
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,38 +16,18 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from bertserve.modelrepo import ModelConfig, Task
 from service.app import create_app
-from service.backends.base import Backend
-from service.backends.fake import FakeBackend, FaultHooks, fake_logits
+from service.backends.fake import FaultHooks, fake_logits
 from service.heads.classification import sigmoid, softmax
 from service.registry import ModelRegistry
 from service.settings import Settings
 from service.tokenization import TextTokenizer
-from tests.helpers.fake_repo import write_fake_repo
+from tests.helpers.fake_repo import FakeBackends, write_fake_repo
 
 
 @pytest.fixture(scope="module")
 def fake_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_fake_repo(tmp_path_factory.mktemp("fake-repo"))
-
-
-@dataclass
-class FakeBackends:
-    """A BackendFactory handing out FakeBackends that share one set of fault hooks."""
-
-    faults: FaultHooks = field(default_factory=FaultHooks)
-    made: dict[str, FakeBackend] = field(default_factory=dict)
-
-    def __call__(self, model: ModelConfig, version_dir: Path) -> Backend:
-        backend = FakeBackend(
-            len(model.labels),
-            token_level=model.task == Task.TOKEN_CLASSIFICATION,
-            input_names=tuple(model.inputs),
-            faults=self.faults,
-        )
-        self.made[model.name] = backend
-        return backend
 
 
 @dataclass
