@@ -9,25 +9,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bertserve.modelrepo import ProblemType
+from service.heads.activations import sigmoid, softmax
+
+__all__ = ["ClassificationHead", "LabelScore", "sigmoid", "softmax"]
 
 
 @dataclass(frozen=True, slots=True)
 class LabelScore:
     label: str
     score: float
-
-
-def softmax(logits: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Row-wise, numerically stable (the row max is subtracted before exponentiating)."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
-
-
-def sigmoid(logits: NDArray[np.float32]) -> NDArray[np.float32]:
-    # exp of -|x| never overflows; both branches are exact rearrangements of 1 / (1 + e^-x).
-    e = np.exp(-np.abs(logits))
-    return np.where(logits >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
 
 
 class ClassificationHead:

@@ -54,6 +54,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bertserve.modelrepo import ModelConfig, TagScheme, Task
+from service.heads.activations import softmax
 
 DEFAULT_IGNORE_LABELS: tuple[str, ...] = ("O",)
 
@@ -116,15 +117,6 @@ class Entity:
             "end": self.end,
             "text": self.text,
         }
-
-
-def softmax(logits: FloatArray, axis: int = -1) -> FloatArray:
-    """Numerically stable softmax (max subtracted first), in the input's dtype.
-
-    NOTE: written exactly as the pipeline computes it, so float32 scores agree bit for bit."""
-    shifted_exp = np.exp(logits - np.max(logits, axis=axis, keepdims=True))
-    result: FloatArray = shifted_exp / shifted_exp.sum(axis=axis, keepdims=True)
-    return result
 
 
 class TagPrefix(Enum):
