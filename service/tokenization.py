@@ -88,19 +88,18 @@ class TextTokenizer:
             raise ValueError(f"{path}: tokenizer adds no [CLS]/[SEP]-style special tokens")
         self.num_special_tokens = len(frame)  # per single-text sequence, e.g. [CLS] + [SEP]
 
-    def encode(self, inputs: Sequence[TextInput], *, truncate: bool, offsets: bool = False) -> list[Encoded]:
+    def encode(self, inputs: Sequence[TextInput], *, truncate: bool) -> list[Encoded]:
         """Encode a request's inputs (texts or text pairs) with special tokens, in one call.
 
         With `truncate=False` an input longer than `max_length` raises `PayloadTooLargeError`
-        naming its token count. `offsets=False` takes the faster path that skips offset tracking.
+        naming its token count. Classification needs no offsets, so this takes the faster path
+        that skips offset tracking (`encode_documents` keeps them for NER).
         """
         if truncate:
-            tok = self._truncating
-            encodings = tok.encode_batch(list(inputs)) if offsets else tok.encode_batch_fast(list(inputs))
+            encodings = self._truncating.encode_batch_fast(list(inputs))
             # NOTE: with stride 0 the tokenizer puts the cut-off tail in `overflowing`.
             return [Encoded(e, bool(e.overflowing)) for e in encodings]
-        tok = self._full
-        encodings = tok.encode_batch(list(inputs)) if offsets else tok.encode_batch_fast(list(inputs))
+        encodings = self._full.encode_batch_fast(list(inputs))
         for index, enc in enumerate(encodings):
             if len(enc.ids) > self.max_length:
                 raise PayloadTooLargeError(

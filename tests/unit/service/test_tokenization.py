@@ -47,9 +47,9 @@ def test_without_truncation_too_long_input_names_its_token_count(tokenizer_path:
         tok.encode(["fine", LONG], truncate=False)
 
 
-def test_offsets_and_word_ids_when_asked(tokenizer_path: Path) -> None:
+def test_documents_have_offsets_and_word_ids(tokenizer_path: Path) -> None:
     tok = TextTokenizer(tokenizer_path, max_length=16)
-    (enc,) = tok.encode(["John smith"], truncate=True, offsets=True)
+    (enc,) = tok.encode_documents(["John smith"])
     assert enc.offsets[1:3] == [(0, 4), (5, 10)]
     assert enc.word_ids == [None, 0, 1, None]
 
