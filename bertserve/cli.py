@@ -45,6 +45,13 @@ def export(
     force: Annotated[
         bool, typer.Option("--force", help="Make int8 the default even if it fails the gate.")
     ] = False,
+    segmentation: Annotated[
+        str | None,
+        typer.Option(
+            help="Token classification: how the service reads a text by default: none (whole, "
+            "windowed when long), lines, or sentences (for taggers trained on single sentences)."
+        ),
+    ] = None,
 ) -> None:
     """Export a checkpoint to ONNX / OpenVINO, validate it against PyTorch, write it to the repository."""
     from export.pipeline import ExportError, ExportOptions, run_export
@@ -63,6 +70,7 @@ def export(
         version=version,
         allow_pickle=allow_pickle,
         force=force,
+        segmentation=segmentation,
     )
     try:
         run_export(options)
@@ -101,6 +109,14 @@ def finetune(
             help="Keep the pretrained word embeddings fixed (helps small data sets generalise).",
         ),
     ] = False,
+    label_subwords: Annotated[
+        bool,
+        typer.Option(
+            "--label-subwords",
+            help="Tagging: train every sub-token of a word on its tag, not only the first "
+            "(whole-word entities with the per-piece 'simple' aggregation).",
+        ),
+    ] = False,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps (smoke tests).")] = None,
 ) -> None:
     """Fine-tune a BERT-family checkpoint on your CSV/TSV or CoNLL data, on CPU, for `bertserve export`."""
@@ -121,6 +137,7 @@ def finetune(
         max_length=max_length,
         seed=seed,
         freeze_embeddings=freeze_embeddings,
+        label_subwords=label_subwords,
         max_steps=max_steps,
     )
     try:

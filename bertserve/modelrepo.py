@@ -49,6 +49,15 @@ class TagScheme(StrEnum):
     NONE = "NONE"  # labels without prefixes: every label is its own group
 
 
+class Segmentation(StrEnum):
+    """How a token-classification model reads a text: whole (in overlapping windows when it is
+    longer than the model), or one line / one sentence at a time (each still windowed if long)."""
+
+    NONE = "none"
+    LINES = "lines"
+    SENTENCES = "sentences"
+
+
 class ArtifactFormat(StrEnum):
     ONNX = "onnx"  # portable graph, standard ops only
     ONNX_OPTIMIZED = "onnx-optimized"  # ORT transformer fusions (com.microsoft ops)
@@ -130,6 +139,13 @@ class ModelConfig(BaseModel):
     problem_type: ProblemType | None = None
     labels: list[str] = Field(min_length=1, description="Label names in id order.")
     tag_scheme: TagScheme | None = None
+    segmentation: Segmentation = Field(
+        Segmentation.NONE,
+        description="Token classification: none (the text is read whole, in overlapping windows "
+        "when long), lines or sentences (each line or sentence is its own sequence). A tagger "
+        "trained on single sentences answers a document best one sentence at a time.",
+    )
+    language: str = Field("en", description="Language code for sentence segmentation.")
     max_length: int = Field(ge=8, description="Longest sequence (in tokens) the graph is run with.")
     inputs: list[str] = Field(description="The graph's actual input names, in order.")
     outputs: list[str] = Field(default_factory=lambda: ["logits"])

@@ -19,8 +19,11 @@ Data formats:
 It is deliberately a plain PyTorch loop (AdamW, linear warmup then linear decay, dynamic padding,
 length-bucketed batches) rather than `transformers.Trainer`: it has few knobs, runs the same on any
 CPU, and its determinism (seeded shuffling, `torch.use_deterministic_algorithms`) is easy to see.
-Token classification labels only the first sub-token of each word (the others get -100), the usual
-convention, which the export's evaluation and the service's ``first`` aggregation read back.
+Token classification labels the first sub-token of each word (the others get -100), the usual
+convention, which the export's evaluation and the service's ``first`` aggregation read back. With
+``label_subwords`` the other sub-tokens of a word are trained too, on the word's tag with ``B-`` turned
+into ``I-``: every piece then carries the word's entity, which keeps the per-piece ``simple``
+aggregation from splitting rare, many-piece words. Evaluation always reads first sub-tokens.
 """
 
 from __future__ import annotations
@@ -98,6 +101,8 @@ class FinetuneOptions:
     # Keeps the pretrained word embeddings fixed: words absent from a small training set then stay
     # where pre-training put them, next to the words the head did learn (and each step is cheaper).
     freeze_embeddings: bool = False
+    # token classification: train every sub-token of a word, not only the first (see module doc)
+    label_subwords: bool = False
     max_steps: int | None = None  # stop early (tests, smoke runs)
     log_every: int = 50
     quiet: bool = False
@@ -265,8 +270,14 @@ def _encode_tagged(
     examples: Sequence[TaggedExample],
     labels: Sequence[str],
     max_length: int,
+    label_subwords: bool = False,
 ) -> list[_Encoded]:
     index = {label: i for i, label in enumerate(labels)}
+    # a continuation piece's tag: the word's, as an inside tag (B-X -> I-X when I-X is a label)
+    inside = {
+        label: index.get("I-" + label[2:], index[label]) if label.startswith("B-") else index[label]
+        for label in labels
+    }
     batch = tokenizer(
         [list(e.tokens) for e in examples], is_split_into_words=True, truncation=True, max_length=max_length
     )
@@ -275,8 +286,14 @@ def _encode_tagged(
         previous: int | None = None
         target = []
         for word in batch.word_ids(i):
-            # first sub-token of a word carries its tag; the rest, and special tokens, are ignored
-            target.append(-100 if word is None or word == previous else index[example.tags[word]])
+            # the first sub-token of a word carries its tag; special tokens are ignored, and so
+            # are the other sub-tokens unless label_subwords
+            if word is None:
+                target.append(-100)
+            elif word != previous:
+                target.append(index[example.tags[word]])
+            else:
+                target.append(inside[example.tags[word]] if label_subwords else -100)
             previous = word
         encoded.append(_Encoded(tuple(batch["input_ids"][i]), tuple(target)))
     return encoded
@@ -445,13 +462,14 @@ def _encode(
     examples: Sequence[TextExample] | Sequence[TaggedExample],
     labels: Sequence[str],
     max_length: int,
+    label_subwords: bool = False,
 ) -> list[_Encoded]:
     if task == Task.TEXT_CLASSIFICATION:
         return _encode_texts(
             tokenizer, [e for e in examples if isinstance(e, TextExample)], labels, max_length
         )
     return _encode_tagged(
-        tokenizer, [e for e in examples if isinstance(e, TaggedExample)], labels, max_length
+        tokenizer, [e for e in examples if isinstance(e, TaggedExample)], labels, max_length, label_subwords
     )
 
 
@@ -520,7 +538,7 @@ def finetune(options: FinetuneOptions, log: Callable[[str], None] = print) -> Fi
     _seed_everything(options.seed)
     tokenizer = _load_tokenizer(base)
     model = _load_model(task, base, labels)
-    encoded = _encode(task, tokenizer, train, labels, options.max_length)
+    encoded = _encode(task, tokenizer, train, labels, options.max_length, options.label_subwords)
     token_level = task == Task.TOKEN_CLASSIFICATION
     pad_id = int(tokenizer.pad_token_id or 0)
 

@@ -26,6 +26,7 @@ from bertserve.modelrepo import (
     ModelConfig,
     Precision,
     RepositoryError,
+    Segmentation,
     Task,
     VersionConfig,
     load_model_config,
@@ -83,6 +84,9 @@ class ExportOptions:
     min_int8_agreement: float = 0.99
     max_int8_drop_points: float = 1.0
     fp32_atol: float = FP32_ATOL
+    # token classification: how the service reads a text (model.yaml `segmentation`); None keeps an
+    # earlier version's setting, else "none"
+    segmentation: str | None = None
     measure_speed: bool = True
     quiet: bool = False
 
@@ -117,6 +121,14 @@ def _check_options(options: ExportOptions) -> tuple[Task, tuple[str, ...]]:
             raise ExportError(f"{what} file {path} does not exist")
     if options.eval_file is not None and not options.int8:
         raise ExportError("--eval-file gates int8 artifacts; add --int8")
+    if options.segmentation is not None:
+        if options.segmentation not in {s.value for s in Segmentation}:
+            raise ExportError(
+                f"unknown segmentation {options.segmentation!r}; choose from: "
+                + ", ".join(s.value for s in Segmentation)
+            )
+        if task != Task.TOKEN_CLASSIFICATION and options.segmentation != Segmentation.NONE:
+            raise ExportError("--segmentation applies to token-classification models only")
     if options.version is not None and options.version < 1:
         raise ExportError("--version must be 1 or more")
     # the same rule as ModelConfig.name, checked before the slow work
@@ -358,7 +370,14 @@ def _export_version(
             created=created,
         )
         config = _model_config(
-            options.name, ckpt, graph.inputs, graph.outputs, version, version_config, existing
+            options.name,
+            ckpt,
+            graph.inputs,
+            graph.outputs,
+            version,
+            version_config,
+            existing,
+            Segmentation(options.segmentation) if options.segmentation else None,
         )
         report = ExportReport(
             model=options.name,
@@ -410,6 +429,7 @@ def _model_config(
     version: int,
     version_config: VersionConfig,
     existing: ModelConfig | None,
+    segmentation: Segmentation | None = None,
 ) -> ModelConfig:
     versions = dict(existing.versions) if existing else {}
     versions[version] = version_config
@@ -420,6 +440,8 @@ def _model_config(
         problem_type=ckpt.problem_type,
         labels=list(ckpt.labels),
         tag_scheme=ckpt.tag_scheme,
+        segmentation=segmentation or (existing.segmentation if existing else Segmentation.NONE),
+        language=existing.language if existing else "en",
         max_length=ckpt.max_length,
         inputs=list(inputs),
         outputs=list(outputs),

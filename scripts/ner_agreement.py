@@ -8,7 +8,9 @@
    from. Differences are printed so they can be explained.
 2. A document made of 300 of those sentences (joined by newlines), sent as ONE input: every span
    must be exact (`doc[start:end] == text`), and its entities are compared with the
-   sentence-by-sentence results shifted to document offsets, in both directions.
+   sentence-by-sentence results shifted to document offsets, in both directions. Twice: read whole
+   in overlapping windows (`segmentation: none`) and one sentence at a time (`sentences`); the
+   sentences sent alone are read the same way as the document each time.
 
 The service runs in-process (the real app, real backend, real batcher) behind an ASGI transport.
 torch is imported here only for the reference pipeline.
@@ -31,6 +33,7 @@ from loadtest.corpus import read_conll_sentences  # noqa: E402
 
 WNUT_TEST = ROOT.parent / "shared" / "data" / "wnut17" / "emerging.test.annotated"
 STRATEGIES = ("simple", "first", "average", "max")
+SEGMENTATIONS = ("none", "sentences")  # the document read whole (windows), then sentence by sentence
 Span = tuple[str, int, int]
 
 
@@ -39,7 +42,13 @@ def spans(entities: list[dict[str, Any]]) -> list[Span]:
 
 
 async def service_entities(
-    repo: Path, model: str, backend: str, texts: list[str], strategy: str, chunk: int = 32
+    repo: Path,
+    model: str,
+    backend: str,
+    texts: list[str],
+    strategy: str,
+    segmentation: str | None = None,
+    chunk: int = 32,
 ) -> list[list[dict[str, Any]]]:
     import httpx
 
@@ -56,13 +65,45 @@ async def service_entities(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=600) as client:
             for i in range(0, len(texts), chunk):
-                r = await client.post(
-                    f"/v1/models/{model}/ner",
-                    json={"inputs": texts[i : i + chunk], "aggregation": strategy},
-                )
+                body: dict[str, Any] = {"inputs": texts[i : i + chunk], "aggregation": strategy}
+                if segmentation is not None:
+                    body["segmentation"] = segmentation
+                r = await client.post(f"/v1/models/{model}/ner", json=body)
                 r.raise_for_status()
                 out.extend(r.json()["results"])
     return out
+
+
+def document_agreement(
+    args: argparse.Namespace, document: str, doc_sents: list[str], mode: str
+) -> dict[str, Any]:
+    """The document as one input against its sentences one by one, both read with `mode`."""
+    run = args.repo, args.model, args.backend
+    (doc_result,) = asyncio.run(service_entities(*run, [document], "simple", mode))
+    per_sentence = asyncio.run(service_entities(*run, doc_sents, "simple", mode))
+    exact = all(document[e["start"] : e["end"]] == e["text"] for e in doc_result)
+    shifted: set[Span] = set()
+    offset = 0
+    for text, ents in zip(doc_sents, per_sentence, strict=True):
+        shifted |= {(label, s + offset, e + offset) for label, s, e in spans(ents)}
+        offset += len(text) + 1
+    in_doc = set(spans(doc_result))
+    both = shifted & in_doc
+    recall = len(both) / len(shifted) if shifted else 1.0
+    precision = len(both) / len(in_doc) if in_doc else 1.0
+    print(
+        f"   segmentation {mode}: spans exact: {exact}; duplicates: {len(doc_result) - len(in_doc)}; "
+        f"sentence-level entities found in the document {len(both)}/{len(shifted)} ({recall:.2%}); "
+        f"document entities found sentence by sentence {len(both)}/{len(in_doc)} ({precision:.2%})"
+    )
+    return {
+        "doc_entities": len(in_doc),
+        "sentence_entities": len(shifted),
+        "spans_exact": exact,
+        "agreement_of_sentence_entities": round(recall, 5),
+        "agreement_of_document_entities": round(precision, 5),
+        "duplicates": len(doc_result) - len(in_doc),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sentences", type=int, default=600)
     ap.add_argument("--doc-sentences", type=int, default=300)
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
+    ap.add_argument("--doc-only", action="store_true", help="skip part 1 (the pipeline comparison)")
     args = ap.parse_args(argv)
 
     if not args.data.is_file():
@@ -88,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     reference = pipeline("token-classification", model=str(args.checkpoint), device="cpu")
     figures: dict[str, Any] = {"sentences": len(sentences), "backend": args.backend}
 
-    print(f"1. {len(sentences)} WNUT-17 test sentences, service ({args.backend}) vs transformers pipeline")
-    for strategy in STRATEGIES:
-        got = asyncio.run(service_entities(args.repo, args.model, args.backend, sentences, strategy))
+    if not args.doc_only:
+        print(f"1. {len(sentences)} WNUT-17 test sentences, service ({args.backend}) vs the pipeline")
+    for strategy in () if args.doc_only else STRATEGIES:
+        # the pipeline reads each text whole: so does the service here, whatever the model's default
+        got = asyncio.run(service_entities(args.repo, args.model, args.backend, sentences, strategy, "none"))
         agree, entities, shown = 0, 0, 0
         for text, mine in zip(sentences, got, strict=True):
             want = spans(list(reference(text, aggregation_strategy=strategy)))
@@ -114,32 +158,9 @@ def main(argv: list[str] | None = None) -> int:
 
     doc_sents = sentences[: args.doc_sentences]
     document = "\n".join(doc_sents)
-    print(f"2. one document of {len(doc_sents)} sentences ({len(document)} characters)")
-    (doc_result,) = asyncio.run(service_entities(args.repo, args.model, args.backend, [document], "simple"))
-    per_sentence = asyncio.run(service_entities(args.repo, args.model, args.backend, doc_sents, "simple"))
-    exact = all(document[e["start"] : e["end"]] == e["text"] for e in doc_result)
-    shifted: set[Span] = set()
-    offset = 0
-    for text, ents in zip(doc_sents, per_sentence, strict=True):
-        shifted |= {(label, s + offset, e + offset) for label, s, e in spans(ents)}
-        offset += len(text) + 1
-    in_doc = set(spans(doc_result))
-    both = shifted & in_doc
-    recall = len(both) / len(shifted) if shifted else 1.0
-    precision = len(both) / len(in_doc) if in_doc else 1.0
-    figures.update(
-        doc_entities=len(in_doc),
-        sentence_entities=len(shifted),
-        doc_spans_exact=exact,
-        doc_agreement_of_sentence_entities=round(recall, 5),
-        doc_agreement_of_document_entities=round(precision, 5),
-        doc_duplicates=len(doc_result) - len(in_doc),
-    )
-    print(f"   spans exact: {exact}; duplicates: {len(doc_result) - len(in_doc)}")
-    print(
-        f"   sentence-level entities found in the document: {len(both)}/{len(shifted)} ({recall:.2%}); "
-        f"document entities found sentence by sentence: {len(both)}/{len(in_doc)} ({precision:.2%})"
-    )
+    print(f"2. one document of {len(doc_sents)} sentences ({len(document)} characters), aggregation simple")
+    for mode in SEGMENTATIONS:
+        figures[f"document_{mode}"] = document_agreement(args, document, doc_sents, mode)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0

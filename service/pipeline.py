@@ -16,12 +16,12 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, TypeVar
 
 import numpy as np
 
-from bertserve.modelrepo import ModelConfig, ProblemType, Task
+from bertserve.modelrepo import ModelConfig, ProblemType, Segmentation, Task
 from service.backends.base import Backend, Logits
 from service.batching import DynamicBatcher
 from service.heads.classification import ClassificationHead, LabelScore
@@ -32,6 +32,7 @@ from service.heads.token_classification import (
     TokenClassificationHead,
 )
 from service.metrics import Metrics
+from service.segmentation import segment
 from service.tokenization import Encoded, ModelInput, TextInput, TextTokenizer
 from service.windowing import WindowPlan, plan_windows
 
@@ -149,10 +150,14 @@ class ClassificationPipeline(Pipeline):
 
 @dataclass(frozen=True, slots=True)
 class _Document:
+    """One segment of an input text (the whole text unless the model reads lines or sentences)."""
+
     text: str
     encoding: Encoded
     plan: WindowPlan
     sequences: list[ModelInput]
+    source: int  # index of the input text it belongs to
+    offset: int  # its first character's position in that text
 
 
 class TokenClassificationPipeline(Pipeline):
@@ -167,9 +172,15 @@ class TokenClassificationPipeline(Pipeline):
         # overlap; clamp rather than refuse, so one setting serves models of any max_length.
         self.stride = min(parts.ner_stride, max(capacity // 2, 0))
 
-    def _plan(self, texts: Sequence[str]) -> list[_Document]:
+    def _plan(self, texts: Sequence[str], segmentation: Segmentation) -> list[_Document]:
+        pieces = [
+            (source, start, text[start:end])
+            for source, text in enumerate(texts)
+            for start, end in segment(text, segmentation, self.config.language)
+        ]
+        segments = [piece for _, _, piece in pieces]
         documents = []
-        for text, enc in zip(texts, self.tokenizer.encode_documents(texts), strict=True):
+        for (source, start, text), enc in zip(pieces, self.tokenizer.encode_documents(segments), strict=True):
             mask, word_ids = enc.special_tokens_mask, enc.word_ids
             plan = plan_windows(mask, word_ids, self.config.max_length, self.stride)
             ids, types = enc.ids, enc.type_ids
@@ -179,7 +190,7 @@ class TokenClassificationPipeline(Pipeline):
                 sequences.append(
                     ModelInput(window.input_ids, window.token_type_ids if self._type_ids else None)
                 )
-            documents.append(_Document(text, enc, plan, sequences))
+            documents.append(_Document(text, enc, plan, sequences, source, start))
         return documents
 
     def _aggregate(
@@ -188,13 +199,29 @@ class TokenClassificationPipeline(Pipeline):
         rows: list[Logits],
         strategy: AggregationStrategy,
         ignore_labels: Sequence[str],
+        n_texts: int,
     ) -> list[list[Entity]]:
-        results, offset = [], 0
+        results: list[list[Entity]] = [[] for _ in range(n_texts)]
+        tokens_before = [0] * n_texts  # token positions (strategy none) count across segments
+        row = 0
         for doc in documents:
             count = len(doc.sequences)
-            logits = doc.plan.stitch(rows[offset : offset + count])
-            offset += count
-            results.append(self.head.postprocess(doc.text, doc.encoding, logits, strategy, ignore_labels))
+            logits = doc.plan.stitch(rows[row : row + count])
+            row += count
+            entities = self.head.postprocess(doc.text, doc.encoding, logits, strategy, ignore_labels)
+            if doc.offset or tokens_before[doc.source]:
+                shift, before = doc.offset, tokens_before[doc.source]
+                entities = [
+                    replace(
+                        e,
+                        start=e.start + shift,
+                        end=e.end + shift,
+                        index=None if e.index is None else e.index + before,
+                    )
+                    for e in entities
+                ]
+            results[doc.source].extend(entities)
+            tokens_before[doc.source] += len(doc.encoding.ids)
         return results
 
     async def recognize(
@@ -203,16 +230,19 @@ class TokenClassificationPipeline(Pipeline):
         *,
         strategy: AggregationStrategy = AggregationStrategy.SIMPLE,
         ignore_labels: Sequence[str] = DEFAULT_IGNORE_LABELS,
+        segmentation: Segmentation | None = None,
         timeout_s: float | None = None,
     ) -> list[list[Entity]]:
+        """Entities per text. `segmentation` None: the model's own (model.yaml)."""
         deadline = self.deadline(timeout_s)
-        documents = await self.prepare(lambda: self._plan(texts))
+        mode = self.config.segmentation if segmentation is None else segmentation
+        documents = await self.prepare(lambda: self._plan(texts, mode))
         rows = await self.submit_sequences(
             [x for doc in documents for x in doc.sequences], deadline, announced=True
         )
         # Aggregation of a long document takes milliseconds of numpy: keep it off the event loop.
         return await asyncio.get_running_loop().run_in_executor(
-            self._pool, lambda: self._aggregate(documents, rows, strategy, ignore_labels)
+            self._pool, lambda: self._aggregate(documents, rows, strategy, ignore_labels, len(texts))
         )
 
     async def warm_up(self) -> None:

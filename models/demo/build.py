@@ -76,6 +76,8 @@ class ModelSection(BaseModel):
     max_length: int = Field(ge=8, le=512)
     seed: int
     freeze_embeddings: bool = False
+    label_subwords: bool = False
+    segmentation: str | None = None  # token classification: model.yaml `segmentation`
 
 
 class DemoConfig(BaseModel):
@@ -166,6 +168,7 @@ def build_model(repo: Path, name: str, config: DemoConfig, recipe: str) -> dict[
                 max_length=section.max_length,
                 seed=section.seed,
                 freeze_embeddings=section.freeze_embeddings,
+                label_subwords=section.label_subwords,
             )
         )
         trained = time.perf_counter()
@@ -185,6 +188,7 @@ def build_model(repo: Path, name: str, config: DemoConfig, recipe: str) -> dict[
                 calibration=_calibration_file(section, config.export.calibration_sentences, Path(tmp)),
                 eval_file=HERE / section.heldout if config.export.int8 else None,
                 measure_speed=False,
+                segmentation=section.segmentation,
             )
         )
         # The fine-tuned PyTorch checkpoint stays beside the export (git-ignored): it is what the

@@ -485,6 +485,7 @@ class NerSources:
     organizations: list[str]
     misc: dict[str, list[str]]  # adjective | event | product
     templates: list[str]
+    plain: list[str]  # sentences without any entity: the vocabulary a tagger must learn to leave alone
 
 
 def load_ner_sources(root: Path = SOURCES) -> NerSources:
@@ -499,6 +500,7 @@ def load_ner_sources(root: Path = SOURCES) -> NerSources:
         organizations=read_lines(root / "ner_organizations.txt"),
         misc=misc,
         templates=read_lines(root / "ner_templates.txt"),
+        plain=read_lines(root / "ner_plain.txt"),
     )
 
 
@@ -585,32 +587,77 @@ def _noisy(tagged: Tagged, rng: random.Random) -> Tagged:
     return tagged
 
 
-def compose_ner(sources: NerSources, heldout: bool, rng: random.Random, count: int) -> list[Tagged]:
+def plain_sentences(sources: NerSources, heldout: bool) -> list[Tagged]:
+    """Entity-free sentences (the plain list and the slot-free templates), every token O."""
+    texts = split_items(sources.plain, heldout) + [
+        t for t in split_items(sources.templates, heldout) if not _SLOT.search(t)
+    ]
+    return [[(tok, "O") for tok in tokenize(text)] for text in texts]
+
+
+def compose_ner(
+    sources: NerSources, heldout: bool, rng: random.Random, count: int, plain_share: float = 0.15
+) -> list[Tagged]:
+    """`count` sentences: templates filled with names, and `plain_share` of entity-free ones."""
     filler = _NerFiller(sources, heldout, rng)
-    templates = split_items(sources.templates, heldout)
-    with_slots = [t for t in templates if _SLOT.search(t)]
-    without = [t for t in templates if not _SLOT.search(t)]
+    with_slots = [t for t in split_items(sources.templates, heldout) if _SLOT.search(t)]
+    plain = plain_sentences(sources, heldout)
     sentences: list[Tagged] = []
     for _ in range(count):
-        pool = without if without and rng.random() < 0.08 else with_slots
-        sentences.append(_noisy(fill_template(rng.choice(pool), filler), rng))
+        if plain and rng.random() < plain_share:
+            sentences.append(_noisy(list(rng.choice(plain)), rng))
+        else:
+            sentences.append(_noisy(fill_template(rng.choice(with_slots), filler), rng))
     return sentences
 
 
-def with_passages(sentences: list[Tagged], rng: random.Random, share: float = 0.4) -> list[Tagged]:
-    """The sentences, plus passages of 2-3 consecutive sentences made from `share` of them.
+def _cropped(sentence: Tagged, rng: random.Random) -> Tagged:
+    """The sentence without its first few tokens, as a window cut through a document starts."""
+    if len(sentence) < 4:
+        return sentence
+    rest = sentence[rng.randrange(1, len(sentence) - 2) :]
+    tok, tag = rest[0]
+    if tag.startswith("I-"):  # an entity cut in two: its visible part starts it
+        rest = [(tok, "B-" + tag[2:]), *rest[1:]]
+    return rest
+
+
+def with_passages(
+    sentences: list[Tagged],
+    plain: Sequence[Tagged],
+    rng: random.Random,
+    share: float = 0.6,
+    max_words: int = 100,
+) -> list[Tagged]:
+    """The sentences, plus passages of 2-6 sentences (`share` of them go into passages too).
 
     A tagger trained on isolated sentences only learns that a sentence starts right after [CLS];
-    inside a document (or a window of one) its neighbours then change its answers: joining just two
-    WNUT-17 sentences moved a quarter of the entities. Passages teach it to read each sentence the
-    same wherever it stands; the single sentences stay, so nothing is learnt from fewer examples."""
+    inside a document, or a window cut through one, its neighbours then change its answers (joining
+    just two WNUT-17 sentences moved a quarter of the entities). Passages teach it to read each
+    sentence the same wherever it stands: they mix entity sentences with entity-free ones, and a
+    third of them start mid-sentence, as the service's windows over a long text do. The single
+    sentences stay, so nothing is learnt from fewer examples."""
     passages: list[Tagged] = []
     i = 0
     while i < len(sentences):
-        size = rng.choice((2, 3))
-        if rng.random() < share:
-            passages.append([pair for sentence in sentences[i : i + size] for pair in sentence])
+        size = rng.randint(2, 6)
+        chosen = sentences[i : i + size]
         i += size
+        if rng.random() >= share:
+            continue
+        parts: list[Tagged] = []
+        for sentence in chosen:
+            if plain and rng.random() < 0.35:
+                parts.append(list(rng.choice(plain)))
+            parts.append(sentence)
+        if rng.random() < 0.33:
+            parts[0] = _cropped(parts[0], rng)
+        passage: Tagged = []
+        for part in parts:
+            if passage and len(passage) + len(part) > max_words:
+                break
+            passage.extend(part)
+        passages.append(passage)
     mixed = sentences + passages
     rng.shuffle(mixed)
     return mixed
@@ -667,7 +714,7 @@ def compose_all(sources_dir: Path = SOURCES, scale: float = 1.0) -> dict[str, st
     ner_train = compose_ner(ner, False, rng, int(3000 * scale))
     held_sentences = {" ".join(tok for tok, _ in s) for s in ner_heldout}
     ner_train = [s for s in ner_train if " ".join(tok for tok, _ in s) not in held_sentences]
-    ner_train = with_passages(ner_train, rng)
+    ner_train = with_passages(ner_train, plain_sentences(ner, False), rng)
     return {
         "sentiment/train.tsv": render_tsv(train_rows),
         "sentiment/heldout.tsv": render_tsv(heldout_rows),

@@ -238,6 +238,7 @@ async def ner(
                 texts,
                 strategy=body.aggregation,
                 ignore_labels=tuple(body.ignore_labels),
+                segmentation=body.segmentation,
                 timeout_s=timeout_s(timeout_ms),
             ),
         )

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from bertserve.modelrepo import Segmentation
 from service.heads.token_classification import DEFAULT_IGNORE_LABELS, AggregationStrategy
 
 
@@ -63,6 +64,7 @@ class NerRequest(BaseModel):
                 {"inputs": "Angela Merkel met Emmanuel Macron in Paris to talk about Airbus."},
                 {"inputs": ["Tim Cook visited Berlin.", "No entities here."], "aggregation": "first"},
                 {"inputs": "Ada Lovelace was born in London.", "aggregation": "none"},
+                {"inputs": "Tim Cook visited Berlin. Then he flew to Rome.", "segmentation": "sentences"},
             ]
         },
     )
@@ -80,6 +82,12 @@ class NerRequest(BaseModel):
     ignore_labels: list[str] = Field(
         default_factory=lambda: list(DEFAULT_IGNORE_LABELS),
         description="Entity types (or, with aggregation none, tags) left out of the results.",
+    )
+    segmentation: Segmentation | None = Field(
+        None,
+        description="none: each text is read whole (in overlapping windows when long); lines / "
+        "sentences: each line / sentence is its own sequence, as sentence-level taggers were "
+        "trained. Default: the model's setting (model.yaml `segmentation`).",
     )
 
 

@@ -74,6 +74,20 @@ def test_unknown_format(bert_cls_checkpoint, tmp_path: Path):
     _assert_one_line_error(_cli(*args, "--formats", "onnx,tensorflow"), "unknown format")
 
 
+def test_segmentation_is_checked_and_written(bert_ner_checkpoint, bert_cls_checkpoint, tmp_path: Path):
+    ner = ["--model", str(bert_ner_checkpoint.path), "--task", "token-classification", "--name", "x"]
+    _assert_one_line_error(_cli(*ner, "--segmentation", "paragraphs"), "unknown segmentation 'paragraphs'")
+    cls = ["--model", str(bert_cls_checkpoint.path), "--task", "text-classification", "--name", "x"]
+    _assert_one_line_error(_cli(*cls, "--segmentation", "sentences"), "token-classification models only")
+    repo = tmp_path / "repo"
+    run_export(
+        _quick(bert_ner_checkpoint.path, repo, "tagger", "token-classification", segmentation="sentences")
+    )
+    assert load_model_config(repo, "tagger").segmentation == "sentences"
+    run_export(_quick(bert_ner_checkpoint.path, repo, "tagger", "token-classification"))  # version 2
+    assert load_model_config(repo, "tagger").segmentation == "sentences"  # kept, like batching
+
+
 def test_checkpoint_without_a_head(tmp_path: Path):
     bare = build_bare_bert(tmp_path / "bare")
     result = _cli(

@@ -83,6 +83,77 @@ async def test_long_texts_are_windowed_without_changing_any_entity(
     assert found > 20  # the comparison above is not between empty lists
 
 
+def shifted(entities: list[dict[str, Any]], chars: int, tokens: int) -> list[dict[str, Any]]:
+    out = []
+    for e in entities:
+        e = {**e, "start": e["start"] + chars, "end": e["end"] + chars}
+        if "index" in e:
+            e["index"] += tokens
+        out.append(e)
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["simple", "first", "none"])
+@pytest.mark.parametrize("mode", ["lines", "sentences"])
+async def test_segmented_document_equals_its_parts_sent_one_by_one(
+    fake_client: tuple[httpx.AsyncClient, Path, Any], strategy: str, mode: str
+) -> None:
+    client, repo, _ = fake_client
+    rng = random.Random(11)
+    lines = [
+        " ".join(rng.choice(WORDS[:12]) for _ in range(rng.randint(2, 60))).replace(" .", "") + "."
+        for _ in range(12)
+    ]  # some longer than the 32-token model: a segment is still windowed
+    document = "\n".join(lines) if mode == "lines" else "  ".join(x[:1].upper() + x[1:] for x in lines)
+    parts = lines if mode == "lines" else [x[:1].upper() + x[1:] for x in lines]
+    sep = 1 if mode == "lines" else 2
+    body = {"aggregation": strategy, "segmentation": mode}
+    r = await client.post("/v1/models/ner/ner", json={"inputs": document, **body})
+    assert r.status_code == 200, r.text
+    (got,) = r.json()["results"]
+    r = await client.post("/v1/models/ner/ner", json={"inputs": parts, **body})
+    one_by_one = r.json()["results"]
+    tokenizer = TextTokenizer(repo / "ner" / "1" / "tokenizer.json", max_length=10_000)
+    want: list[dict[str, Any]] = []
+    chars = tokens = 0
+    for part, entities, enc in zip(parts, one_by_one, tokenizer.encode_documents(parts), strict=True):
+        assert entities == expected_whole_text(repo, part, strategy)  # each part is read alone
+        want += shifted(entities, chars, tokens)
+        chars += len(part) + sep
+        tokens += len(enc.ids)
+    assert got == want and len(got) > 20
+    assert all(document[e["start"] : e["end"]] == e["text"] for e in got)
+    # read whole, the same document groups across the boundaries: the setting is not a no-op
+    r = await client.post("/v1/models/ner/ner", json={"inputs": document, "aggregation": strategy})
+    assert r.json()["results"][0] != got
+
+
+async def test_model_yaml_sets_the_default_segmentation(tmp_path: Path) -> None:
+    import yaml
+
+    repo = write_fake_repo(tmp_path / "repo")
+    path = repo / "ner" / "model.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["segmentation"] = "lines"
+    path.write_text(yaml.safe_dump(raw))
+    settings = Settings(repo=repo, backend="fake")  # type: ignore[arg-type]
+    app = create_app(settings, backend_factory=FakeBackends())
+    text = "john smith lives in new york\nthe united nations"
+    async with app.router.lifespan_context(app):
+        await app.state.bertserve.registry.wait_ready(30)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            default = (
+                await client.post("/v1/models/ner/ner", json={"inputs": text, "aggregation": "none"})
+            ).json()
+            lines = await client.post(
+                "/v1/models/ner/ner", json={"inputs": text, "aggregation": "none", "segmentation": "lines"}
+            )
+            whole = await client.post(
+                "/v1/models/ner/ner", json={"inputs": text, "aggregation": "none", "segmentation": "none"}
+            )
+    assert default == lines.json() != whole.json()
+
+
 async def test_ner_shapes_ignore_labels_and_metrics(fake_client: tuple[httpx.AsyncClient, Path, Any]) -> None:
     client, _, _ = fake_client
     text = "john smith lives in new york"
@@ -114,6 +185,7 @@ async def test_ner_shapes_ignore_labels_and_metrics(fake_client: tuple[httpx.Asy
         ("/v1/models/ner/ner", {"inputs": []}, 422),
         ("/v1/models/ner/ner", {"inputs": "x", "aggregation": "longest"}, 422),
         ("/v1/models/ner/ner", {"inputs": [["a", "b"]]}, 422),
+        ("/v1/models/ner/ner", {"inputs": "x", "segmentation": "paragraphs"}, 422),
     ],
 )
 async def test_ner_errors_use_the_envelope(

@@ -144,6 +144,27 @@ def test_first_subtoken_targets(tiny_bases: dict[str, Path]) -> None:
     assert encoded.target == tuple(expected)
 
 
+def test_label_subwords_trains_every_piece_as_inside(tiny_bases: dict[str, Path]) -> None:
+    from export.finetune import TaggedExample as Tagged
+    from export.finetune import _encode_tagged, _load_tokenizer
+
+    tokenizer = _load_tokenizer(tiny_bases["ner"])
+    labels = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
+    words = ("merkelization", "in", "zxqvbergh", "today")  # two many-piece names around O words
+    tags = ("B-PER", "O", "B-LOC", "O")
+    (encoded,) = _encode_tagged(tokenizer, [Tagged(words, tags)], labels, 32, label_subwords=True)
+    pieces = tokenizer(list(words), is_split_into_words=True).word_ids()
+    assert pieces.count(0) > 1 and pieces.count(2) > 1
+    first = {0: 1, 1: 0, 2: 3, 3: 0}  # B- on a word's first piece
+    rest = {0: 2, 1: 0, 2: 4, 3: 0}  # I- of the same type on its other pieces
+    expected = []
+    previous = None
+    for w in pieces:
+        expected.append(-100 if w is None else first[w] if w != previous else rest[w])
+        previous = w
+    assert encoded.target == tuple(expected)
+
+
 def test_same_seed_same_weights(
     tiny_bases: dict[str, Path], data_files: dict[str, Path], tmp_path: Path
 ) -> None:
