@@ -18,6 +18,7 @@ from fastapi import APIRouter, Header, Request
 from pydantic import WithJsonSchema
 from starlette.responses import Response
 
+from bertserve.modelrepo import Task
 from service.api.schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -166,6 +167,8 @@ def model_info(pipeline: Pipeline, ready: bool) -> dict[str, object]:
         "task": str(config.task),
         "problem_type": str(config.problem_type) if config.problem_type else None,
         "labels": list(config.labels),
+        "tag_scheme": str(config.tag_scheme) if config.tag_scheme else None,
+        "segmentation": str(config.segmentation) if config.task == Task.TOKEN_CLASSIFICATION else None,
         "backend": pipeline.backend.name,
         "precision": str(pipeline.backend.precision),
         "max_length": config.max_length,

@@ -192,6 +192,10 @@ class ModelInfo(BaseModel):
     task: str
     problem_type: str | None
     labels: list[str]
+    tag_scheme: str | None = Field(None, description="Token classification: IOB1, IOB2, BIOES or NONE.")
+    segmentation: str | None = Field(
+        None, description="Token classification: how a text is read by default (none, lines, sentences)."
+    )
     backend: str
     precision: str
     max_length: int

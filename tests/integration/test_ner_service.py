@@ -151,7 +151,11 @@ async def test_model_yaml_sets_the_default_segmentation(tmp_path: Path) -> None:
             whole = await client.post(
                 "/v1/models/ner/ner", json={"inputs": text, "aggregation": "none", "segmentation": "none"}
             )
+            info = (await client.get("/v1/models/ner")).json()
+            cls_info = (await client.get("/v1/models/cls")).json()
     assert default == lines.json() != whole.json()
+    assert info["segmentation"] == "lines" and info["tag_scheme"] is not None
+    assert cls_info["segmentation"] is None and cls_info["tag_scheme"] is None
 
 
 async def test_ner_shapes_ignore_labels_and_metrics(fake_client: tuple[httpx.AsyncClient, Path, Any]) -> None:
