@@ -23,6 +23,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from anywhere: the project's packages come first
+    sys.path.insert(0, str(ROOT))
+
+from loadtest.corpus import read_conll_sentences  # noqa: E402
+
 SOURCES = ROOT / "models" / "demo" / "sources"
 DATA = ROOT.parent / "shared" / "data"
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
@@ -48,13 +53,7 @@ def evaluation_sentences(data: Path) -> Iterator[tuple[str, str]]:
     for name in ("emerging.dev.conll", "emerging.test.annotated"):
         path = data / "wnut17" / name
         if path.is_file():
-            sentence: list[str] = []
-            for line in [*path.read_text(encoding="utf-8").splitlines(), ""]:
-                if line.strip():
-                    sentence.append(line.split("\t")[0])
-                elif sentence:
-                    yield f"wnut17/{name}", " ".join(sentence)
-                    sentence = []
+            yield from ((f"wnut17/{name}", sentence) for sentence in read_conll_sentences(path))
 
 
 def source_lines(sources: Path) -> Iterator[tuple[str, str]]:
