@@ -32,6 +32,18 @@ class FaultHooks:
     fail_always: bool = False
     hang: threading.Event | None = None  # when set to an Event, each batch blocks until it is set
 
+    def apply(self) -> None:
+        """Act out the faults on one batch: block, sleep, then fail or let it through."""
+        if self.hang is not None:
+            self.hang.wait()
+        if self.delay_s > 0:
+            time.sleep(self.delay_s)
+        if self.fail_always:
+            raise FakeBackendFailure("fake backend failure (fail_always)")
+        if self.fail_batches > 0:
+            self.fail_batches -= 1
+            raise FakeBackendFailure("fake backend failure (fail_batches)")
+
 
 @dataclass
 class FakeBackend:
@@ -41,6 +53,9 @@ class FakeBackend:
     name: str = "fake"
     precision: Precision = Precision.FP32
     faults: FaultHooks = field(default_factory=FaultHooks)
+    # Hooks shared with other backends (a test breaking every model at once), applied after this
+    # backend's own `faults`; None when the backend answers to its own hooks only.
+    shared_faults: FaultHooks | None = None
     # (batch, length) of the latest calls; bounded so that a long load test does not grow memory
     batch_shapes: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=10_000))
     sequences_run: int = 0  # sequences the backend was called with, ever: proves what never ran
@@ -52,16 +67,9 @@ class FakeBackend:
         self.batch_shapes.append((int(ids.shape[0]), int(ids.shape[1])))
         self.sequences_run += int(ids.shape[0])
         self.started.set()
-        hooks = self.faults
-        if hooks.hang is not None:
-            hooks.hang.wait()
-        if hooks.delay_s > 0:
-            time.sleep(hooks.delay_s)
-        if hooks.fail_always:
-            raise FakeBackendFailure("fake backend failure (fail_always)")
-        if hooks.fail_batches > 0:
-            hooks.fail_batches -= 1
-            raise FakeBackendFailure("fake backend failure (fail_batches)")
+        self.faults.apply()
+        if self.shared_faults is not None:
+            self.shared_faults.apply()
         mask = feeds["attention_mask"]
         types = feeds.get("token_type_ids")
         return fake_logits(ids, mask, types, self.num_labels, self.token_level)

@@ -108,18 +108,28 @@ def write_fake_repo(root: Path, specs: tuple[FakeModelSpec, ...] = DEFAULT_SPECS
 
 @dataclass
 class FakeBackends:
-    """A BackendFactory handing out FakeBackends (token-level for NER models) that share one set of
-    fault hooks; `made` keeps each model's backend so tests can read its counters."""
+    """A BackendFactory handing out FakeBackends (token-level for NER models); `made` keeps each
+    model's backend so tests can read its counters.
+
+    Every backend answers to two sets of fault hooks: its model's own (`faults_for(name)`: break one
+    model and watch the others) and `faults`, shared by all models (one counter: `fail_batches = 1`
+    fails the next batch of whichever model runs one)."""
 
     faults: FaultHooks = field(default_factory=FaultHooks)
     made: dict[str, FakeBackend] = field(default_factory=dict)
+    per_model: dict[str, FaultHooks] = field(default_factory=dict)
+
+    def faults_for(self, model: str) -> FaultHooks:
+        """The hooks of one model only; usable before the model is loaded (e.g. to hang its warm-up)."""
+        return self.per_model.setdefault(model, FaultHooks())
 
     def __call__(self, model: ModelConfig, version_dir: Path) -> Backend:
         backend = FakeBackend(
             len(model.labels),
             token_level=model.task == Task.TOKEN_CLASSIFICATION,
             input_names=tuple(model.inputs),
-            faults=self.faults,
+            faults=self.faults_for(model.name),
+            shared_faults=self.faults,
         )
         self.made[model.name] = backend
         return backend

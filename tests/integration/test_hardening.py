@@ -276,10 +276,39 @@ async def test_expired_requests_are_answered_and_never_run(make_service: Callabl
     assert backend.sequences_run - before == 2
 
 
+# One request per model that is not broken below, and whether its answer is the healthy one.
+OTHER_MODELS = {
+    "multi": ("/v1/models/multi/classify", {"inputs": ["the movie was great", "rainy seattle"]}),
+    "distil": ("/v1/models/distil/classify", {"inputs": [["the movie", "was great"]], "top_k": 1}),
+    "ner": ("/v1/models/ner/ner", {"inputs": "john smith lives in new york", "ignore_labels": []}),
+}
+
+
+async def answers_of_other_models(svc: Service) -> dict[str, Any]:
+    answers = {}
+    for name, (path, body) in OTHER_MODELS.items():
+        r = await svc.client.post(path, json=body)
+        assert r.status_code == 200, (name, r.text)
+        answers[name] = r.json()
+    assert all(answer["results"] and all(answer["results"]) for answer in answers.values())
+    return answers
+
+
+async def assert_only_cls_is_affected(svc: Service, healthy: dict[str, Any]) -> None:
+    """`cls` is broken: readiness names it and nothing else, and every other model, having its own
+    worker and backend, still answers at once with exactly the answers it gave while all was well."""
+    problems = assert_envelope(await svc.client.get("/health/ready"), 503, "not_ready").split("; ")
+    assert problems and all(p.startswith("model cls: ") for p in problems), problems
+    start = time.monotonic()
+    assert await answers_of_other_models(svc) == healthy
+    assert time.monotonic() - start < 1.0  # not queued behind the broken model
+
+
 async def test_hung_backend_fails_its_batch_then_readiness_recovers(make_service: Callable[..., Any]) -> None:
     svc: Service = await make_service(request_timeout_ms=200)
+    healthy = await answers_of_other_models(svc)
     release = threading.Event()
-    svc.faults.hang = release
+    svc.backends.faults_for("cls").hang = release
     hung = await svc.classify()
     assert_envelope(hung, 504, "deadline_exceeded")  # the waiter is answered at its deadline
     await asyncio.sleep(0.1)  # the call has now run longer than the request timeout
@@ -291,11 +320,25 @@ async def test_hung_backend_fails_its_batch_then_readiness_recovers(make_service
     assert refused.headers["retry-after"] == "1"
     assert (await svc.client.get("/health/live")).status_code == 200
     # Other models have their own worker and are unaffected.
-    assert (await svc.client.post("/v1/models/distil/classify", json={"inputs": "ok"})).status_code == 504
-    svc.faults.hang = None
+    await assert_only_cls_is_affected(svc, healthy)
+    svc.backends.faults_for("cls").hang = None
     release.set()
     await svc.wait_ready(timeout_s=1)
     assert (await svc.classify()).status_code == 200
+
+
+async def test_failing_backend_fails_only_its_own_model(make_service: Callable[..., Any]) -> None:
+    svc: Service = await make_service(unhealthy_after_failures=2)
+    healthy = await answers_of_other_models(svc)
+    svc.backends.faults_for("cls").fail_always = True
+    for _ in range(2):
+        assert_envelope(await svc.classify(), 500, "inference_error")
+    assert "model cls: 2 consecutive batches failed" in (await svc.client.get("/health/ready")).text
+    await assert_only_cls_is_affected(svc, healthy)
+    svc.backends.faults_for("cls").fail_always = False
+    assert (await svc.classify()).status_code == 200
+    await svc.wait_ready(timeout_s=1)
+    assert await answers_of_other_models(svc) == healthy
 
 
 # --- drain (the in-process half; the signal itself is tested against a real process) ------------
