@@ -26,10 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MODEL_CONFIG_FILE = "model.yaml"
 SCHEMA_VERSION = 1
+# The one tokenizer file the service reads; it must be listed (with its sha256) in tokenizer_files.
+TOKENIZER_FILE = "tokenizer.json"
+IR_XML_SUFFIX, IR_BIN_SUFFIX = ".xml", ".bin"
 
 
 class Task(StrEnum):
@@ -87,7 +90,9 @@ class BatchingConfig(BaseModel):
 
 class Artifact(BaseModel):
     """One runnable graph. `files` maps paths relative to the version folder to sha256 hex digests;
-    the first entry is the file a runtime opens (model.onnx, model.xml)."""
+    the first entry is the file a runtime opens (model.onnx, model.xml). Every other file the
+    runtime reads is listed too, so that it is checked before it is read: an OpenVINO IR's weights
+    (`model.bin` beside `model.xml`), an ONNX graph's external-data files."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -105,9 +110,39 @@ class Artifact(BaseModel):
             check_relative_path(rel)
         return files
 
+    @model_validator(mode="after")
+    def _ir_weights_listed(self) -> Artifact:
+        if self.format == ArtifactFormat.OPENVINO:
+            if not self.main_file.endswith(IR_XML_SUFFIX):
+                raise ValueError(
+                    f"an OpenVINO artifact opens its {IR_XML_SUFFIX} file first, not {self.main_file}"
+                )
+            if self.ir_weights not in self.files:
+                raise ValueError(
+                    f"OpenVINO artifact {self.main_file}: its weights {self.ir_weights} are not listed "
+                    "in files with a sha256, so they would be read unchecked; re-export the model "
+                    "(or add the file and its sha256 under files)"
+                )
+        return self
+
     @property
     def main_file(self) -> str:
         return next(iter(self.files))
+
+    @property
+    def ir_weights(self) -> str:
+        """The weights file OpenVINO reads for this IR: the .xml's sibling `.bin`."""
+        return self.main_file.removesuffix(IR_XML_SUFFIX) + IR_BIN_SUFFIX
+
+    @property
+    def digest(self) -> str:
+        """One sha256 for everything the artifact reads: the main file's own sha256 when it is the
+        only file, else the sha256 of its sorted `path sha256` lines (weights kept in an external
+        data file change this digest too)."""
+        if len(self.files) == 1:
+            return self.files[self.main_file]
+        lines = "".join(f"{rel} {sha}\n" for rel, sha in sorted(self.files.items()))
+        return hashlib.sha256(lines.encode("utf-8")).hexdigest()
 
 
 class VersionConfig(BaseModel):
@@ -119,6 +154,19 @@ class VersionConfig(BaseModel):
         default_factory=dict, description="Tokenizer files (relative path -> sha256)."
     )
     created: str | None = None
+
+    @field_validator("tokenizer_files")
+    @classmethod
+    def _tokenizer_listed(cls, files: dict[str, str]) -> dict[str, str]:
+        for rel in files:
+            check_relative_path(rel)
+        if TOKENIZER_FILE not in files:
+            raise ValueError(
+                f"tokenizer_files does not list {TOKENIZER_FILE}, the file the service reads, so it "
+                f"would be loaded unchecked; re-export the model (or add {TOKENIZER_FILE} and its "
+                "sha256 under tokenizer_files)"
+            )
+        return files
 
     def find(self, fmt: ArtifactFormat, precision: Precision) -> Artifact | None:
         for artifact in self.artifacts:
@@ -223,14 +271,34 @@ def version_dir(repo: Path, name: str, version: int) -> Path:
 
 
 def load_model_config(repo: Path, name: str) -> ModelConfig:
+    """`repo/name/model.yaml`, validated; its `name` must be the folder's name."""
     path = resolve_inside(repo, f"{name}/{MODEL_CONFIG_FILE}")
     if not path.is_file():
         raise RepositoryError(f"no {MODEL_CONFIG_FILE} for model {name!r} in {repo}")
     try:
         raw: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return ModelConfig.model_validate(raw)
+        config = ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise RepositoryError(f"{path}: invalid model config: {_one_line(exc)}") from exc
     except (yaml.YAMLError, ValueError) as exc:
         raise RepositoryError(f"{path}: invalid model config: {exc}") from exc
+    if config.name != name:
+        # NOTE: the folder is what clients ask for (list_models), `name` is what metrics and
+        # answers carry; two names for one model would serve one under the other's label.
+        raise RepositoryError(
+            f"{path}: name {config.name!r} does not match its folder {name!r}; set `name: {name}` "
+            f"in {MODEL_CONFIG_FILE} or rename the folder to {config.name!r}"
+        )
+    return config
+
+
+def _one_line(exc: ValidationError) -> str:
+    """Pydantic's errors as `location: message; ...`, without the offending input echoed back."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in error["loc"])
+        parts.append(f"{loc}: {error['msg']}" if loc else str(error["msg"]))
+    return "; ".join(parts)
 
 
 def save_model_config(repo: Path, config: ModelConfig) -> Path:

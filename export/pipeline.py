@@ -14,7 +14,7 @@ import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from rich.console import Console
 
@@ -164,6 +164,18 @@ def _files(folder: Path, rels: Sequence[str]) -> dict[str, str]:
     return {rel: sha256_file(folder / rel) for rel in rels}
 
 
+def onnx_artifact_files(folder: Path, main: str) -> list[str]:
+    """`main` and every external-data file its graph reads (graphs over 2 GB keep their weights
+    beside them), relative to `folder`: all of them go into model.yaml with a sha256, because the
+    service refuses to open a graph that reads an unlisted file. The walk is the service's own
+    (service.backends.onnx_files), so what the export lists is exactly what the service checks."""
+    from service.backends.onnx_files import external_data_locations
+
+    base = PurePosixPath(main).parent
+    extra = [str(base / location) for location in external_data_locations(folder / main)]
+    return [main, *sorted(set(extra) - {main})]
+
+
 def _calibration_texts(path: Path | None) -> tuple[list[str], str]:
     if path is None:
         texts = list(SENTENCES) + [f"{a} {b}" for a, b in PAIRS]
@@ -249,6 +261,8 @@ def _export_version(
     def validate(fmt: ArtifactFormat, precision: Precision, files: list[str], runner: LogitsRunner) -> None:
         cmp = compare(reference, runner, batches, task, ckpt.problem_type)
         rel = files[0]
+        if fmt != ArtifactFormat.OPENVINO:
+            files = onnx_artifact_files(staging, rel)
         if precision == Precision.FP32:
             passed = cmp.max_abs_diff <= options.fp32_atol
             if not passed:

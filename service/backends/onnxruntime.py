@@ -49,10 +49,39 @@ class ShapeProfile:
 
 
 @dataclass(frozen=True, slots=True)
+class EngineKey:
+    """What a TensorRT engine is built from: one artifact (`Artifact.digest`) of one model version.
+
+    NOTE: ONNX Runtime names cached engines by a hash of the graph's structure and file name, not
+    of its weights: a retrained model with the same architecture (version 2 of the same model.onnx)
+    would silently run version 1's engine. Engines are therefore cached in a folder keyed by the
+    artifact's sha256, besides the model, the version and the fp16 flag."""
+
+    model: str
+    version: int
+    artifact_sha256: str
+
+
+@dataclass(frozen=True, slots=True)
 class GpuOptions:
     device_id: int = 0
     tensorrt_fp16: bool = True
-    tensorrt_cache_dir: Path = Path(".cache/tensorrt")
+    tensorrt_cache_dir: Path = Path(".cache/tensorrt")  # the root; see tensorrt_cache_dirs
+    engine: EngineKey | None = None
+
+
+def tensorrt_cache_dirs(gpu: GpuOptions) -> tuple[Path, Path]:
+    """(engine folder, timing-cache folder) for `gpu.engine`: other bytes, another engine folder.
+
+    `<root>/<model>/v<version>-<artifact sha256>-<fp16|fp32>/` holds the engines; the timing cache
+    (kernel timings per layer configuration, which do not depend on the weights) stays in
+    `<root>/<model>/`, shared by the model's versions so that a new version builds faster."""
+    if gpu.engine is None:
+        raise ValueError("the TensorRT engine cache needs an EngineKey (model, version, artifact sha256)")
+    key = gpu.engine
+    precision = "fp16" if gpu.tensorrt_fp16 else "fp32"
+    model_dir = gpu.tensorrt_cache_dir / key.model
+    return model_dir / f"v{key.version}-{key.artifact_sha256}-{precision}", model_dir
 
 
 def cuda_provider_options(gpu: GpuOptions) -> dict[str, str]:
@@ -68,14 +97,14 @@ def cuda_provider_options(gpu: GpuOptions) -> dict[str, str]:
 def tensorrt_provider_options(
     gpu: GpuOptions, input_names: tuple[str, ...], profile: ShapeProfile
 ) -> dict[str, str]:
-    cache = str(gpu.tensorrt_cache_dir)
+    engines, timing = tensorrt_cache_dirs(gpu)
     return {
         "device_id": str(gpu.device_id),
         "trt_fp16_enable": "True" if gpu.tensorrt_fp16 else "False",
         "trt_engine_cache_enable": "True",
-        "trt_engine_cache_path": cache,
+        "trt_engine_cache_path": str(engines),
         "trt_timing_cache_enable": "True",
-        "trt_timing_cache_path": cache,
+        "trt_timing_cache_path": str(timing),
         # One explicit profile covering every shape the batcher can produce: no engine rebuild
         # when a new batch shape shows up at runtime.
         "trt_profile_min_shapes": profile.shapes(input_names, 1, 1),

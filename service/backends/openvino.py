@@ -35,9 +35,11 @@ def compile_config(hint: str, threads: int, streams: int | None) -> dict[str, An
 
 
 class OpenVinoBackend:
-    def __init__(self, xml: Path, precision: Precision, config: dict[str, Any], output_name: str) -> None:
+    def __init__(
+        self, xml: Path, weights: Path, precision: Precision, config: dict[str, Any], output_name: str
+    ) -> None:
         core = ov.Core()
-        model = core.read_model(str(xml))
+        model = core.read_model(str(xml), str(weights))
         self._compiled = core.compile_model(model, "CPU", config)
         self._inputs = tuple(port.get_any_name() for port in self._compiled.inputs)
         outputs = list(self._compiled.outputs)

@@ -241,8 +241,12 @@ class BackendLoader:
             from service.backends.openvino import OpenVinoBackend, compile_config
 
             config = compile_config(s.openvino_hint, s.threads, s.openvino_streams)
-            return OpenVinoBackend(path, artifact.precision, config, output)
+            # The weights are passed by their listed (and just verified) path, not left for
+            # OpenVINO to find beside the .xml.
+            weights = version_dir / artifact.ir_weights
+            return OpenVinoBackend(path, weights, artifact.precision, config, output)
         from service.backends.onnxruntime import (
+            EngineKey,
             GpuOptions,
             OnnxRuntimeBackend,
             ShapeProfile,
@@ -254,7 +258,8 @@ class BackendLoader:
         profile = ShapeProfile.for_batching(
             batching.max_batch_size, batching.max_batch_tokens, model.max_length
         )
-        gpu = GpuOptions(s.cuda_device_id, s.tensorrt_fp16, s.tensorrt_cache_dir / model.name)
+        engine = EngineKey(model.name, model.default_version, artifact.digest)
+        gpu = GpuOptions(s.cuda_device_id, s.tensorrt_fp16, s.tensorrt_cache_dir, engine)
         providers = provider_chain(choice.kind, gpu, tuple(model.inputs), profile)
         options = session_options(s.threads, s.inter_op_threads)
         return OnnxRuntimeBackend(path, choice.kind, artifact.precision, providers, options, output)

@@ -6,11 +6,26 @@ from pathlib import Path
 
 import pytest
 
-from bertserve.modelrepo import Artifact, ArtifactFormat, ModelConfig, Precision, Task, VersionConfig
-from service.backends.onnxruntime import GpuOptions, ShapeProfile, provider_chain, tensorrt_provider_options
-from service.backends.selection import Environment, choose_artifact, choose_backend
+from bertserve.modelrepo import (
+    Artifact,
+    ArtifactFormat,
+    ModelConfig,
+    Precision,
+    Task,
+    VersionConfig,
+    sha256_file,
+)
+from service.backends.onnxruntime import (
+    EngineKey,
+    GpuOptions,
+    ShapeProfile,
+    provider_chain,
+    tensorrt_cache_dirs,
+    tensorrt_provider_options,
+)
+from service.backends.selection import BackendLoader, Environment, choose_artifact, choose_backend
 from service.errors import BackendUnavailableError, StartupError
-from service.settings import BackendKind
+from service.settings import BackendKind, Settings
 
 CPU_ONLY = Environment(frozenset({"CPUExecutionProvider"}), cuda_devices=0, tensorrt_library=False)
 GPU_ORT = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"})
@@ -19,7 +34,10 @@ GPU_NO_TRT_LIB = Environment(GPU_ORT, cuda_devices=1, tensorrt_library=False)
 
 
 def artifact(fmt: ArtifactFormat, precision: Precision, main: str) -> Artifact:
-    return Artifact(format=fmt, precision=precision, files={main: "0" * 64})
+    files = {main: "0" * 64}
+    if fmt == ArtifactFormat.OPENVINO:
+        files[main.replace(".xml", ".bin")] = "1" * 64
+    return Artifact(format=fmt, precision=precision, files=files)
 
 
 ALL_ARTIFACTS = [
@@ -39,7 +57,11 @@ def model(artifacts: list[Artifact], default: Precision = Precision.FP32) -> Mod
         labels=["a", "b"],
         max_length=128,
         inputs=["input_ids", "attention_mask", "token_type_ids"],
-        versions={1: VersionConfig(artifacts=artifacts, default_precision=default)},
+        versions={
+            1: VersionConfig(
+                artifacts=artifacts, default_precision=default, tokenizer_files={"tokenizer.json": "2" * 64}
+            )
+        },
     )
 
 
@@ -111,21 +133,82 @@ def test_unrunnable_or_missing_precision_stops_startup() -> None:
 def test_tensorrt_options_cover_every_batch_the_batcher_can_cut(tmp_path: Path) -> None:
     profile = ShapeProfile.for_batching(max_batch_size=32, max_batch_tokens=4096, max_length=256)
     assert (profile.max_batch, profile.opt_length, profile.max_length) == (32, 128, 256)
-    opts = tensorrt_provider_options(GpuOptions(1, True, tmp_path), ("input_ids", "attention_mask"), profile)
+    engine = EngineKey("m", 3, "ab" * 32)
+    opts = tensorrt_provider_options(
+        GpuOptions(1, True, tmp_path, engine), ("input_ids", "attention_mask"), profile
+    )
     assert opts["device_id"] == "1"
     assert opts["trt_fp16_enable"] == "True"
     assert opts["trt_engine_cache_enable"] == "True"
-    assert opts["trt_engine_cache_path"] == str(tmp_path)
+    assert opts["trt_engine_cache_path"] == str(tmp_path / "m" / f"v3-{'ab' * 32}-fp16")
+    assert opts["trt_timing_cache_path"] == str(tmp_path / "m")
     assert opts["trt_profile_min_shapes"] == "input_ids:1x1,attention_mask:1x1"
     assert opts["trt_profile_opt_shapes"] == "input_ids:32x128,attention_mask:32x128"
     assert opts["trt_profile_max_shapes"] == "input_ids:32x256,attention_mask:32x256"
-    fp32 = tensorrt_provider_options(GpuOptions(0, False, tmp_path), ("input_ids",), profile)
+    fp32 = tensorrt_provider_options(GpuOptions(0, False, tmp_path, engine), ("input_ids",), profile)
     assert fp32["trt_fp16_enable"] == "False"
+    assert fp32["trt_engine_cache_path"].endswith("-fp32")
+
+
+def engine_dir(root: Path, model: str, version: int, artifact_: Artifact, fp16: bool = True) -> Path:
+    gpu = GpuOptions(0, fp16, root, EngineKey(model, version, artifact_.digest))
+    return tensorrt_cache_dirs(gpu)[0]
+
+
+def test_tensorrt_engine_cache_is_keyed_by_the_artifacts_bytes(tmp_path: Path) -> None:
+    """ORT's own engine name ignores the weights: a retrained model.onnx with the same graph must
+    still get a fresh engine, and the same bytes must find their cached one again."""
+    v1 = Artifact(format=ArtifactFormat.ONNX, precision=Precision.FP32, files={"model.onnx": "a" * 64})
+    retrained = Artifact(format=ArtifactFormat.ONNX, precision=Precision.FP32, files={"model.onnx": "b" * 64})
+    same = Artifact(format=ArtifactFormat.ONNX, precision=Precision.FP32, files={"model.onnx": "a" * 64})
+    assert v1.digest == "a" * 64  # one file: its own sha256, easy to compare with model.yaml
+    assert engine_dir(tmp_path, "m", 1, v1) == engine_dir(tmp_path, "m", 1, same)
+    assert engine_dir(tmp_path, "m", 1, v1) != engine_dir(tmp_path, "m", 1, retrained)
+    assert engine_dir(tmp_path, "m", 1, v1) != engine_dir(tmp_path, "m", 2, v1)
+    assert engine_dir(tmp_path, "m", 1, v1) != engine_dir(tmp_path, "other", 1, v1)
+    assert engine_dir(tmp_path, "m", 1, v1) != engine_dir(tmp_path, "m", 1, v1, fp16=False)
+    # weights kept in an external-data file: changing only that file changes the key
+    ext = {"model.onnx": "a" * 64, "model.onnx_data": "c" * 64}
+    ext_retrained = {"model.onnx": "a" * 64, "model.onnx_data": "d" * 64}
+    with_data = Artifact(format=ArtifactFormat.ONNX, precision=Precision.FP32, files=ext)
+    with_new_data = Artifact(format=ArtifactFormat.ONNX, precision=Precision.FP32, files=ext_retrained)
+    assert engine_dir(tmp_path, "m", 1, with_data) != engine_dir(tmp_path, "m", 1, with_new_data)
+    with pytest.raises(ValueError, match="EngineKey"):
+        tensorrt_cache_dirs(GpuOptions(0, True, tmp_path))
+
+
+def test_loader_keys_the_tensorrt_cache_by_the_chosen_artifact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The production loader passes the model, version and chosen artifact's digest through."""
+    import service.backends.onnxruntime as ort_backend
+
+    seen: list[list[tuple[str, dict[str, str]]]] = []
+
+    class Recorder:
+        def __init__(self, *args: object) -> None:
+            _path, _kind, _precision, providers, _options, _output = args
+            seen.append(providers)  # type: ignore[arg-type]
+
+    vdir = tmp_path / "m" / "1"
+    vdir.mkdir(parents=True)
+    (vdir / "model.onnx").write_bytes(b"")  # never opened: the session class is replaced
+    onnx = Artifact(
+        format=ArtifactFormat.ONNX,
+        precision=Precision.FP32,
+        files={"model.onnx": sha256_file(vdir / "model.onnx")},
+    )
+    monkeypatch.setattr(ort_backend, "OnnxRuntimeBackend", Recorder)
+    monkeypatch.setattr("service.backends.onnx_files.check_external_data", lambda *a: None)
+    settings = Settings(backend=BackendKind.TENSORRT, tensorrt_cache_dir=tmp_path / "cache")
+    BackendLoader(settings, env_probe=lambda: GPU_FULL)(model([onnx]), vdir)
+    trt_options = dict(seen[0])["TensorrtExecutionProvider"]
+    assert trt_options["trt_engine_cache_path"] == str(tmp_path / "cache" / "m" / f"v1-{onnx.digest}-fp16")
 
 
 def test_provider_chains_fall_back_in_order(tmp_path: Path) -> None:
     profile = ShapeProfile.for_batching(8, 1024, 128)
-    gpu = GpuOptions(0, True, tmp_path)
+    gpu = GpuOptions(0, True, tmp_path, EngineKey("m", 1, "0" * 64))
     names = {
         kind: [p for p, _ in provider_chain(kind, gpu, ("input_ids",), profile)]
         for kind in (BackendKind.TENSORRT, BackendKind.ORT_CUDA, BackendKind.ORT_CPU)
