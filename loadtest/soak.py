@@ -7,9 +7,11 @@ Starts its own `bertserve serve` on loopback (never a shared instance): the Mini
 the repository has a classification model (`python -m export.minilm_example --repo models` writes
 one), else the fake backend on whatever classification model.yaml + tokenizer it finds. It measures
 capacity with a closed loop, then holds an open-loop rate of `fraction` x capacity and, every
-interval, samples the server process from /proc (RSS, threads, open file descriptors) and the
-interval's p99 from /metrics. At the end it prints the trend (RSS slope over the second half, after
-allocator warm-up) and a verdict; the exit code is 0 for PASS, 1 for a suspected leak or drift.
+interval, samples the server process from /proc (RSS, of which anonymous memory, threads, open file
+descriptors) and the interval's p99 from /metrics. At the end it prints the trend and a verdict:
+PASS needs every check to hold — RSS growth after warm-up under 10 % of the RSS at its end, an RSS
+slope over the second half under 20 MB/h, steady fds and threads, no p99 drift, and not one
+transport error or 5xx answer (calibration included). The exit code is 0 for PASS, 1 otherwise.
 
 Bounded by design: `--minutes` is the whole load phase, and the service is stopped with SIGTERM
 (and its exit code reported) however the run ends.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -41,10 +44,16 @@ DURATION_METRIC = "bertserve_request_duration_seconds"
 # Verdict thresholds: generous enough for allocator noise on a shared box, tight enough for a leak
 # that would matter over days (20 MB/h is ~0.5 GB a day).
 MAX_RSS_SLOPE_MB_PER_H = 20.0
+# Growth of RSS from the end of warm-up to its highest point afterwards, relative to the former.
+MAX_RSS_GROWTH = 0.10
+# Warm-up: the first sixth of the run, at most 5 minutes; every batch shape the load produces has
+# usually been seen by then.
+WARMUP_FRACTION = 1 / 6
+MAX_WARMUP_S = 300.0
 MAX_FD_GROWTH = 8
 MAX_THREAD_GROWTH = 4
 MAX_P99_RATIO = 1.5
-WIDTHS = (7, 8, 4, 4, 10, 10, 6, 8)
+WIDTHS = (7, 8, 8, 4, 4, 10, 10, 6, 8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,16 +63,38 @@ class Sample:
     threads: int
     fds: int
     server_p99_ms: float
+    anon_mb: float = float("nan")  # RssAnon: heap and arenas, without mapped model files
 
 
-def proc_sample(pid: int) -> tuple[float, int, int]:
-    """(RSS in MB, threads, open file descriptors) of `pid`, from /proc."""
+@dataclass(frozen=True, slots=True)
+class ProcSample:
+    rss_mb: float
+    anon_mb: float
+    threads: int
+    fds: int
+
+
+def proc_sample(pid: int) -> ProcSample:
+    """RSS and its anonymous part in MB, threads and open file descriptors of `pid`, from /proc."""
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
         fields[key] = value.split()
-    rss_mb = int(fields["VmRSS"][0]) / 1024  # kB
-    return rss_mb, int(fields["Threads"][0]), len(os.listdir(f"/proc/{pid}/fd"))
+    return ProcSample(
+        rss_mb=int(fields["VmRSS"][0]) / 1024,  # kB
+        anon_mb=int(fields.get("RssAnon", ["0"])[0]) / 1024,
+        threads=int(fields["Threads"][0]),
+        fds=len(os.listdir(f"/proc/{pid}/fd")),
+    )
+
+
+def warmup_s(minutes: float) -> float:
+    return min(MAX_WARMUP_S, WARMUP_FRACTION * minutes * 60)
+
+
+def count_failures(result: LoadResult) -> int:
+    """Transport errors and 5xx answers: what a soak may never see (429s are load shedding)."""
+    return result.errors + sum(n for code, n in result.codes.items() if code >= 500)
 
 
 def duration_buckets(base: str, model: str) -> dict[float, float]:
@@ -142,77 +173,161 @@ def slope_per_hour(samples: list[Sample], attr: str) -> float:
     return float(np.polyfit(t, y, 1)[0])
 
 
-def verdict(samples: list[Sample], failures: int) -> tuple[bool, list[str]]:
-    steady = samples[len(samples) // 2 :]  # after warm-up: allocator arenas and caches settle
-    notes = []
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    value: str
+    limit: str
+    ok: bool
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'} {self.name}: {self.value} (limit {self.limit})"
+
+
+def rss_growth(samples: list[Sample], warmup: float) -> tuple[float, float, float]:
+    """(RSS at the end of warm-up, highest RSS after it, growth as a fraction of the former)."""
+    before = [s for s in samples if s.t_s <= warmup] or samples[:1]
+    baseline = before[-1].rss_mb
+    after = [s.rss_mb for s in samples if s.t_s > warmup] or [baseline]
+    peak = max(after)
+    return baseline, peak, (peak - baseline) / baseline
+
+
+def verdict(samples: list[Sample], failures: int, warmup: float) -> tuple[bool, list[Check]]:
+    """Every check must hold for PASS. NOTE: `failures` counts the whole run, calibration included."""
+    if not samples:
+        return False, [Check("samples", "0", ">= 1", False)]
+    checks = []
+    baseline, peak, growth = rss_growth(samples, warmup)
+    checks.append(
+        Check(
+            f"RSS growth after warm-up ({warmup:.0f} s)",
+            f"{baseline:.1f} -> max {peak:.1f} MB, {growth:+.1%}",
+            f"{MAX_RSS_GROWTH:.0%}",
+            growth < MAX_RSS_GROWTH,
+        )
+    )
+    steady = samples[len(samples) // 2 :]  # the slope's window: allocator arenas and caches settled
     rss_slope = slope_per_hour(steady, "rss_mb")
-    notes.append(f"RSS slope (second half) {rss_slope:+.1f} MB/h (limit {MAX_RSS_SLOPE_MB_PER_H})")
+    checks.append(
+        Check(
+            "RSS slope (second half)",
+            f"{rss_slope:+.1f} MB/h",
+            f"{MAX_RSS_SLOPE_MB_PER_H:.0f} MB/h",
+            rss_slope <= MAX_RSS_SLOPE_MB_PER_H,
+        )
+    )
     fd_growth = max(s.fds for s in steady) - min(s.fds for s in steady)
     thread_growth = max(s.threads for s in steady) - min(s.threads for s in steady)
-    notes.append(f"fd range {fd_growth} (limit {MAX_FD_GROWTH})")
-    notes.append(f"thread range {thread_growth} (limit {MAX_THREAD_GROWTH})")
-    quarter = max(1, len(samples) // 4)
-    early = np.nanmedian([s.server_p99_ms for s in samples[:quarter]])
-    late = np.nanmedian([s.server_p99_ms for s in samples[-quarter:]])
-    notes.append(f"server p99 first quarter {early:.1f} ms, last quarter {late:.1f} ms")
-    notes.append(f"transport errors and 5xx: {failures}")
-    ok = (
-        rss_slope <= MAX_RSS_SLOPE_MB_PER_H
-        and fd_growth <= MAX_FD_GROWTH
-        and thread_growth <= MAX_THREAD_GROWTH
-        and not (late > MAX_P99_RATIO * early)
-        and failures == 0
+    checks.append(
+        Check("fd range (second half)", str(fd_growth), str(MAX_FD_GROWTH), fd_growth <= MAX_FD_GROWTH)
     )
-    return ok, notes
+    checks.append(
+        Check(
+            "thread range (second half)",
+            str(thread_growth),
+            str(MAX_THREAD_GROWTH),
+            thread_growth <= MAX_THREAD_GROWTH,
+        )
+    )
+    quarter = max(1, len(samples) // 4)
+    early = float(np.nanmedian([s.server_p99_ms for s in samples[:quarter]]))
+    late = float(np.nanmedian([s.server_p99_ms for s in samples[-quarter:]]))
+    checks.append(
+        Check(
+            "server p99, last quarter vs first",
+            f"{early:.1f} -> {late:.1f} ms",
+            f"x{MAX_P99_RATIO}",
+            not (late > MAX_P99_RATIO * early),
+        )
+    )
+    checks.append(Check("transport errors and 5xx", str(failures), "0", failures == 0))
+    return all(c.ok for c in checks), checks
+
+
+def served_as(base: str, model: str) -> str:
+    """What `auto` resolved to, from the model's metadata: e.g. `openvino-cpu fp32`."""
+    with urllib.request.urlopen(f"{base}/v1/models/{model}", timeout=10) as response:
+        info = json.loads(response.read())
+    return f"{info.get('backend', '?')} {info.get('precision', '?')}"
+
+
+def print_row(values: tuple[object, ...]) -> None:
+    print(" ".join(f"{v:>{w}}" for v, w in zip(values, WIDTHS, strict=True)), flush=True)
+
+
+def print_summary(samples: list[Sample], ok: bool, checks: list[Check]) -> None:
+    series = [s.rss_mb for s in samples]
+    if series:
+        print(f"RSS: start {series[0]:.1f} MB, min {min(series):.1f}, max {max(series):.1f}", end="")
+        print(f", end {series[-1]:.1f} MB")
+    for check in checks:
+        print(f"  {check.line()}")
+    print(f"verdict: {'PASS' if ok else 'SUSPECT (leak, drift or failed requests): inspect the table above'}")
+
+
+async def hold_load(
+    args: argparse.Namespace, proc: subprocess.Popen[bytes], base: str, model: str, requests: list[bytes]
+) -> tuple[list[Sample], int]:
+    """Calibrate, then hold `fraction` x capacity for `minutes`: (samples, transport errors + 5xx)."""
+    calibration = await run_closed_loop(HOST, args.port, requests, args.concurrency, args.calibrate_s)
+    failures = count_failures(calibration)
+    rate = args.fraction * calibration.throughput()
+    print(f"capacity {calibration.throughput():.1f} req/s -> holding {rate:.1f} req/s ({args.fraction:.0%})")
+    print(
+        f"calibration: {calibration.ok} ok, {failures} transport errors or 5xx; warm-up {args.warmup_s:.0f} s"
+    )
+    print_row(("t (s)", "RSS MB", "anon MB", "thr", "fds", "p99 srv ms", "p99 cli ms", "ok", "non-200"))
+    samples: list[Sample] = []
+    start = time.monotonic()
+    end = start + args.minutes * 60
+    previous = duration_buckets(base, model)
+    while time.monotonic() < end:
+        span = min(args.interval_s, end - time.monotonic())
+        result: LoadResult = await run_open_loop(HOST, args.port, requests, rate, span)
+        failures += count_failures(result)
+        if proc.poll() is not None:
+            print(f"the service exited with {proc.returncode} during the soak")
+            return samples, failures + 1
+        current = duration_buckets(base, model)
+        p = proc_sample(proc.pid)
+        sample = Sample(
+            time.monotonic() - start,
+            p.rss_mb,
+            p.threads,
+            p.fds,
+            interval_p99_ms(previous, current),
+            p.anon_mb,
+        )
+        previous = current
+        samples.append(sample)
+        not_ok = sum(result.codes.values()) - result.ok + result.errors
+        print_row(
+            (
+                f"{sample.t_s:.0f}", f"{p.rss_mb:.1f}", f"{p.anon_mb:.1f}", p.threads, p.fds,
+                f"{sample.server_p99_ms:.1f}", f"{result.percentile_ms(99):.1f}", result.ok, not_ok,
+            )
+        )  # fmt: skip
+    return samples, failures
 
 
 async def soak(args: argparse.Namespace) -> int:
     repo = Path(args.repo)
     model, runnable = pick_model(repo)
     backend = args.backend or ("auto" if runnable else "fake")
-    port = free_port()
-    base = f"http://{HOST}:{port}"
+    args.port = free_port()
+    base = f"http://{HOST}:{args.port}"
     corpus = classify_corpus()
-    requests = [encode_post(HOST, port, f"/v1/models/{model}/classify", {"inputs": t}) for t in corpus.texts]
+    path = f"/v1/models/{model}/classify"
+    requests = [encode_post(HOST, args.port, path, {"inputs": t}) for t in corpus.texts]
     print(f"soak: model {model} ({backend}), {len(requests)} texts from {corpus.source}, {args.minutes} min")
-    proc = start_service(repo, model, backend, port)
+    proc = start_service(repo, model, backend, args.port)
     try:
         wait_ready(base, proc)
-        capacity = (
-            await run_closed_loop(HOST, port, requests, args.concurrency, args.calibrate_s)
-        ).throughput()
-        rate = args.fraction * capacity
-        print(f"capacity {capacity:.1f} req/s -> holding {rate:.1f} req/s ({args.fraction:.0%})")
-        columns = ("t (s)", "RSS MB", "thr", "fds", "p99 srv ms", "p99 cli ms", "ok", "non-200")
-        print(" ".join(f"{c:>{w}}" for c, w in zip(columns, WIDTHS, strict=True)))
-        samples: list[Sample] = []
-        failures = 0
-        start = time.monotonic()
-        end = start + args.minutes * 60
-        previous = duration_buckets(base, model)
-        while time.monotonic() < end:
-            span = min(args.interval_s, end - time.monotonic())
-            result: LoadResult = await run_open_loop(HOST, port, requests, rate, span)
-            current = duration_buckets(base, model)
-            rss, threads, fds = proc_sample(proc.pid)
-            sample = Sample(time.monotonic() - start, rss, threads, fds, interval_p99_ms(previous, current))
-            previous = current
-            samples.append(sample)
-            bad = result.errors + sum(n for code, n in result.codes.items() if code >= 500)
-            failures += bad
-            not_ok = sum(result.codes.values()) - result.ok + result.errors
-            row = (
-                f"{sample.t_s:.0f}", f"{rss:.1f}", threads, fds, f"{sample.server_p99_ms:.1f}",
-                f"{result.percentile_ms(99):.1f}", result.ok, not_ok,
-            )  # fmt: skip
-            print(" ".join(f"{v:>{w}}" for v, w in zip(row, WIDTHS, strict=True)), flush=True)
-        ok, notes = verdict(samples, failures)
-        series = [s.rss_mb for s in samples]
-        print(f"RSS: start {series[0]:.1f} MB, min {min(series):.1f}, max {max(series):.1f}", end="")
-        print(f", end {series[-1]:.1f} MB")
-        for note in notes:
-            print(f"  {note}")
-        print(f"verdict: {'PASS' if ok else 'SUSPECT (leak or drift): inspect the table above'}")
+        print(f"served as: {served_as(base, model)}")
+        samples, failures = await hold_load(args, proc, base, model, requests)
+        ok, checks = verdict(samples, failures, args.warmup_s)
+        print_summary(samples, ok, checks)
         return 0 if ok else 1
     finally:
         if proc.poll() is None:
@@ -233,9 +348,17 @@ def main() -> int:
     parser.add_argument("--interval-s", type=float, default=30.0, help="Seconds between samples.")
     parser.add_argument("--concurrency", type=int, default=32, help="Clients while measuring capacity.")
     parser.add_argument("--calibrate-s", type=float, default=15.0, help="Seconds of capacity measurement.")
+    parser.add_argument(
+        "--warmup-s",
+        type=float,
+        default=None,
+        help="Seconds after which RSS must stop growing (default: a sixth of the run, at most 300).",
+    )
     args = parser.parse_args()
     if args.minutes <= 0 or not 0 < args.fraction <= 1:
         parser.error("--minutes must be > 0 and --fraction in (0, 1]")
+    if args.warmup_s is None:
+        args.warmup_s = warmup_s(args.minutes)
     return asyncio.run(soak(args))
 
 
