@@ -28,11 +28,28 @@ WORDS = (
 )  # fmt: skip
 
 
+def placed_text(rng: random.Random, n_words: int) -> tuple[str, dict[int, int]]:
+    """A random text and, for each character of each of its words, which word it is part of: the
+    test's own record of where the words are, to check entity offsets against."""
+    text, word_of = "", {}
+    for w in range(n_words):
+        word = rng.choice(WORDS)
+        word_of.update((i, w) for i in range(len(text), len(text) + len(word)))
+        text += word + rng.choice((" ", " ", " ", "  ", "\n"))
+    return text.rstrip(), word_of
+
+
 def random_text(rng: random.Random, n_words: int) -> str:
-    text = ""
-    for _ in range(n_words):
-        text += rng.choice(WORDS) + rng.choice((" ", " ", " ", "  ", "\n"))
-    return text.strip()
+    return placed_text(rng, n_words)[0]
+
+
+def assert_on_words(entities: list[dict[str, Any]], word_of: dict[int, int]) -> None:
+    """Every span starts and ends on characters of placed words (never on a separator); a token
+    (strategy none) lies inside one word."""
+    for e in entities:
+        assert e["start"] in word_of and e["end"] - 1 in word_of, e
+        if "index" in e:
+            assert word_of[e["start"]] == word_of[e["end"] - 1], e
 
 
 @pytest.fixture
@@ -67,20 +84,31 @@ async def test_long_texts_are_windowed_without_changing_any_entity(
 ) -> None:
     client, repo, _ = fake_client
     rng = random.Random(7)
-    texts = [random_text(rng, n) for n in (3, 40, 150, 400)]  # max_length is 32 tokens
+    placed = [placed_text(rng, n) for n in (3, 40, 150, 400)]  # max_length is 32 tokens
+    texts = [text for text, _ in placed]
     r = await client.post("/v1/models/ner/ner", json={"inputs": texts, "aggregation": strategy})
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     assert len(results) == len(texts)
     found = 0
-    for text, entities in zip(texts, results, strict=True):
+    for (text, word_of), entities in zip(placed, results, strict=True):
         assert entities == expected_whole_text(repo, text, strategy)
-        for e in entities:
-            assert text[e["start"] : e["end"]] == e["text"]
+        assert_on_words(entities, word_of)
         spans = [(e["start"], e["end"]) for e in entities]
         assert len(spans) == len(set(spans))
         found += len(entities)
     assert found > 20  # the comparison above is not between empty lists
+    # with nothing ignored, the spans from all windows cover the words, each character once
+    r = await client.post(
+        "/v1/models/ner/ner", json={"inputs": texts, "aggregation": strategy, "ignore_labels": []}
+    )
+    for (text, word_of), entities in zip(placed, r.json()["results"], strict=True):
+        assert_on_words(entities, word_of)
+        assert all(a["end"] <= b["start"] for a, b in itertools.pairwise(entities)), text
+        covered = {i for e in entities for i in range(e["start"], e["end"])}
+        assert covered >= word_of.keys()
+        if strategy == "none":
+            assert covered == word_of.keys()
 
 
 def shifted(entities: list[dict[str, Any]], chars: int, tokens: int) -> list[dict[str, Any]]:
@@ -106,7 +134,6 @@ async def test_segmented_document_equals_its_parts_sent_one_by_one(
     ]  # some longer than the 32-token model: a segment is still windowed
     document = "\n".join(lines) if mode == "lines" else "  ".join(x[:1].upper() + x[1:] for x in lines)
     parts = lines if mode == "lines" else [x[:1].upper() + x[1:] for x in lines]
-    sep = 1 if mode == "lines" else 2
     body = {"aggregation": strategy, "segmentation": mode}
     r = await client.post("/v1/models/ner/ner", json={"inputs": document, **body})
     assert r.status_code == 200, r.text
@@ -115,14 +142,16 @@ async def test_segmented_document_equals_its_parts_sent_one_by_one(
     one_by_one = r.json()["results"]
     tokenizer = TextTokenizer(repo / "ner" / "1" / "tokenizer.json", max_length=10_000)
     want: list[dict[str, Any]] = []
-    chars = tokens = 0
+    cursor = tokens = 0
     for part, entities, enc in zip(parts, one_by_one, tokenizer.encode_documents(parts), strict=True):
         assert entities == expected_whole_text(repo, part, strategy)  # each part is read alone
+        chars = document.index(part, cursor)  # where the test put this part, not the segmenter
         want += shifted(entities, chars, tokens)
-        chars += len(part) + sep
+        cursor = chars + len(part)
         tokens += len(enc.ids)
+    # the same entities, their spans moved to where each part sits in the document (and their
+    # text, cut from the part alone, therefore equal to the document's characters there)
     assert got == want and len(got) > 20
-    assert all(document[e["start"] : e["end"]] == e["text"] for e in got)
     if strategy == "none":
         # read whole, the same document has one [CLS] ... [SEP], so token positions differ after the
         # first segment: the setting is not a no-op (the fake model's scores ignore context, so the
@@ -256,14 +285,14 @@ async def test_exported_tagger_agrees_with_the_transformers_pipeline(
                     ], (strategy, text)
                     for g, w in zip(got, want, strict=True):
                         assert abs(g["score"] - float(w["score"])) < 1e-3
-                        assert text[g["start"] : g["end"]] == g["text"]
+                        assert g["text"] == text[w["start"] : w["end"]]  # the pipeline's span
                     compared += len(want)
             assert compared > 50  # the random tagger does tag things: the comparison has content
 
             # a text far beyond the model's 128 tokens: windowed, exact spans, no duplicates
-            long_text = random_text(rng, 600)
+            long_text, word_of = placed_text(rng, 600)
             r = await c.post("/v1/models/bert-ner/ner", json={"inputs": long_text})
             entities = r.json()["results"][0]
             assert entities and entities[-1]["end"] > len(long_text) // 2
-            assert all(long_text[e["start"] : e["end"]] == e["text"] for e in entities)
+            assert_on_words(entities, word_of)
             assert all(a["end"] <= b["start"] for a, b in itertools.pairwise(entities))
