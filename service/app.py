@@ -23,8 +23,15 @@ from fastapi.openapi.utils import get_openapi
 from starlette.middleware.cors import CORSMiddleware
 
 import service
-from service.api.middleware import METRICS_PATH, PUBLIC_PATHS, ApiKeyMiddleware, BodyLimitMiddleware
-from service.api.routes import AppState, count_unobserved_error, router
+from service.api.middleware import (
+    DOCS_PATHS,
+    HEALTH_PATHS,
+    METRICS_PATH,
+    AdmissionMiddleware,
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+)
+from service.api.routes import AppState, count_overloaded, count_unobserved_error, router
 from service.backends.selection import BackendFactory
 from service.errors import install_error_handlers
 from service.metrics import Metrics
@@ -73,8 +80,16 @@ def create_app(
     app.include_router(router)
     # add_middleware wraps what is there: the last added runs first.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        AdmissionMiddleware,
+        max_inflight=settings.max_inflight_requests,
+        state=reg.drain,
+        on_refused=lambda scope: count_overloaded(reg, scope),
+    )
     if settings.api_key is not None:
-        public = PUBLIC_PATHS | {METRICS_PATH} if settings.metrics_public else PUBLIC_PATHS
+        public = HEALTH_PATHS | (DOCS_PATHS if settings.docs_public else frozenset())
+        if settings.metrics_public:
+            public |= {METRICS_PATH}
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value(), public_paths=public)
         _document_bearer_auth(app, public)
     if settings.cors_origins:

@@ -27,6 +27,7 @@ from service.errors import (
     DeadlineExceededError,
     InferenceError,
     NotReadyError,
+    PayloadTooLargeError,
     QueueFullError,
 )
 from service.metrics import Metrics
@@ -35,6 +36,10 @@ from service.tokenization import ModelInput
 log = logging.getLogger(__name__)
 
 KNOWN_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
+
+
+class NonFiniteOutputError(RuntimeError):
+    """The backend produced NaN or Inf: the batch failed, like any other backend error."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +190,7 @@ class DynamicBatcher:
         self._m_tokens = metrics.batch_tokens.labels(model)
         self._m_real = metrics.real_tokens.labels(model)
         self._m_padded = metrics.padded_tokens.labels(model)
+        self._m_failures = metrics.batch_failures
         self._m_rejected_full = metrics.rejected.labels(model, "queue_full")
         self._m_rejected_deadline = metrics.rejected.labels(model, "deadline")
         self._m_rejected_stalled = metrics.rejected.labels(model, "backend_stalled")
@@ -207,6 +213,11 @@ class DynamicBatcher:
             await asyncio.to_thread(self._thread.join, timeout_s)
             if self._thread.is_alive():
                 log.error("batcher %s: worker did not finish within %.0fs", self.model, timeout_s)
+
+    @property
+    def crash(self) -> BaseException | None:
+        """What killed the worker thread, if it died: the model can no longer serve."""
+        return self._crash
 
     @property
     def healthy(self) -> bool:
@@ -278,6 +289,12 @@ class DynamicBatcher:
             if announced:
                 self._incoming -= 1
             self._check_open()
+            if len(inputs) > self.limits.max_queue_size:
+                # Retrying can never help: 413, not the 429 that invites retries forever.
+                raise PayloadTooLargeError(
+                    f"model {self.model}: {len(inputs)} sequences in one request can never fit the "
+                    f"queue of {self.limits.max_queue_size}; send fewer or shorter texts"
+                )
             if len(self._items) + len(inputs) > self.limits.max_queue_size:
                 self._reject_full()
             was_empty = not self._items
@@ -287,18 +304,33 @@ class DynamicBatcher:
             # Wake the worker only when its decision can change; otherwise its timed wait stands.
             if was_empty or self._incoming == 0 or self._full():
                 self._cond.notify()
-            depth = len(self._items)
-        self._m_depth.set(depth)
-        if timeout_s is None:
-            return await future
+            # NOTE: the gauge is set under the lock, so a later value set by the worker's cut
+            # can never be overwritten by this (older) one.
+            self._m_depth.set(len(self._items))
         try:
+            if timeout_s is None:
+                return await future
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
-            # wait_for cancelled the future: the worker drops this request's queued sequences.
+            # wait_for cancelled the future: its queued sequences are dropped now, not at the next cut.
+            self._discard(group)
             self._m_rejected_deadline.inc()
             raise DeadlineExceededError(
-                f"model {self.model}: request not completed within {timeout_s * 1000:.0f} ms"
+                f"model {self.model}: request not completed within {(timeout_s or 0) * 1000:.0f} ms"
             ) from None
+        except asyncio.CancelledError:
+            self._discard(group)  # the client went away: nobody waits for these sequences
+            raise
+
+    def _discard(self, group: _Group) -> None:
+        """Remove a request's still-queued sequences (its future is done: timed out or cancelled),
+        so the queue depth that autoscalers read counts only work somebody waits for."""
+        with self._cond:
+            kept = [item for item in self._items if item.group is not group]
+            if len(kept) != len(self._items):
+                self._items = kept
+                self._longest = max((item.length for item in kept), default=0)
+                self._m_depth.set(len(kept))
 
     def _check_open(self) -> None:
         if self._closing:
@@ -392,8 +424,13 @@ class DynamicBatcher:
                 self._running_since = None
             if logits.shape[0] != len(batch):
                 raise RuntimeError(f"backend returned {logits.shape[0]} rows for a batch of {len(batch)}")
+            if not np.isfinite(logits).all():
+                # NaN/Inf would become "NaN" in a response (not JSON) or a silently wrong label.
+                raise NonFiniteOutputError(f"backend returned non-finite logits for a batch of {len(batch)}")
         except Exception as exc:
             self._failures += 1
+            reason = "non_finite" if isinstance(exc, NonFiniteOutputError) else "backend_error"
+            self._m_failures.labels(self.model, self._backend.name, reason).inc()
             log.error(
                 "batcher %s: batch of %d failed (%d in a row): %s: %s",
                 self.model,

@@ -95,6 +95,13 @@ class NotReadyError(ServiceError):
         return {"Retry-After": "1"}
 
 
+class UnhealthyError(ServiceError):
+    """Liveness failed: the process cannot recover by itself (a dead batch worker, a warm-up
+    given up) and should be restarted."""
+
+    error_type = "unhealthy"
+
+
 class DeadlineExceededError(ServiceError):
     """The request waited longer than its deadline; it was never (or not completely) run."""
 
@@ -132,6 +139,7 @@ STATUS_TABLE: Final[Mapping[type[ServiceError], int]] = {
     UnsupportedTaskError: 400,
     QueueFullError: 429,
     NotReadyError: 503,
+    UnhealthyError: 503,
     DeadlineExceededError: 504,
     InferenceError: 500,
     ClientClosedError: 499,  # nginx's convention for "client went away before the answer"

@@ -5,17 +5,25 @@ before the port opens, and turns into a one-line message and a non-zero exit cod
 
 Shutdown (SIGTERM, or Ctrl-C) drains before uvicorn's own graceful shutdown: readiness turns 503
 and new inference requests are refused with a 503 envelope at once, while the port stays open
-and the requests already admitted finish; then uvicorn closes the connections and the lifespan
-stops the batchers. All of it within `drain_timeout_s`; a second signal forces the exit.
+and the requests already admitted finish. Every response during the drain carries `Connection:
+close`, and the drain ends once nothing is in flight and no request has arrived for
+`DRAIN_QUIET_S` (clients and load balancers have moved on), so the final close never cuts a
+request already on the wire; then uvicorn closes the connections and the lifespan stops the
+batchers. All of it within `drain_timeout_s`. A watchdog thread bounds the whole exit: a second
+signal exits at once (code 128 + signal), and a process still alive `HARD_EXIT_MARGIN_S` after
+the drain deadline (a stuck backend call, a thread that never returns) exits with code 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import ipaddress
 import logging
+import os
 import signal
 import sys
+import threading
 import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -29,7 +37,9 @@ if TYPE_CHECKING:
     from service.registry import ModelRegistry
 
 EXIT_CONFIG = 2  # bad settings, repository or backend: fix the deployment
-EXIT_SERVER = 1  # the server itself failed (e.g. the port is taken)
+EXIT_SERVER = 1  # the server itself failed (e.g. the port is taken), or its exit overran the drain
+DRAIN_QUIET_S = 0.3  # no request arrived for this long: the drain may end
+HARD_EXIT_MARGIN_S = 5.0  # after the drain deadline, for uvicorn's close and the interpreter's exit
 
 log = logging.getLogger("service")
 
@@ -47,8 +57,49 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class ExitWatchdog:
+    """A daemon thread that makes the exit bounded whatever else hangs. It sleeps until the first
+    stop signal, then until the hard deadline (drain deadline + margin) or a second signal, and
+    ends the process with `os._exit` if it is still alive by then. `signalled` and `forced` are
+    only ever set (from the signal handler), never waited on by the main thread."""
+
+    def __init__(self) -> None:
+        self.signalled = threading.Event()
+        self.forced = threading.Event()
+        self.hard_deadline = 0.0
+        self.forced_code = EXIT_SERVER
+        self._thread = threading.Thread(target=self._watch, name="exit-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def arm(self, hard_deadline: float) -> None:
+        """First signal. NOTE: called from a signal handler: attributes and an Event only."""
+        self.hard_deadline = hard_deadline
+        self.signalled.set()
+
+    def force(self, sig: int) -> None:
+        """Second signal: exit now."""
+        self.forced_code = 128 + sig
+        self.forced.set()
+
+    def _watch(self) -> None:
+        self.signalled.wait()
+        forced = self.forced.wait(max(0.0, self.hard_deadline - time.monotonic()))
+        if forced:
+            log.warning("second stop signal: exiting now, without waiting for the drain")
+            code = self.forced_code
+        else:
+            log.error("shutdown overran the drain deadline by %.0f s: exiting now", HARD_EXIT_MARGIN_S)
+            code = EXIT_SERVER
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+
 def _draining_server(
-    config: uvicorn.Config, registry: ModelRegistry, drain_timeout_s: float
+    config: uvicorn.Config, registry: ModelRegistry, drain_timeout_s: float, watchdog: ExitWatchdog
 ) -> uvicorn.Server:
     import uvicorn
 
@@ -60,12 +111,16 @@ def _draining_server(
         drained_cleanly = True
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            if self.drain_deadline is not None or self.should_exit:
-                super().handle_exit(sig, frame)  # second signal: uvicorn's (forced) shutdown
-                return
             # NOTE: runs in a signal handler: set attributes only (no logging, no I/O, which
             # could re-enter a buffered write this signal interrupted).
+            if self.drain_deadline is not None or self.should_exit:
+                # Second signal: the operator wants out now.
+                self.force_exit = True
+                self.should_exit = True
+                watchdog.force(sig)
+                return
             self.drain_deadline = time.monotonic() + drain_timeout_s
+            watchdog.arm(self.drain_deadline + HARD_EXIT_MARGIN_S)
             registry.begin_drain(self.drain_deadline)
 
         async def on_tick(self, counter: int) -> bool:
@@ -79,7 +134,7 @@ def _draining_server(
             if not self.drain_announced:
                 self.drain_announced = True
                 log.info("draining: %d request(s) in flight, %.0f s to finish", registry.inflight, remaining)
-            if registry.inflight and remaining > 0:
+            if remaining > 0 and (registry.inflight or registry.drain.quiet_for() < DRAIN_QUIET_S):
                 return
             if registry.inflight:
                 self.drained_cleanly = False
@@ -136,7 +191,9 @@ def run_server(overrides: dict[str, Any], *, backend_factory: BackendFactory | N
         lifespan="on",
         server_header=False,  # no software/version banner for scanners
     )
-    server = _draining_server(config, registry, settings.drain_timeout_s)
+    watchdog = ExitWatchdog()
+    watchdog.start()
+    server = _draining_server(config, registry, settings.drain_timeout_s, watchdog)
     # NOTE: uvicorn turns SIGTERM/SIGINT into a graceful shutdown and afterwards re-raises the
     # signal to the handler that was installed before it; with Python's defaults the process
     # would then die by the signal (exit -15) after a clean drain. These handlers make a

@@ -96,6 +96,13 @@ class Metrics:
         self.inflight = Gauge(
             "bertserve_inflight_requests", "Inference requests being handled right now.", registry=r
         )
+        self.batch_failures = Counter(
+            "bertserve_batch_failures",
+            "Executed batches that failed, by reason (backend_error, non_finite); every request "
+            "in such a batch was answered 500.",
+            ["model", "backend", "reason"],
+            registry=r,
+        )
         self.rejected = Counter(
             "bertserve_rejected",
             "Requests refused before inference, by reason (queue_full, deadline, ...).",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import ClassVar, TypeVar
 
@@ -24,6 +24,7 @@ import numpy as np
 from bertserve.modelrepo import ModelConfig, ProblemType, Segmentation, Task
 from service.backends.base import Backend, Logits
 from service.batching import DynamicBatcher
+from service.errors import DeadlineExceededError, PayloadTooLargeError
 from service.heads.classification import ClassificationHead, LabelScore
 from service.heads.token_classification import (
     DEFAULT_IGNORE_LABELS,
@@ -31,12 +32,17 @@ from service.heads.token_classification import (
     Entity,
     TokenClassificationHead,
 )
+from service.limits import RequestLimits, WorkBudget
 from service.metrics import Metrics
-from service.segmentation import segment
+from service.segmentation import iter_segments
 from service.tokenization import Encoded, ModelInput, TextInput, TextTokenizer
 from service.windowing import WindowPlan, plan_windows
 
 T = TypeVar("T")
+
+# Segments tokenized per call while a request's NER documents are planned: the budget is checked
+# between calls, so a request over its limits is refused after at most one chunk more than allowed.
+_TOKENIZE_CHUNK = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +54,10 @@ class ModelParts:
     tokenizer: TextTokenizer
     backend: Backend
     batcher: DynamicBatcher
-    pool: Executor  # shared tokenization thread pool
+    pool: Executor  # this model's own tokenization threads: one model's inputs cannot starve another's
     metrics: Metrics
     request_timeout_s: float
+    limits: RequestLimits
     ner_stride: int = 128  # tokens shared by consecutive windows of a long NER text
 
 
@@ -65,7 +72,10 @@ class Pipeline:
         self.backend = parts.backend
         self.batcher = parts.batcher
         self._pool = parts.pool
+        self.limits = parts.limits
         self._m_tokenize = parts.metrics.tokenize_duration.labels(self.name)
+        self._m_rejected_deadline = parts.metrics.rejected.labels(self.name, "deadline")
+        self._m_rejected_large = parts.metrics.rejected.labels(self.name, "too_large")
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.batcher.start(loop)
@@ -73,24 +83,77 @@ class Pipeline:
     async def stop(self, timeout_s: float = 30.0) -> None:
         await self.batcher.stop(timeout_s)
         self.backend.close()
+        if isinstance(self._pool, ThreadPoolExecutor):
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def warm_up(self) -> None:
         """One inference through every stage; readiness waits for it."""
         raise NotImplementedError
 
-    async def prepare(self, fn: Callable[[], T]) -> T:
-        """Run tokenization work in the pool, announced to the batcher so that a batch closing
-        meanwhile may wait (up to max_queue_delay) for this request's sequences.
-        The caller must pass the result to `submit_sequences(..., announced=True)`."""
-        self.batcher.announce()
+    def budget(self, deadline: float) -> WorkBudget:
+        return WorkBudget(self.limits, deadline)
+
+    def refuse_too_large(self, budget: WorkBudget, sequences: int) -> None:
+        """A count known before any work (e.g. one sequence per input) checked on the loop."""
         try:
-            start = time.perf_counter()
-            result = await asyncio.get_running_loop().run_in_executor(self._pool, fn)
-            self._m_tokenize.observe(time.perf_counter() - start)
-        except BaseException:
-            self.batcher.withdraw()
+            budget.add_sequences(sequences)
+        except PayloadTooLargeError:
+            self._m_rejected_large.inc()
             raise
+
+    async def prepare(self, fn: Callable[[WorkBudget], T], budget: WorkBudget) -> T:
+        """Run tokenization work in the model's pool, announced to the batcher so that a batch
+        closing meanwhile may wait (up to max_queue_delay) for this request's sequences.
+        The caller must pass the result to `submit_sequences(..., announced=True)`.
+
+        The wait is bounded by the request's deadline (504 when it passes, also while the work
+        still queues behind other requests' tokenization), and work nobody waits for any more
+        stops at its next budget check instead of running on.
+        """
+        remaining = budget.remaining_s()
+        if remaining is not None and remaining <= 0:
+            self._m_rejected_deadline.inc()
+            raise DeadlineExceededError(f"model {self.name}: request deadline passed before tokenization")
+        self.batcher.announce()
+        start = time.perf_counter()
+        try:
+            work = asyncio.get_running_loop().run_in_executor(self._pool, fn, budget)
+            result = await asyncio.wait_for(work, remaining)
+        except TimeoutError:
+            budget.cancel()
+            self.batcher.withdraw()
+            self._m_rejected_deadline.inc()
+            raise DeadlineExceededError(
+                f"model {self.name}: request deadline passed while its inputs were being tokenized"
+            ) from None
+        except BaseException as exc:
+            budget.cancel()
+            self.batcher.withdraw()
+            if isinstance(exc, DeadlineExceededError):
+                self._m_rejected_deadline.inc()
+            elif isinstance(exc, PayloadTooLargeError):
+                self._m_rejected_large.inc()
+            raise
+        self._m_tokenize.observe(time.perf_counter() - start)
         return result
+
+    async def finish(self, fn: Callable[[WorkBudget], T], budget: WorkBudget) -> T:
+        """Post-processing in the model's pool, bounded by the request's deadline like `prepare`."""
+        remaining = budget.remaining_s()
+        try:
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError
+            work = asyncio.get_running_loop().run_in_executor(self._pool, fn, budget)
+            return await asyncio.wait_for(work, remaining)
+        except (TimeoutError, DeadlineExceededError):
+            budget.cancel()
+            self._m_rejected_deadline.inc()
+            raise DeadlineExceededError(
+                f"model {self.name}: request deadline passed during post-processing"
+            ) from None
+        except BaseException:
+            budget.cancel()
+            raise
 
     async def submit_sequences(
         self, sequences: Sequence[ModelInput], deadline: float, *, announced: bool
@@ -124,8 +187,11 @@ class ClassificationPipeline(Pipeline):
         )
         self._type_ids = "token_type_ids" in self.backend.input_names
 
-    def _encode(self, inputs: Sequence[TextInput], truncate: bool) -> tuple[list[ModelInput], list[int]]:
+    def _encode(
+        self, inputs: Sequence[TextInput], truncate: bool, budget: WorkBudget
+    ) -> tuple[list[ModelInput], list[int]]:
         encoded = self.tokenizer.encode(inputs, truncate=truncate)
+        budget.add_tokens(sum(e.length for e in encoded))
         return (
             [e.model_input(self._type_ids) for e in encoded],
             [i for i, e in enumerate(encoded) if e.truncated],
@@ -140,7 +206,9 @@ class ClassificationPipeline(Pipeline):
         timeout_s: float | None = None,
     ) -> Classification:
         deadline = self.deadline(timeout_s)
-        sequences, truncated = await self.prepare(lambda: self._encode(inputs, truncate))
+        budget = self.budget(deadline)
+        self.refuse_too_large(budget, len(inputs))  # one sequence per input, known before any work
+        sequences, truncated = await self.prepare(lambda b: self._encode(inputs, truncate, b), budget)
         rows = await self.submit_sequences(sequences, deadline, announced=True)
         return Classification(self.head.postprocess(np.stack(rows), top_k), truncated)
 
@@ -172,26 +240,37 @@ class TokenClassificationPipeline(Pipeline):
         # overlap; clamp rather than refuse, so one setting serves models of any max_length.
         self.stride = min(parts.ner_stride, max(capacity // 2, 0))
 
-    def _plan(self, texts: Sequence[str], segmentation: Segmentation) -> list[_Document]:
-        pieces = [
-            (source, start, text[start:end])
-            for source, text in enumerate(texts)
-            for start, end in segment(text, segmentation, self.config.language)
-        ]
-        segments = [piece for _, _, piece in pieces]
+    def _plan(self, texts: Sequence[str], segmentation: Segmentation, budget: WorkBudget) -> list[_Document]:
+        """Segments -> document encodings -> windows, counted against the request's budget as
+        they are produced: segmentation stops at the first segment past the sequence limit, and
+        tokenization (in chunks) at the first chunk past either limit."""
+        pieces: list[tuple[int, int, int]] = []  # (source, start, end)
+        for source, text in enumerate(texts):
+            for start, end in iter_segments(text, segmentation, self.config.language):
+                budget.add_sequences(1)  # every segment is at least one window
+                pieces.append((source, start, end))
+            budget.check_alive()
         documents = []
-        for (source, start, text), enc in zip(pieces, self.tokenizer.encode_documents(segments), strict=True):
-            mask, word_ids = enc.special_tokens_mask, enc.word_ids
-            plan = plan_windows(mask, word_ids, self.config.max_length, self.stride)
-            ids, types = enc.ids, enc.type_ids
-            sequences = []
-            for k in range(len(plan.windows)):
-                window = plan.window_inputs(k, ids, types)
-                sequences.append(
-                    ModelInput(window.input_ids, window.token_type_ids if self._type_ids else None)
-                )
-            documents.append(_Document(text, enc, plan, sequences, source, start))
+        for first in range(0, len(pieces), _TOKENIZE_CHUNK):
+            budget.check_alive()
+            chunk = pieces[first : first + _TOKENIZE_CHUNK]
+            encodings = self.tokenizer.encode_documents([texts[src][a:b] for src, a, b in chunk])
+            for (source, start, end), enc in zip(chunk, encodings, strict=True):
+                documents.append(self._document(texts[source][start:end], enc, source, start, budget))
         return documents
+
+    def _document(self, text: str, enc: Encoded, source: int, offset: int, budget: WorkBudget) -> _Document:
+        plan = plan_windows(enc.special_tokens_mask, enc.word_ids, self.config.max_length, self.stride)
+        budget.add_sequences(len(plan.windows) - 1)  # the segment's first window is counted already
+        budget.add_tokens(sum(plan.sequence_length(k) for k in range(len(plan.windows))))
+        # Converted once: window_inputs slices these for every window.
+        ids = np.asarray(enc.encoding.ids, dtype=np.int64)
+        types = np.asarray(enc.encoding.type_ids, dtype=np.int64)
+        sequences = []
+        for k in range(len(plan.windows)):
+            window = plan.window_inputs(k, ids, types)  # type: ignore[arg-type]
+            sequences.append(ModelInput(window.input_ids, window.token_type_ids if self._type_ids else None))
+        return _Document(text, enc, plan, sequences, source, offset)
 
     def _aggregate(
         self,
@@ -200,11 +279,14 @@ class TokenClassificationPipeline(Pipeline):
         strategy: AggregationStrategy,
         ignore_labels: Sequence[str],
         n_texts: int,
+        budget: WorkBudget | None = None,
     ) -> list[list[Entity]]:
         results: list[list[Entity]] = [[] for _ in range(n_texts)]
         tokens_before = [0] * n_texts  # token positions (strategy none) count across segments
         row = 0
         for doc in documents:
+            if budget is not None:
+                budget.check_alive()
             count = len(doc.sequences)
             logits = doc.plan.stitch(rows[row : row + count])
             row += count
@@ -235,14 +317,15 @@ class TokenClassificationPipeline(Pipeline):
     ) -> list[list[Entity]]:
         """Entities per text. `segmentation` None: the model's own (model.yaml)."""
         deadline = self.deadline(timeout_s)
+        budget = self.budget(deadline)
         mode = self.config.segmentation if segmentation is None else segmentation
-        documents = await self.prepare(lambda: self._plan(texts, mode))
+        documents = await self.prepare(lambda b: self._plan(texts, mode, b), budget)
         rows = await self.submit_sequences(
             [x for doc in documents for x in doc.sequences], deadline, announced=True
         )
         # Aggregation of a long document takes milliseconds of numpy: keep it off the event loop.
-        return await asyncio.get_running_loop().run_in_executor(
-            self._pool, lambda: self._aggregate(documents, rows, strategy, ignore_labels, len(texts))
+        return await self.finish(
+            lambda b: self._aggregate(documents, rows, strategy, ignore_labels, len(texts), b), budget
         )
 
     async def warm_up(self) -> None:

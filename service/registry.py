@@ -32,6 +32,7 @@ from service.errors import (
     StartupError,
     UnsupportedTaskError,
 )
+from service.limits import RequestLimits
 from service.metrics import Metrics
 from service.pipeline import PIPELINES, ModelParts, Pipeline
 from service.settings import Settings
@@ -42,6 +43,22 @@ log = logging.getLogger(__name__)
 P = TypeVar("P", bound=Pipeline)
 
 TOKENIZER_FILE = "tokenizer.json"
+WARMUP_FIRST_BACKOFF_S = 0.5
+WARMUP_MAX_BACKOFF_S = 30.0
+
+
+class DrainState:
+    """Shared by the registry (which starts the drain), the admission middleware (which notes
+    requests that still arrive) and the shutdown sequence in `service.main` (which ends the drain
+    once nothing is in flight and clients have gone quiet). Plain attributes: set from a signal
+    handler."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.last_request = time.monotonic()  # arrival of the latest request seen while draining
+
+    def quiet_for(self) -> float:
+        return time.monotonic() - self.last_request
 
 
 class ModelRegistry:
@@ -52,13 +69,14 @@ class ModelRegistry:
         self.metrics = metrics
         self._factory = backend_factory or BackendLoader(settings)
         self._pipelines: dict[str, Pipeline] = {}
-        self._pool = ThreadPoolExecutor(settings.tokenizer_threads, thread_name_prefix="tokenize")
         self._loaded = False
         self._ready = asyncio.Event()
         self._warmup_errors: dict[str, str] = {}
+        self._given_up: dict[str, str] = {}  # models whose warm-up failed `warmup_attempts` times
         self._stopping = False
         self._draining = False
         self._drain_deadline: float | None = None
+        self.drain = DrainState()
         self._inflight = 0  # inference requests being answered; a drain waits for them
         self._idle = asyncio.Event()
         self._idle.set()
@@ -78,8 +96,7 @@ class ModelRegistry:
                 if pipeline is not None:
                     self._pipelines[name] = pipeline
         except BaseException:
-            for pipeline in self._pipelines.values():
-                pipeline.backend.close()
+            self.close()
             self._pipelines.clear()
             raise
         if not self._pipelines:
@@ -154,16 +171,20 @@ class ModelRegistry:
         except ValueError as exc:
             backend.close()
             raise StartupError(f"model {config.name!r}: {exc}") from None
+        s = self.settings
         return ModelParts(
             config=config,
             version=config.default_version,
             tokenizer=tokenizer,
             backend=backend,
             batcher=batcher,
-            pool=self._pool,
+            # NOTE: one pool per model: a request that keeps a tokenization thread busy (bounded by
+            # the request limits) delays only its own model's requests, never another model's.
+            pool=ThreadPoolExecutor(s.tokenizer_threads, thread_name_prefix=f"tokenize-{config.name}"),
             metrics=self.metrics,
-            request_timeout_s=self.settings.request_timeout_ms / 1000,
-            ner_stride=self.settings.ner_stride,
+            request_timeout_s=s.request_timeout_ms / 1000,
+            limits=RequestLimits.for_model(s.max_request_sequences, s.max_request_tokens, b.max_queue_size),
+            ner_stride=s.ner_stride,
         )
 
     def start(self) -> None:
@@ -173,16 +194,43 @@ class ModelRegistry:
             pipeline.start(loop)
 
     async def warm_up(self) -> None:
-        """One inference per model through every stage; ready only when all succeeded."""
-        for name, pipeline in self._pipelines.items():
-            try:
-                await pipeline.warm_up()
-            except Exception as exc:
-                log.error("model %s: warm-up failed: %s", name, exc)
-                self._warmup_errors[name] = f"{type(exc).__name__}"
+        """One inference per model through every stage; ready only when all succeeded. A failed
+        warm-up is retried with backoff (a backend may need a moment, e.g. a GPU still being
+        initialised); after `warmup_attempts` the model is given up and liveness fails, so the
+        orchestrator restarts the process rather than keeping a pod that can never be ready."""
+        await asyncio.gather(*(self._warm_up_one(name, p) for name, p in self._pipelines.items()))
         if not self._warmup_errors:
             self._ready.set()
             log.info("ready: %s", ", ".join(self._pipelines))
+
+    async def _warm_up_one(self, name: str, pipeline: Pipeline) -> None:
+        attempts = self.settings.warmup_attempts
+        delay = WARMUP_FIRST_BACKOFF_S
+        for attempt in range(1, attempts + 1):
+            try:
+                await pipeline.warm_up()
+            except Exception as exc:
+                self._warmup_errors[name] = f"{type(exc).__name__}, attempt {attempt} of {attempts}"
+                if attempt == attempts:
+                    log.error("model %s: warm-up failed %d times, giving up: %s", name, attempts, exc)
+                    self._given_up[name] = f"warm-up failed {attempts} times ({type(exc).__name__})"
+                    return
+                log.warning("model %s: warm-up failed (%s); retrying in %.1f s", name, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WARMUP_MAX_BACKOFF_S)
+            else:
+                self._warmup_errors.pop(name, None)
+                return
+
+    def liveness_problems(self) -> list[str]:
+        """What no waiting can fix: a batch worker that died, a model whose warm-up was given up.
+        /health/live reports them so the orchestrator restarts the process."""
+        problems = [f"model {name}: {why}" for name, why in self._given_up.items()]
+        for name, pipeline in self._pipelines.items():
+            crash = pipeline.batcher.crash
+            if crash is not None:
+                problems.append(f"model {name}: batch worker crashed ({type(crash).__name__})")
+        return problems
 
     async def wait_ready(self, timeout_s: float | None = None) -> None:
         await asyncio.wait_for(self._ready.wait(), timeout_s)
@@ -193,6 +241,8 @@ class ModelRegistry:
         also bounds `stop`. NOTE: called from a signal handler: it only sets attributes."""
         self._draining = True
         self._drain_deadline = deadline
+        self.drain.last_request = time.monotonic()
+        self.drain.draining = True
 
     @property
     def draining(self) -> bool:
@@ -231,13 +281,14 @@ class ModelRegistry:
         if self._drain_deadline is not None:
             timeout_s = max(0.0, min(timeout_s, self._drain_deadline - time.monotonic()))
         await asyncio.gather(*(p.stop(timeout_s) for p in self._pipelines.values()))
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         """Release what `load` opened when the server never started (e.g. the port was taken)."""
         for pipeline in self._pipelines.values():
             pipeline.backend.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+            pool = pipeline.parts.pool
+            if isinstance(pool, ThreadPoolExecutor):
+                pool.shutdown(wait=False, cancel_futures=True)
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -267,7 +318,8 @@ class ModelRegistry:
         """A served model for metadata, ready or not."""
         pipeline = self._pipelines.get(name)
         if pipeline is None:
-            raise ModelNotFoundError(f"model {name!r} is not served (see GET /v1/models)")
+            # NOTE: the name comes from the request path: never echoed (messages carry no input).
+            raise ModelNotFoundError("no such model is served; GET /v1/models lists the served ones")
         return pipeline
 
     def get(self, name: str, kind: type[P]) -> P:

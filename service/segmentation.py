@@ -9,16 +9,17 @@ segment longer than the model is windowed like any long text.
 
 Line breaks are hard boundaries. Sentences inside a line come from `sentencex` (Wikimedia's
 rule-based segmenter: abbreviations, decimals, initials, ~300 languages; a compiled extension
-that splits megabytes per second).
+that splits megabytes per second through its `segment` call).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from bertserve.modelrepo import Segmentation
 
-__all__ = ["Span", "segment"]
+__all__ = ["Span", "iter_segments", "segment"]
 
 Span = tuple[int, int]
 # the line separators str.splitlines() knows, "\r\n" as one break
@@ -35,25 +36,51 @@ def _trimmed(text: str, start: int, end: int) -> Span | None:
 
 def _sentences(line: str, language: str) -> list[Span]:
     from sentencex import get_sentence_boundaries
+    from sentencex import segment as split_sentences
 
-    return [(int(b["start_index"]), int(b["end_index"])) for b in get_sentence_boundaries(language, line)]
+    # NOTE: `segment` returns the sentences as contiguous pieces of the line (whitespace kept), so
+    # their offsets are running sums; it is ~50x faster and lighter than get_sentence_boundaries
+    # (0.02 s against 0.8 s and 60 MB for 33,333 sentences). The join check keeps offsets exact
+    # should a future release ever drop characters; the slow path then gives them.
+    pieces = split_sentences(language, line)
+    if "".join(pieces) != line:
+        return [(int(b["start_index"]), int(b["end_index"])) for b in get_sentence_boundaries(language, line)]
+    spans, position = [], 0
+    for piece in pieces:
+        spans.append((position, position + len(piece)))
+        position += len(piece)
+    return spans
 
 
-def segment(text: str, mode: Segmentation, language: str = "en") -> list[Span]:
-    """`(start, end)` character spans of the text's segments, in order, without surrounding
-    whitespace; the whole text (one span) for `Segmentation.NONE` or a text with no content."""
+def iter_segments(text: str, mode: Segmentation, language: str = "en") -> Iterator[Span]:
+    """`segment`, one line at a time: a caller counting segments against a limit stops reading
+    (and splitting) the text as soon as the limit is passed."""
     if mode is Segmentation.NONE:
-        return [(0, len(text))]
-    spans: list[Span] = []
+        yield (0, len(text))
+        return
+    found = False
     position = 0
-    breaks = [(m.start(), m.end()) for m in _LINE_BREAK.finditer(text)] + [(len(text), len(text))]
-    for line_end, next_start in breaks:
+    for line_end, next_start in _line_breaks(text):
         line = text[position:line_end]
         split = mode is Segmentation.SENTENCES and line.strip()
         pieces = _sentences(line, language) if split else [(0, len(line))]
         for start, end in pieces:
             span = _trimmed(text, position + start, position + end)
             if span is not None:
-                spans.append(span)
+                found = True
+                yield span
         position = next_start
-    return spans or [(0, len(text))]
+    if not found:
+        yield (0, len(text))
+
+
+def _line_breaks(text: str) -> Iterator[Span]:
+    for match in _LINE_BREAK.finditer(text):
+        yield match.start(), match.end()
+    yield len(text), len(text)
+
+
+def segment(text: str, mode: Segmentation, language: str = "en") -> list[Span]:
+    """`(start, end)` character spans of the text's segments, in order, without surrounding
+    whitespace; the whole text (one span) for `Segmentation.NONE` or a text with no content."""
+    return list(iter_segments(text, mode, language))

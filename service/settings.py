@@ -86,6 +86,12 @@ class Settings(BaseSettings):
         description="Serve /metrics without the API key, for a Prometheus that cannot send one. "
         "Metrics carry no input text, only model names and counts.",
     )
+    docs_public: bool = Field(
+        True,
+        description="Serve /docs, /redoc and /openapi.json without the API key. They describe the "
+        "static contract of this version (routes and schemas, no model names, no data), and the "
+        "browser viewers cannot send a key; set false to require it for them too.",
+    )
     cors_origins: Annotated[list[str] | None, NoDecode] = Field(
         None,
         description="Browser origins allowed to call the API (comma-separated in the environment). "
@@ -169,6 +175,13 @@ class Settings(BaseSettings):
     unhealthy_after_failures: int = Field(
         3, ge=1, description="Consecutive failed batches after which readiness reports 503."
     )
+    warmup_attempts: int = Field(
+        5,
+        ge=1,
+        description="Warm-up inferences tried per model (with backoff: 0.5 s, 1 s, 2 s, ...) before "
+        "the model is given up: /health/live then fails too, so the orchestrator restarts the "
+        "process instead of keeping a pod that can never become ready.",
+    )
 
     # --- tokenization and input limits --------------------------------------------------------
     tokenizer_threads: int = Field(
@@ -185,6 +198,28 @@ class Settings(BaseSettings):
     max_inputs: int = Field(32, ge=1, description="Inputs per request at most (413 above).")
     max_input_chars: int = Field(
         100_000, ge=1, description="Characters per input at most (413 above); bounds tokenizer work."
+    )
+    max_request_sequences: int = Field(
+        1024,
+        ge=1,
+        description="Sequences (texts, sentences, windows of long texts) one request may turn into "
+        "at most (413 above; never more than the model's max_queue_size, which a larger request "
+        "could never fit). Counted as the request is segmented and tokenized, which stops as soon "
+        "as the limit is passed: one client's input cannot decide the memory of the process.",
+    )
+    max_request_tokens: int = Field(
+        65_536,
+        ge=1,
+        description="Tokens one request may send through the model at most, window overlaps "
+        "included (413 above). Bounds the compute of one request: at the default a 2-core CPU "
+        "runs a MiniLM in a few seconds, a BERT-base in about the default request timeout.",
+    )
+    max_inflight_requests: int = Field(
+        256,
+        ge=1,
+        description="Inference requests the whole process handles at once, all models together "
+        "(bodies being read included); beyond it requests get 429 at once, before their body is "
+        "read: bounds the memory that many concurrent clients can pin.",
     )
     ner_stride: int = Field(
         128,

@@ -1,25 +1,29 @@
 """Pure ASGI middleware that refuses a request before any route, parser or model sees it.
 
 `ApiKeyMiddleware` runs first (an unauthenticated client costs a header comparison, nothing
-more), then `BodyLimitMiddleware` (a body is never read beyond the limit). Both answer in the one
-error envelope of `service.errors`.
+more), then `AdmissionMiddleware` (a global cap on requests in flight, and the drain's
+`Connection: close`), then `BodyLimitMiddleware` (a body is never read beyond the limit). All
+answer in the one error envelope of `service.errors`.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import BodyTooLargeError, UnauthorizedError, service_error_response
+from service.errors import BodyTooLargeError, QueueFullError, UnauthorizedError, service_error_response
+from service.registry import DrainState
 
-# Health probes carry no key (kubelets and load balancers cannot send one); the OpenAPI schema and
-# its viewers describe the public contract and hold no data.
-PUBLIC_PATHS = frozenset(
-    {"/health/live", "/health/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
-)
+# Health probes carry no key (kubelets and load balancers cannot send one). The OpenAPI schema and
+# its viewers describe the static contract of this version (no model names, no data) and browsers
+# cannot send a key to them: public unless `docs_public` is turned off.
+HEALTH_PATHS = frozenset({"/health/live", "/health/ready"})
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+PUBLIC_PATHS = HEALTH_PATHS | DOCS_PATHS
 METRICS_PATH = "/metrics"
 
 
@@ -77,3 +81,64 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class AdmissionMiddleware:
+    """At most `max_inflight` requests with a body (POST: inference) in the process at once, all
+    models together, counted from before their body is read: beyond it 429 at once, so many
+    concurrent clients cannot pin unbounded memory in bodies and parsed inputs.
+
+    While draining (`state.draining`), every response carries `Connection: close` and the arrival
+    of every request is noted: no keep-alive connection is left idle for the final close to cut
+    under a request already on the wire, and the drain ends only once clients have gone quiet.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_inflight: int,
+        state: DrainState,
+        on_refused: Callable[[Scope], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.max_inflight = max_inflight
+        self.inflight = 0
+        self.state = state
+        self._on_refused = on_refused
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = self.state
+        if state.draining:
+            state.last_request = time.monotonic()
+            send = _closing(send)
+        if scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        if self.inflight >= self.max_inflight:
+            if self._on_refused is not None:
+                self._on_refused(scope)
+            error = QueueFullError(
+                f"the server is handling {self.max_inflight} requests already (max_inflight_requests); "
+                "retry later",
+                retry_after_s=1,
+            )
+            await service_error_response(error)(scope, receive, send)
+            return
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
+
+
+def _closing(send: Send) -> Send:
+    async def send_closing(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return send_closing

@@ -17,6 +17,7 @@ from typing import Annotated, Final, TypeVar, cast
 from fastapi import APIRouter, Header, Request
 from pydantic import WithJsonSchema
 from starlette.responses import Response
+from starlette.types import Scope
 
 from bertserve.modelrepo import Task
 from service.api.schemas import (
@@ -38,6 +39,7 @@ from service.errors import (
     PayloadTooLargeError,
     QueueFullError,
     UnauthorizedError,
+    UnhealthyError,
     UnsupportedTaskError,
     openapi_error_responses,
     status_for,
@@ -79,7 +81,10 @@ def app_state(request: Request) -> AppState:
 
 
 def json_response(payload: object, status: int = 200) -> Response:
-    return Response(json.dumps(payload, separators=(",", ":")).encode(), status_code=status, media_type=JSON)
+    # NOTE: allow_nan=False: NaN/Infinity are not JSON; a value that slipped past the batcher's
+    # finiteness check becomes a 500 envelope, never a body that clients cannot parse.
+    body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+    return Response(body, status_code=status, media_type=JSON)
 
 
 @contextmanager
@@ -116,6 +121,19 @@ def count_unobserved_error(request: Request, status: int) -> None:
     model = request.path_params.get("model")
     label = model if model in state.registry else UNKNOWN_MODEL
     state.metrics.requests.labels(label, endpoint, str(status)).inc()
+
+
+def count_overloaded(registry: ModelRegistry, scope: Scope) -> None:
+    """Count a request refused by the global in-flight cap (before any route ran)."""
+    metrics = registry.metrics
+    parts = str(scope.get("path", "")).split("/")
+    # /v1/models/{model}/{endpoint}
+    model = parts[3] if len(parts) == 5 and parts[1:3] == ["v1", "models"] else ""
+    label = model if model in registry else UNKNOWN_MODEL
+    endpoint = parts[4] if len(parts) == 5 and parts[4] in INFERENCE_ENDPOINTS else None
+    metrics.rejected.labels(label, "overloaded").inc()
+    if endpoint is not None:
+        metrics.requests.labels(label, endpoint, "429").inc()
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
@@ -159,7 +177,7 @@ def normalize_inputs(raw: str | list[str] | list[tuple[str, str]], settings: Set
     return inputs
 
 
-def model_info(pipeline: Pipeline, ready: bool) -> dict[str, object]:
+def model_info(pipeline: Pipeline, ready: bool, settings: Settings) -> dict[str, object]:
     config, limits = pipeline.config, pipeline.batcher.limits
     return {
         "name": config.name,
@@ -177,6 +195,12 @@ def model_info(pipeline: Pipeline, ready: bool) -> dict[str, object]:
             "max_batch_tokens": limits.max_batch_tokens,
             "max_queue_delay_ms": limits.max_queue_delay_s * 1000,
             "max_queue_size": limits.max_queue_size,
+        },
+        "limits": {
+            "max_inputs": settings.max_inputs,
+            "max_input_chars": settings.max_input_chars,
+            "max_request_sequences": pipeline.limits.max_sequences,
+            "max_request_tokens": pipeline.limits.max_tokens,
         },
         "ready": ready,
     }
@@ -256,9 +280,11 @@ async def ner(
     summary="Served models",
 )
 async def list_models(request: Request) -> Response:
-    registry = app_state(request).registry
-    ready = registry.is_ready
-    return json_response({"models": [model_info(p, ready) for p in registry.pipelines()]})
+    state = app_state(request)
+    ready = state.registry.is_ready
+    return json_response(
+        {"models": [model_info(p, ready, state.settings) for p in state.registry.pipelines()]}
+    )
 
 
 @router.get(
@@ -269,12 +295,21 @@ async def list_models(request: Request) -> Response:
     summary="One served model: task, labels, backend, precision, batching",
 )
 async def get_model(model: str, request: Request) -> Response:
-    registry = app_state(request).registry
-    return json_response(model_info(registry.describe(model), registry.is_ready))
+    state = app_state(request)
+    return json_response(model_info(state.registry.describe(model), state.registry.is_ready, state.settings))
 
 
-@router.get("/health/live", response_model=HealthOut, tags=["health"], summary="The process is up")
-async def live() -> Response:
+@router.get(
+    "/health/live",
+    response_model=HealthOut,
+    responses=openapi_error_responses(UnhealthyError),
+    tags=["health"],
+    summary="The process is up and can still become or stay ready; 503 when only a restart helps",
+)
+async def live(request: Request) -> Response:
+    problems = app_state(request).registry.liveness_problems()
+    if problems:
+        raise UnhealthyError("; ".join(problems))
     return json_response({"status": "ok", "reasons": []})
 
 

@@ -162,6 +162,17 @@ class BatchingOut(BaseModel):
     max_queue_size: int
 
 
+class LimitsOut(BaseModel):
+    """What one request may ask of this model; above any of them the answer is 413."""
+
+    max_inputs: int = Field(description="Inputs (texts or pairs) per request.")
+    max_input_chars: int = Field(description="Characters per input.")
+    max_request_sequences: int = Field(
+        description="Sequences (texts, sentences, windows of long texts) one request may become."
+    )
+    max_request_tokens: int = Field(description="Tokens one request may run, window overlaps included.")
+
+
 class ModelInfo(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -180,6 +191,12 @@ class ModelInfo(BaseModel):
                         "max_batch_tokens": 8192,
                         "max_queue_delay_ms": 2.0,
                         "max_queue_size": 1024,
+                    },
+                    "limits": {
+                        "max_inputs": 32,
+                        "max_input_chars": 100000,
+                        "max_request_sequences": 1024,
+                        "max_request_tokens": 65536,
                     },
                     "ready": True,
                 }
@@ -200,6 +217,7 @@ class ModelInfo(BaseModel):
     precision: str
     max_length: int
     batching: BatchingOut
+    limits: LimitsOut
     ready: bool
 
 
