@@ -224,7 +224,7 @@ async def test_the_deadline_holds_while_waiting_for_tokenization(make_service: C
         )
         waited = time.monotonic() - t0
         envelope(r, 504, "deadline_exceeded")
-        assert 0.2 <= waited <= 0.45, waited  # at its deadline, not when the pool came free
+        assert 0.2 <= waited <= 0.4, waited  # at its deadline (±100 ms), not when the pool came free
     finally:
         release.set()
     assert (await blocker).status_code == 200

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
+
 import pytest
 
-from service.main import is_loopback
+from service import main
+from service.main import ExitWatchdog, is_loopback
 
 
 @pytest.mark.parametrize(
@@ -22,3 +27,40 @@ from service.main import is_loopback
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def _watch(watchdog: ExitWatchdog, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    codes: list[int] = []
+    done = threading.Event()
+
+    def fake_exit(code: int) -> None:
+        codes.append(code)
+        done.set()
+
+    monkeypatch.setattr(main.os, "_exit", fake_exit)
+    watchdog.start()
+    watchdog.done = done  # type: ignore[attr-defined]
+    return codes
+
+
+def test_the_watchdog_ends_an_exit_that_overruns_the_drain(monkeypatch: pytest.MonkeyPatch) -> None:
+    watchdog = ExitWatchdog()
+    codes = _watch(watchdog, monkeypatch)
+    time.sleep(0.1)
+    assert codes == []  # asleep until a stop signal
+    start = time.monotonic()
+    watchdog.arm(time.monotonic() + 0.3)
+    assert watchdog.done.wait(2)  # type: ignore[attr-defined]
+    assert codes == [main.EXIT_SERVER]
+    assert 0.25 <= time.monotonic() - start < 1.0
+
+
+def test_a_second_signal_exits_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    watchdog = ExitWatchdog()
+    codes = _watch(watchdog, monkeypatch)
+    watchdog.arm(time.monotonic() + 60)
+    start = time.monotonic()
+    watchdog.force(signal.SIGTERM)
+    assert watchdog.done.wait(2)  # type: ignore[attr-defined]
+    assert codes == [128 + signal.SIGTERM]
+    assert time.monotonic() - start < 0.5
