@@ -18,6 +18,7 @@ from bertserve.modelrepo import (
     ModelConfig,
     Precision,
     ProblemType,
+    Segmentation,
     Task,
     VersionConfig,
     save_model_config,
@@ -62,6 +63,7 @@ class FakeModelSpec:
     problem_type: ProblemType | None = None
     inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
     max_length: int = 32
+    segmentation: Segmentation = Segmentation.NONE  # token classification: the unit the model reads
     batching: BatchingConfig = field(default_factory=lambda: BatchingConfig(max_queue_delay_ms=5.0))
 
 
@@ -86,6 +88,7 @@ def write_fake_repo(root: Path, specs: tuple[FakeModelSpec, ...] = DEFAULT_SPECS
             architecture="bert",
             problem_type=spec.problem_type,
             labels=list(spec.labels),
+            segmentation=spec.segmentation,
             max_length=spec.max_length,
             inputs=list(spec.inputs),
             batching=spec.batching,
