@@ -202,11 +202,14 @@ async def handle_error(request: Request, exc: Exception) -> Response:
     if (
         isinstance(exc, StarletteHTTPException)
         and exc.status_code == 400
-        and isinstance(exc.__cause__, ValueError)
+        and isinstance(exc.__cause__, ValueError | RecursionError)
     ):
-        # FastAPI answers 400 when the body cannot even be decoded (invalid UTF-8 in a JSON body):
-        # to the client that is one more invalid input, like malformed JSON (422).
-        return error_response(422, "invalid_input", "request body is not valid UTF-8 JSON")
+        # FastAPI answers 400 when the body cannot even be decoded (invalid UTF-8 in a JSON body,
+        # or JSON nested deeper than the parser's recursion limit): to the client that is one more
+        # invalid input, like malformed JSON (422).
+        return error_response(
+            422, "invalid_input", "request body is not valid UTF-8 JSON (or nested too deep)"
+        )
     if isinstance(exc, StarletteHTTPException):
         status = exc.status_code
         phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "error"

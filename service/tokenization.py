@@ -71,6 +71,101 @@ class Encoded:
         return ModelInput(ids, types)
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedPair:
+    """A text pair truncated and framed by `TextTokenizer` itself (see `_PairFrame`): what the
+    classification path needs of an `Encoded` (length, truncation, model input), no offsets."""
+
+    ids: NDArray[np.int64]
+    type_ids: NDArray[np.int64]
+    truncated: bool
+
+    @property
+    def length(self) -> int:
+        return int(self.ids.shape[0])
+
+    def model_input(self, with_type_ids: bool) -> ModelInput:
+        return ModelInput(self.ids, self.type_ids if with_type_ids else None)
+
+
+@dataclass(frozen=True, slots=True)
+class _PairFrame:
+    """The special tokens the post-processor puts around and between a pair, read off a probe
+    encoding: ``prefix + A + middle + B + suffix`` (BERT: [CLS] A [SEP] B [SEP]; RoBERTa:
+    <s> A </s></s> B </s>), with the segment id of every part.
+
+    NOTE: why not let `tokenizers` truncate pairs: its overflow handling merges every overflowing
+    piece of A with every piece of B, which grows with the square of the pair's length (4 s for a
+    pair of 16k characters a side, 26 s at 32k) and cannot be turned off. Encoding each side
+    alone is linear; truncating longest-first here reproduces its result exactly."""
+
+    prefix: tuple[int, ...]
+    middle: tuple[int, ...]
+    suffix: tuple[int, ...]
+    prefix_types: tuple[int, ...]
+    middle_types: tuple[int, ...]
+    suffix_types: tuple[int, ...]
+    first_type: int
+    second_type: int
+
+    @classmethod
+    def probe(cls, tokenizer: Tokenizer) -> _PairFrame | None:
+        enc = tokenizer.encode("a", "b")
+        seq = enc.sequence_ids
+        try:
+            a0, a1 = seq.index(0), len(seq) - seq[::-1].index(0)
+            b0, b1 = seq.index(1), len(seq) - seq[::-1].index(1)
+        except ValueError:
+            return None
+        if not (a1 <= b0 and all(x == 0 for x in seq[a0:a1]) and all(x == 1 for x in seq[b0:b1])):
+            return None
+        if any(x is not None for x in seq[:a0] + seq[a1:b0] + seq[b1:]):
+            return None
+        ids, types = enc.ids, enc.type_ids
+        return cls(
+            tuple(ids[:a0]),
+            tuple(ids[a1:b0]),
+            tuple(ids[b1:]),
+            tuple(types[:a0]),
+            tuple(types[a1:b0]),
+            tuple(types[b1:]),
+            types[a0],
+            types[b0],
+        )
+
+    @property
+    def n_special(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+    def frame(self, a: list[int], b: list[int], max_length: int) -> EncodedPair:
+        n1, n2 = longest_first(len(a), len(b), max_length - self.n_special)
+        ids = [*self.prefix, *a[:n1], *self.middle, *b[:n2], *self.suffix]
+        types = [
+            *self.prefix_types,
+            *([self.first_type] * n1),
+            *self.middle_types,
+            *([self.second_type] * n2),
+            *self.suffix_types,
+        ]
+        return EncodedPair(
+            np.array(ids, dtype=np.int64), np.array(types, dtype=np.int64), (n1, n2) != (len(a), len(b))
+        )
+
+
+def longest_first(n1: int, n2: int, budget: int) -> tuple[int, int]:
+    """Lengths a pair keeps under `tokenizers`' longest_first truncation to `budget` content tokens
+    (its `truncate_encodings`, case by case: nothing to cut; cut only the longer; cut both to half)."""
+    if n1 + n2 <= budget:
+        return n1, n2
+    swap = n1 > n2
+    short, long = (n2, n1) if swap else (n1, n2)
+    long = short if short > budget else max(short, budget - short)
+    if short + long > budget:
+        short = budget // 2
+        long = short + budget % 2
+    return (long, short) if swap else (short, long)
+
+
 class TextTokenizer:
     """Wraps one `tokenizer.json`. Two configured copies are kept instead of toggling truncation
     per call, because a `tokenizers.Tokenizer` is shared by the pool's threads."""
@@ -87,14 +182,41 @@ class TextTokenizer:
         if len(frame) < 2:
             raise ValueError(f"{path}: tokenizer adds no [CLS]/[SEP]-style special tokens")
         self.num_special_tokens = len(frame)  # per single-text sequence, e.g. [CLS] + [SEP]
+        self._pair_frame = _PairFrame.probe(self._full)
 
-    def encode(self, inputs: Sequence[TextInput], *, truncate: bool) -> list[Encoded]:
+    def encode(self, inputs: Sequence[TextInput], *, truncate: bool) -> list[Encoded | EncodedPair]:
         """Encode a request's inputs (texts or text pairs) with special tokens, in one call.
 
         With `truncate=False` an input longer than `max_length` raises `PayloadTooLargeError`
         naming its token count. Classification needs no offsets, so this takes the faster path
-        that skips offset tracking (`encode_documents` keeps them for NER).
+        that skips offset tracking (`encode_documents` keeps them for NER). Truncated pairs are
+        framed here (`_PairFrame`), in time linear in their length.
         """
+        pairs = [i for i, x in enumerate(inputs) if not isinstance(x, str)]
+        if truncate and pairs and self._pair_frame is not None:
+            return self._encode_with_pairs(inputs, pairs)
+        return list(self._encode_tokenizers(inputs, truncate=truncate))
+
+    def _encode_with_pairs(
+        self, inputs: Sequence[TextInput], pairs: list[int]
+    ) -> list[Encoded | EncodedPair]:
+        frame = self._pair_frame
+        assert frame is not None
+        out: list[Encoded | EncodedPair | None] = [None] * len(inputs)
+        singles = [i for i in range(len(inputs)) if isinstance(inputs[i], str)]
+        if singles:
+            for i, enc in zip(
+                singles, self._encode_tokenizers([inputs[i] for i in singles], truncate=True), strict=True
+            ):
+                out[i] = enc
+        sides = [side for i in pairs for side in inputs[i]]
+        encodings = self._full.encode_batch_fast(sides, add_special_tokens=False)
+        for k, i in enumerate(pairs):
+            a, b = encodings[2 * k].ids, encodings[2 * k + 1].ids
+            out[i] = frame.frame(a, b, self.max_length)
+        return [x for x in out if x is not None]
+
+    def _encode_tokenizers(self, inputs: Sequence[TextInput], *, truncate: bool) -> list[Encoded]:
         if truncate:
             encodings = self._truncating.encode_batch_fast(list(inputs))
             # NOTE: with stride 0 the tokenizer puts the cut-off tail in `overflowing`.

