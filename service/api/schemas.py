@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from bertserve.modelrepo import Segmentation
 from service.heads.token_classification import DEFAULT_IGNORE_LABELS, AggregationStrategy
@@ -33,7 +33,25 @@ Text = Annotated[
 TextPair = tuple[Text, Text]
 
 
-class ClassifyRequest(BaseModel):
+class RequestBody(BaseModel):
+    """A request body: unknown fields are refused with one error, before any field is validated.
+
+    NOTE: with only `extra="forbid"` pydantic reports one error per unknown key, and a 2 MB body of
+    150,000 keys then costs 1.5 s of validation on the event loop, stalling every other request."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sum(1 for key in data if key not in cls.model_fields)
+            if unknown:
+                # NOTE: the keys are input: counted, never echoed.
+                known = ", ".join(cls.model_fields)
+                raise ValueError(f"{unknown} unknown field(s); the body takes {known}")
+        return data
+
+
+class ClassifyRequest(RequestBody):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -56,7 +74,7 @@ class ClassifyRequest(BaseModel):
     )
 
 
-class NerRequest(BaseModel):
+class NerRequest(RequestBody):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
