@@ -220,3 +220,13 @@ def test_provider_chains_fall_back_in_order(tmp_path: Path) -> None:
     ]
     assert names[BackendKind.ORT_CUDA] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert names[BackendKind.ORT_CPU] == ["CPUExecutionProvider"]
+
+
+def test_openvino_bounds_its_per_shape_caches() -> None:
+    """With the defaults (5000 executors, 1024 oneDNN primitives) RSS grew for every new batch
+    shape for the whole of a soak; both caches are bounded (service.backends.openvino NOTE)."""
+    from service.backends.openvino import PRIMITIVE_CACHE_CAPACITY, RUNTIME_CACHE_CAPACITY, compile_config
+
+    config = compile_config("LATENCY", 2, None)
+    assert config["CPU_RUNTIME_CACHE_CAPACITY"] == RUNTIME_CACHE_CAPACITY <= 500
+    assert PRIMITIVE_CACHE_CAPACITY <= 256
