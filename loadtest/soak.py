@@ -272,8 +272,9 @@ async def hold_load(
     """Calibrate, then hold `fraction` x capacity for `minutes`: (samples, transport errors + 5xx)."""
     calibration = await run_closed_loop(HOST, args.port, requests, args.concurrency, args.calibrate_s)
     failures = count_failures(calibration)
-    rate = args.fraction * calibration.throughput()
-    print(f"capacity {calibration.throughput():.1f} req/s -> holding {rate:.1f} req/s ({args.fraction:.0%})")
+    rate = args.rate or args.fraction * calibration.throughput()
+    held = "fixed by --rate" if args.rate else f"{args.fraction:.0%}"
+    print(f"capacity {calibration.throughput():.1f} req/s -> holding {rate:.1f} req/s ({held})")
     print(
         f"calibration: {calibration.ok} ok, {failures} transport errors or 5xx; warm-up {args.warmup_s:.0f} s"
     )
@@ -345,6 +346,13 @@ def main() -> int:
         "--backend", default=None, help="Default: auto when the model files exist, else fake."
     )
     parser.add_argument("--fraction", type=float, default=0.7, help="Share of the measured capacity to hold.")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="Hold this many requests/s instead of a fraction of the measured capacity: the same "
+        "load for runs compared with each other on a shared machine, whose capacity varies.",
+    )
     parser.add_argument("--interval-s", type=float, default=30.0, help="Seconds between samples.")
     parser.add_argument("--concurrency", type=int, default=32, help="Clients while measuring capacity.")
     parser.add_argument("--calibrate-s", type=float, default=15.0, help="Seconds of capacity measurement.")

@@ -16,6 +16,7 @@ from typing import Protocol
 from bertserve.modelrepo import (
     Artifact,
     ArtifactFormat,
+    BatchingConfig,
     ModelConfig,
     Precision,
     Task,
@@ -244,7 +245,9 @@ class BackendLoader:
             # The weights are passed by their listed (and just verified) path, not left for
             # OpenVINO to find beside the .xml.
             weights = version_dir / artifact.ir_weights
-            return OpenVinoBackend(path, weights, artifact.precision, config, output)
+            backend: Backend = OpenVinoBackend(path, weights, artifact.precision, config, output)
+            reserve_peak_memory(backend, model, s.batching_for(model.batching))
+            return backend
         from service.backends.onnxruntime import (
             EngineKey,
             GpuOptions,
@@ -262,4 +265,29 @@ class BackendLoader:
         gpu = GpuOptions(s.cuda_device_id, s.tensorrt_fp16, s.tensorrt_cache_dir, engine)
         providers = provider_chain(choice.kind, gpu, tuple(model.inputs), profile)
         options = session_options(s.threads, s.inter_op_threads)
-        return OnnxRuntimeBackend(path, choice.kind, artifact.precision, providers, options, output)
+        backend = OnnxRuntimeBackend(path, choice.kind, artifact.precision, providers, options, output)
+        reserve_peak_memory(backend, model, batching)
+        return backend
+
+
+def peak_batch_shape(batching: BatchingConfig, max_length: int) -> tuple[int, int]:
+    """The (sequences, tokens) batch that needs the most memory among those the batcher can cut:
+    the longest sequences, as many as the padded-token budget and the batch size allow. Both the
+    attention scores (batch x length^2) and the other activations (batch x length) peak there."""
+    length = min(max_length, batching.max_batch_tokens)
+    return min(batching.max_batch_size, max(1, batching.max_batch_tokens // length)), length
+
+
+def reserve_peak_memory(backend: Backend, model: ModelConfig, batching: BatchingConfig) -> None:
+    """Run the largest batch once, before the model is served.
+
+    NOTE: runtimes keep the buffers of the largest batch they have run (ONNX Runtime's arena,
+    OpenVINO's intermediate memory) for reuse. Left to traffic, that high-water mark rises in
+    steps whenever a burst first packs a larger batch, hours into a run, and looks like a leak
+    (`make soak`); reached here, the process holds at startup what its worst batch needs, and a
+    machine without that much memory fails at startup rather than under load."""
+    import numpy as np
+
+    shape = peak_batch_shape(batching, model.max_length)
+    fill = {"input_ids": model.pad_token_id, "attention_mask": 1}
+    backend.infer({name: np.full(shape, fill.get(name, 0), dtype=np.int64) for name in backend.input_names})

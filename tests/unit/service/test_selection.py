@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bertserve.modelrepo import (
     Artifact,
     ArtifactFormat,
+    BatchingConfig,
     ModelConfig,
     Precision,
     Task,
@@ -23,7 +25,14 @@ from service.backends.onnxruntime import (
     tensorrt_cache_dirs,
     tensorrt_provider_options,
 )
-from service.backends.selection import BackendLoader, Environment, choose_artifact, choose_backend
+from service.backends.selection import (
+    BackendLoader,
+    Environment,
+    choose_artifact,
+    choose_backend,
+    peak_batch_shape,
+    reserve_peak_memory,
+)
 from service.errors import BackendUnavailableError, StartupError
 from service.settings import BackendKind, Settings
 
@@ -186,9 +195,14 @@ def test_loader_keys_the_tensorrt_cache_by_the_chosen_artifact(
     seen: list[list[tuple[str, dict[str, str]]]] = []
 
     class Recorder:
+        input_names = ("input_ids",)
+
         def __init__(self, *args: object) -> None:
             _path, _kind, _precision, providers, _options, _output = args
             seen.append(providers)  # type: ignore[arg-type]
+
+        def infer(self, feeds: dict[str, object]) -> None:
+            pass
 
     vdir = tmp_path / "m" / "1"
     vdir.mkdir(parents=True)
@@ -230,3 +244,32 @@ def test_openvino_bounds_its_per_shape_caches() -> None:
     config = compile_config("LATENCY", 2, None)
     assert config["CPU_RUNTIME_CACHE_CAPACITY"] == RUNTIME_CACHE_CAPACITY <= 500
     assert PRIMITIVE_CACHE_CAPACITY <= 256
+
+
+@pytest.mark.parametrize(
+    ("batch", "tokens", "max_length", "shape"),
+    [
+        (32, 8192, 128, (32, 128)),  # the batch size binds: 32 x 128 = 4,096 padded tokens
+        (32, 8192, 512, (16, 512)),  # the token budget binds
+        (8, 100, 512, (1, 100)),  # a budget below max_length: one sequence cut to the budget
+    ],
+)
+def test_the_peak_batch_is_the_longest_the_limits_allow(
+    batch: int, tokens: int, max_length: int, shape: tuple[int, int]
+) -> None:
+    limits = BatchingConfig(max_batch_size=batch, max_batch_tokens=tokens)
+    assert peak_batch_shape(limits, max_length) == shape
+
+
+def test_the_loader_runs_the_peak_batch_before_serving() -> None:
+    ran: list[tuple[int, ...]] = []
+
+    class Probe:
+        input_names = ("input_ids", "attention_mask")
+
+        def infer(self, feeds: dict[str, np.ndarray]) -> None:
+            assert feeds["attention_mask"].all()
+            ran.extend(f.shape for f in feeds.values())
+
+    reserve_peak_memory(Probe(), model(ALL_ARTIFACTS), BatchingConfig(max_batch_size=4, max_batch_tokens=256))  # type: ignore[arg-type]
+    assert ran == [(2, 128), (2, 128)]
