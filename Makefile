@@ -62,7 +62,14 @@ soak: install
 deploy-check: install
 	VENV_BIN=$(CURDIR)/$(BIN) deploy/check.sh
 
-test: lint typecheck deploy-check pytest
+# The CPU images built and run, and deploy/compose.yaml brought up, on a real engine (podman, installed by
+# deploy/tools/install-engine.sh). ~15 min on a fresh machine, a few with podman's layer cache warm.
+# BERTSERVE_SKIP_IMAGE_CHECK=1 skips it on a developer's machine (never in CI).
+.PHONY: image-check
+image-check: install
+	VENV_BIN=$(CURDIR)/$(BIN) deploy/tools/image-check.sh
+
+test: lint typecheck deploy-check pytest image-check
 
 # --- benchmarks and load tests (loadtest/, docs/benchmarks.md) ------------------------------------
 # `make bench`: raw backend vs service vs a naive server, backends/precisions, the max rate at the

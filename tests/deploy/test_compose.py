@@ -117,3 +117,13 @@ def test_named_volumes_are_declared(compose: dict[str, Any], services: dict[str,
             source = volume.split(":", 1)[0]
             if not source.startswith((".", "/")):
                 assert source in declared, source
+
+
+def test_stand_in_override_swaps_image_names_only(services: dict[str, dict[str, Any]]) -> None:
+    # make image-check runs deploy/compose.yaml as users do: its override may rename images, nothing else.
+    override = yaml.safe_load((DEPLOY / "images" / "compose.stand-ins.yaml").read_text(encoding="utf-8"))
+    assert set(override) == {"services"}
+    for name, service in override["services"].items():
+        assert name in services, name
+        assert set(service) == {"image"}, name
+        assert service["image"] != services[name]["image"], name
