@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import ClassVar, TypeVar
@@ -40,9 +40,11 @@ from service.windowing import WindowPlan, plan_windows
 
 T = TypeVar("T")
 
-# Segments tokenized per call while a request's NER documents are planned: the budget is checked
-# between calls, so a request over its limits is refused after at most one chunk more than allowed.
+# Segments tokenized per call while a request's NER documents are planned (at most this many, and
+# fewer once they hold this many characters): the budget is checked between calls, so a request
+# over its limits is refused after at most one chunk more than allowed.
 _TOKENIZE_CHUNK = 64
+_TOKENIZE_CHUNK_CHARS = 16_384
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,9 +253,8 @@ class TokenClassificationPipeline(Pipeline):
                 pieces.append((source, start, end))
             budget.check_alive()
         documents = []
-        for first in range(0, len(pieces), _TOKENIZE_CHUNK):
+        for chunk in _chunks(pieces):
             budget.check_alive()
-            chunk = pieces[first : first + _TOKENIZE_CHUNK]
             encodings = self.tokenizer.encode_documents([texts[src][a:b] for src, a, b in chunk])
             for (source, start, end), enc in zip(chunk, encodings, strict=True):
                 documents.append(self._document(texts[source][start:end], enc, source, start, budget))
@@ -330,6 +331,19 @@ class TokenClassificationPipeline(Pipeline):
 
     async def warm_up(self) -> None:
         await self.recognize(["Warm-up in Paris."])
+
+
+def _chunks(pieces: list[tuple[int, int, int]]) -> Iterator[list[tuple[int, int, int]]]:
+    chunk: list[tuple[int, int, int]] = []
+    chars = 0
+    for piece in pieces:
+        chunk.append(piece)
+        chars += piece[2] - piece[1]
+        if len(chunk) >= _TOKENIZE_CHUNK or chars >= _TOKENIZE_CHUNK_CHARS:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
+        yield chunk
 
 
 PIPELINES: dict[Task, type[Pipeline]] = {

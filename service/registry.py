@@ -198,7 +198,12 @@ class ModelRegistry:
         warm-up is retried with backoff (a backend may need a moment, e.g. a GPU still being
         initialised); after `warmup_attempts` the model is given up and liveness fails, so the
         orchestrator restarts the process rather than keeping a pod that can never be ready."""
-        await asyncio.gather(*(self._warm_up_one(name, p) for name, p in self._pipelines.items()))
+        # NOTE: one model after the other, never concurrently: the first inferences of two
+        # OpenVINO models run at the same time in two batcher threads deadlock inside OpenVINO's
+        # Python bindings (both threads stop for good in its data dispatcher, seen with the demo
+        # models); once one inference has completed in the process, concurrent ones are safe.
+        for name, pipeline in self._pipelines.items():
+            await self._warm_up_one(name, pipeline)
         if not self._warmup_errors:
             self._ready.set()
             log.info("ready: %s", ", ".join(self._pipelines))
