@@ -303,7 +303,9 @@ def check_image(args: argparse.Namespace) -> int:
     with container(args.image, port, env, volumes) as name:
         took = wait_until(lambda: ready(base), READY_BOUND_S)
         if not report.check(
-            took is not None, f"{label}: ready within {READY_BOUND_S:.0f} s", f"{took or 0:.1f} s"
+            took is not None,
+            f"{label}: ready within {READY_BOUND_S:.0f} s",
+            f"{took:.1f} s" if took is not None else "not ready",
         ):
             print(podman("logs", "--tail", "20", name, check=False).stderr, file=sys.stderr)
             return min(report.failures, 100)
@@ -367,9 +369,12 @@ def check_compose(args: argparse.Namespace) -> int:
             print(up.stdout[-3000:], up.stderr[-3000:], file=sys.stderr)
             return report.failures
         base, prometheus = "http://127.0.0.1:8000", "http://127.0.0.1:9090"
-        took = wait_until(lambda: ready(base), READY_BOUND_S + 30)
+        bound = READY_BOUND_S + 30
+        took = wait_until(lambda: ready(base), bound)
         report.check(
-            took is not None, "compose: bertserve ready on 127.0.0.1:8000", f"{took or 0:.1f} s after up"
+            took is not None,
+            "compose: bertserve ready on 127.0.0.1:8000",
+            f"{took:.1f} s after up" if took is not None else f"not ready {bound:.0f} s after up",
         )
         if took is None:
             debug_unreachable(f"{args.project}_bertserve_1", base)
@@ -393,7 +398,9 @@ def check_compose(args: argparse.Namespace) -> int:
 
         took = wait_until(target_up, 60, step_s=1)
         report.check(
-            took is not None, "compose: Prometheus scrapes bertserve (target up)", f"{took or 0:.1f} s"
+            took is not None,
+            "compose: Prometheus scrapes bertserve (target up)",
+            f"{took:.1f} s" if took is not None else "not up within 60 s",
         )
         counted: list[float] = []
 
