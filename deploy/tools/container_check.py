@@ -364,7 +364,9 @@ def check_compose(args: argparse.Namespace) -> int:
     try:
         up = run("up", "-d", "--no-build", *args.services)
         if not report.check(
-            up.returncode == 0, f"compose: up -d {' '.join(args.services)}", last_line(up.stderr)
+            up.returncode == 0,
+            f"compose: up -d {' '.join(args.services)}",
+            "exit 0" if up.returncode == 0 else last_line(up.stderr),
         ):
             print(up.stdout[-3000:], up.stderr[-3000:], file=sys.stderr)
             return report.failures
