@@ -26,12 +26,12 @@ _HINTS = {
 # has seen (CPU_RUNTIME_CACHE_CAPACITY entries, 5000 by default) and oneDNN keeps the JIT-compiled
 # primitives behind them (ONEDNN_PRIMITIVE_CACHE_CAPACITY, 1024 by default). The batcher cuts
 # batches of every (size, length) pair, hundreds of them, so with the defaults RSS grew with every
-# new shape long after warm-up (`make soak`: SUSPECT, RSS steps of ~20 MB). Measured on MiniLM-L6
-# over 1,000 batches of 556 distinct shapes: defaults +68 MB and still rising 10 MB per 166
-# batches; both caches bounded as below +46 MB, rising 1 MB per 166 batches at the end. A 64- or
-# 128-primitive cache levels off sooner (+26 / +29 MB) but rebuilt kernels cost throughput when
-# shapes keep changing; malloc_trim, a glibc arena limit and upper-bounded input shapes did not
-# change the growth at all (the memory is held by the caches, not lost to fragmentation).
+# new shape long after warm-up. Measured on MiniLM-L6 over 1,000 batches of 556 distinct shapes:
+# defaults +73 MB and still rising ~10 MB per 166 batches; bounded as below +27 MB, levelling off.
+# A 64- or 128-primitive cache levels off as well but rebuilds kernels more often when shapes keep
+# changing. malloc_trim, MALLOC_ARENA_MAX=1, a fixed mmap threshold and upper-bounded input shapes
+# at best halved the growth without stopping it: the memory is held by the caches. (The other
+# source of RSS steps, the largest batch's buffers, is reserved at load: selection.py.)
 RUNTIME_CACHE_CAPACITY = 200
 PRIMITIVE_CACHE_CAPACITY = 256
 _PRIMITIVE_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
