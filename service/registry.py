@@ -74,7 +74,6 @@ class ModelRegistry:
         self._warmup_errors: dict[str, str] = {}
         self._given_up: dict[str, str] = {}  # models whose warm-up failed `warmup_attempts` times
         self._stopping = False
-        self._draining = False
         self._drain_deadline: float | None = None
         self.drain = DrainState()
         self._inflight = 0  # inference requests being answered; a drain waits for them
@@ -244,14 +243,13 @@ class ModelRegistry:
         """Shutdown has begun: readiness turns 503 and new requests are refused from now on,
         while the requests already admitted run to completion. `deadline` (time.monotonic())
         also bounds `stop`. NOTE: called from a signal handler: it only sets attributes."""
-        self._draining = True
         self._drain_deadline = deadline
         self.drain.last_request = time.monotonic()
         self.drain.draining = True
 
     @property
     def draining(self) -> bool:
-        return self._draining
+        return self.drain.draining
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no admitted request is in flight; False when `timeout_s` ran out first."""
@@ -268,7 +266,7 @@ class ModelRegistry:
     @contextmanager
     def admit(self) -> Iterator[None]:
         """One inference request from admission to answer. Refuses (503) once draining."""
-        if self._draining or self._stopping:
+        if self.drain.draining or self._stopping:
             raise NotReadyError("the service is shutting down; retry on another instance")
         self._inflight += 1
         self._idle.clear()
@@ -298,7 +296,7 @@ class ModelRegistry:
     # --- queries ----------------------------------------------------------------------------
 
     def readiness_problems(self) -> list[str]:
-        if self._stopping or self._draining:
+        if self._stopping or self.drain.draining:
             return ["shutting down"]
         problems = [f"model {name}: warm-up failed ({err})" for name, err in self._warmup_errors.items()]
         if not self._ready.is_set() and not problems:
