@@ -91,8 +91,8 @@ RUN --mount=type=bind,from=torch-wheels,target=/torch-wheels \
     && python -c 'import tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]; \
 print("\n".join(p["dependencies"] + p["optional-dependencies"]["export"]))' >/tmp/requirements.txt \
     && /opt/build/bin/pip install -r /tmp/requirements.txt
-# The sources as `make demo` sees them (models/demo/build.py hashes export/finetune.py into the recipe
-# and imports the project from /src), the wheel, and the demo recipe (data, compose and build code).
+# The sources as `make demo` sees them (models/demo/build.py hashes bertserve/training/finetune.py into
+# the recipe and imports the project from /src), the wheel, and the demo recipe (data, compose and build code).
 COPY --from=wheel /src /src
 COPY --from=wheel /wheels /wheels
 COPY models/demo /src/models/demo

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 REPO ?= models
 
-.PHONY: install demo demo-build demo-eval serve test lint typecheck pytest clean bench loadtest
+.PHONY: install demo demo-build demo-eval serve test lint typecheck importlint pytest clean bench loadtest package-tree
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -43,8 +43,23 @@ lint: install
 	$(BIN)/ruff check bertserve service export loadtest scripts tests
 	$(BIN)/ruff format --check bertserve service export loadtest scripts tests
 
-typecheck: install
-	$(BIN)/mypy bertserve service export loadtest
+# The installed package maps service/ and export/ under bertserve (pyproject's package-dir). mypy and
+# import-linter read folders, not import hooks, so they run over .build/tree: the same files, linked
+# under their package names (rebuilt every time, so new modules count at once).
+package-tree:
+	rm -rf .build/tree && mkdir -p .build/tree/bertserve
+	cp -rs $(CURDIR)/bertserve/. .build/tree/bertserve/
+	cp -rs $(CURDIR)/service .build/tree/bertserve/service
+	cp -rs $(CURDIR)/export .build/tree/bertserve/export
+	find .build/tree -name __pycache__ -prune -exec rm -rf {} +
+
+typecheck: install package-tree
+	$(BIN)/mypy .build/tree/bertserve loadtest
+
+# Contracts in pyproject.toml [tool.importlinter]: serving never imports export/training/torch, the
+# runtime imports neither serving nor HTTP, HTTP stays in bertserve.service.api, nothing imports upward.
+importlint: install package-tree
+	cd .build/tree && PYTHONPATH=$(CURDIR)/.build/tree $(CURDIR)/$(BIN)/lint-imports --config $(CURDIR)/pyproject.toml
 
 pytest: install
 	$(BIN)/pytest -q -ra
@@ -69,7 +84,7 @@ deploy-check: install
 image-check: install
 	VENV_BIN=$(CURDIR)/$(BIN) deploy/tools/image-check.sh
 
-test: lint typecheck deploy-check pytest image-check
+test: lint typecheck importlint deploy-check pytest image-check
 
 # --- benchmarks and load tests (loadtest/, docs/benchmarks.md) ------------------------------------
 # `make bench`: raw backend vs service vs a naive server, backends/precisions, the max rate at the
@@ -95,4 +110,4 @@ loadtest: install
 		--classify-model $(CLASSIFY_MODEL) --ner-model $(NER_MODEL)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .build .mypy_cache .ruff_cache .pytest_cache

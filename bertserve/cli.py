@@ -54,7 +54,7 @@ def export(
     ] = None,
 ) -> None:
     """Export a checkpoint to ONNX / OpenVINO, validate it against PyTorch, write it to the repository."""
-    from export.pipeline import ExportError, ExportOptions, run_export
+    from bertserve.export.exporter import ExportError, ExportOptions, run_export
 
     options = ExportOptions(
         model=model,
@@ -120,9 +120,9 @@ def finetune(
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps (smoke tests).")] = None,
 ) -> None:
     """Fine-tune a BERT-family checkpoint on your CSV/TSV or CoNLL data, on CPU, for `bertserve export`."""
-    from export.errors import ExportError
-    from export.finetune import FinetuneOptions
-    from export.finetune import finetune as run_finetune
+    from bertserve.export.errors import ExportError
+    from bertserve.training.finetune import FinetuneOptions
+    from bertserve.training.finetune import finetune as run_finetune
 
     options = FinetuneOptions(
         task=task,
@@ -166,7 +166,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port [env BERTSERVE_PORT].")] = None,
 ) -> None:
     """Serve models from the repository (flags override BERTSERVE_* environment variables)."""
-    from service.main import run_server
+    from bertserve.service.api.server import run_server
 
     overrides = {
         "repo": repo,

@@ -25,8 +25,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from bertserve.export.errors import ExportError
 from bertserve.modelrepo import ProblemType, TagScheme, Task, detect_tag_scheme
-from export.errors import ExportError
 
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")

@@ -10,8 +10,8 @@ from pathlib import Path
 import onnx
 from transformers import PreTrainedModel
 
+from bertserve.export.errors import ExportError
 from bertserve.modelrepo import Task
-from export.errors import ExportError
 
 # Opset 17 brings LayerNormalization as a standard op, which OpenVINO and TensorRT map directly.
 MIN_OPSET = 17

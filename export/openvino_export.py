@@ -6,7 +6,7 @@ from pathlib import Path
 
 import openvino as ov
 
-from export.errors import ExportError
+from bertserve.export.errors import ExportError
 
 IR_XML = "model.xml"
 IR_BIN = "model.bin"

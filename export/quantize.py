@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import openvino as ov
 
-from export.errors import ExportError
+from bertserve.export.errors import ExportError
 
 # NNCF needs a few hundred activations at most for stable ranges; more only costs export time.
 MAX_CALIBRATION_SAMPLES = 300

@@ -22,8 +22,8 @@ import numpy as np
 import numpy.typing as npt
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
+from bertserve.export.errors import ExportError
 from bertserve.modelrepo import ProblemType, TagScheme, Task
-from export.errors import ExportError
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]

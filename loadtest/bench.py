@@ -21,8 +21,9 @@ every repeat is kept in summary.json. Backend configurations are measured in int
 with all their servers up (idle servers cost nothing), so a noisy minute hits them all alike.
 
 Model: `--model` (default the demo `sentiment`); when it is not in the repository the bench falls
-back to `minilm-sst2-untrained` (built by `python -m export.minilm_example --repo models`, which it
-runs if needed). The naive server needs the PyTorch checkpoint: `--checkpoint PATH`, else
+back to `minilm-sst2-untrained` (built by
+`python -m bertserve.training.minilm_example --repo models`, which it runs if needed). The naive
+server needs the PyTorch checkpoint: `--checkpoint PATH`, else
 `<repo>/<model>/checkpoint/`, else (for the MiniLM example) the deterministic checkpoint rebuilt
 into ~/.cache/bertserve/checkpoints; without one that phase is skipped and said so.
 NOTE: the load client runs on the same cores as the server; it is lean (loadtest/httpload.py) but
@@ -60,7 +61,7 @@ from loadtest.slo import RateProbe, find_max_rate
 
 if TYPE_CHECKING:
     from bertserve.modelrepo import ModelConfig
-    from service.backends.base import Backend
+    from bertserve.runtime.base import Backend
 
 ROOT = Path(__file__).resolve().parent.parent
 FALLBACK_MODEL = "minilm-sst2-untrained"
@@ -110,12 +111,15 @@ def resolve_model(repo: Path, model: str, build_fallback: bool) -> str:
     if not build_fallback:
         raise SystemExit(
             f"bench: neither {model!r} nor {FALLBACK_MODEL!r} is in {repo}; build the demo (`make demo`) "
-            f"or run `python -m export.minilm_example --repo {repo}`"
+            f"or run `python -m bertserve.training.minilm_example --repo {repo}`"
         )
     print(
-        f"bench: building {FALLBACK_MODEL!r} (python -m export.minilm_example --repo {repo}); takes minutes"
+        f"bench: building {FALLBACK_MODEL!r} "
+        f"(python -m bertserve.training.minilm_example --repo {repo}); takes minutes"
     )
-    subprocess.run([sys.executable, "-m", "export.minilm_example", "--repo", str(repo)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "bertserve.training.minilm_example", "--repo", str(repo)], check=True
+    )
     return FALLBACK_MODEL
 
 
@@ -133,7 +137,7 @@ def find_checkpoint(repo: Path, model: str, explicit: Path | None) -> Path | Non
         if not (cached / "config.json").is_file():
             # The example's checkpoint is deterministic (packaged backbone + seeded head), so
             # rebuilding it gives exactly the weights that were exported.
-            from export.minilm_example import build_checkpoint
+            from bertserve.training.minilm_example import build_checkpoint
 
             print(f"bench: rebuilding the {FALLBACK_MODEL} checkpoint into {cached}")
             build_checkpoint(cached)
@@ -155,8 +159,8 @@ class RawBench:
     """`backend.infer` alone on pre-collated batches of the benchmark's sentences."""
 
     def __init__(self, backend: Backend, config: ModelConfig, tokenizer_json: Path, sentences: Sequence[str]):
-        from service.batching import Collator
-        from service.tokenization import TextTokenizer
+        from bertserve.service.batching import Collator
+        from bertserve.service.tokenization import TextTokenizer
 
         self.backend = backend
         tokenizer = TextTokenizer(tokenizer_json, config.max_length)
@@ -189,8 +193,8 @@ def open_raw(
     repo: Path, model: str, backend: str, precision: str | None, sentences: Sequence[str]
 ) -> RawBench:
     from bertserve.modelrepo import load_model_config, version_dir
-    from service.backends.selection import BackendLoader
-    from service.settings import Settings
+    from bertserve.runtime.selection import BackendLoader
+    from bertserve.service.settings import Settings
 
     settings = Settings.model_validate({"repo": repo, "backend": backend, "precision": precision})
     config = load_model_config(repo, model)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 # (stage, substrings of a frame "function (path:line)"), checked in order for each frame.
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("backend inference", ("onnxruntime/", "openvino/", "service/backends/")),
+    ("backend inference", ("onnxruntime/", "openvino/", "bertserve/runtime/")),
     ("tokenization", ("tokenizers/", "service/tokenization.py")),
     ("JSON encode/decode", ("json/", "orjson", "json_response")),
     ("request validation (pydantic)", ("pydantic", "fastapi/_compat", "fastapi/dependencies")),

@@ -4,7 +4,7 @@
     make soak SOAK_MINUTES=5
 
 Starts its own `bertserve serve` on loopback (never a shared instance): the MiniLM demo model when
-the repository has a classification model (`python -m export.minilm_example --repo models` writes
+the repository has a classification model (`python -m bertserve.training.minilm_example --repo models` writes
 one), else the fake backend on whatever classification model.yaml + tokenizer it finds. It measures
 capacity with a closed loop, then holds an open-loop rate of `fraction` x capacity and, every
 interval, samples the server process from /proc (RSS, of which anonymous memory, threads, open file
@@ -139,7 +139,8 @@ def pick_model(repo: Path) -> tuple[str, bool]:
             runnable = all((vdir / a.main_file).is_file() for a in config.version.artifacts)
             return name, runnable
     raise SystemExit(
-        f"no classification model in {repo}; build one with `python -m export.minilm_example --repo {repo}`"
+        f"no classification model in {repo}; build one with "
+        f"`python -m bertserve.training.minilm_example --repo {repo}`"
     )
 
 

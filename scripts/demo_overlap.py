@@ -23,8 +23,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere: the project's packages come first
-    sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:  # the checkout-only folders (loadtest/); bertserve itself is installed
+    sys.path.append(str(ROOT))
 
 from loadtest.corpus import read_conll_sentences  # noqa: E402
 

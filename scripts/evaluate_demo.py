@@ -32,8 +32,8 @@ import numpy as np
 import numpy.typing as npt
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:  # the checkout-only folders (loadtest/); bertserve itself is installed
+    sys.path.append(str(ROOT))
 
 import onnxruntime as ort  # noqa: E402
 from tokenizers import Encoding, Tokenizer  # noqa: E402
@@ -46,7 +46,7 @@ from bertserve.modelrepo import (  # noqa: E402
     verify_files,
     version_dir,
 )
-from service.heads.token_classification import aggregate, softmax  # noqa: E402
+from bertserve.service.heads.token_classification import aggregate, softmax  # noqa: E402
 
 DEMO_DATA = ROOT / "models" / "demo" / "data"
 CLASSIFY_EXAMPLES = (

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere: the project's packages come first
-    sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:  # the checkout-only folders (loadtest/); bertserve itself is installed
+    sys.path.append(str(ROOT))
 
 from loadtest.corpus import read_conll_sentences  # noqa: E402
 
@@ -52,8 +52,8 @@ async def service_entities(
 ) -> list[list[dict[str, Any]]]:
     import httpx
 
-    from service.app import create_app
-    from service.settings import Settings
+    from bertserve.service.api.app import create_app
+    from bertserve.service.settings import Settings
 
     settings = Settings(  # type: ignore[arg-type]
         repo=repo, models=[model], backend=backend, max_input_chars=10_000_000, request_timeout_ms=600_000

@@ -22,16 +22,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.backends.base import Backend, Feeds, Logits
-from service.errors import (
+from bertserve.runtime.base import Backend, Feeds, Logits
+from bertserve.service.errors import (
     DeadlineExceededError,
     InferenceError,
     NotReadyError,
     PayloadTooLargeError,
     QueueFullError,
 )
-from service.metrics import Metrics
-from service.tokenization import ModelInput
+from bertserve.service.metrics import Metrics
+from bertserve.service.tokenization import ModelInput
 
 log = logging.getLogger(__name__)
 

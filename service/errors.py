@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from service.api.schemas import ErrorEnvelope
+from bertserve.service.api.schemas import ErrorEnvelope
 
 log = logging.getLogger(__name__)
 

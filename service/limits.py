@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from service.errors import DeadlineExceededError, PayloadTooLargeError
+from bertserve.service.errors import DeadlineExceededError, PayloadTooLargeError
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,21 +22,21 @@ from typing import ClassVar, TypeVar
 import numpy as np
 
 from bertserve.modelrepo import ModelConfig, ProblemType, Segmentation, Task
-from service.backends.base import Backend, Logits
-from service.batching import DynamicBatcher
-from service.errors import DeadlineExceededError, PayloadTooLargeError
-from service.heads.classification import ClassificationHead, LabelScore
-from service.heads.token_classification import (
+from bertserve.runtime.base import Backend, Logits
+from bertserve.service.batching import DynamicBatcher
+from bertserve.service.errors import DeadlineExceededError, PayloadTooLargeError
+from bertserve.service.heads.classification import ClassificationHead, LabelScore
+from bertserve.service.heads.token_classification import (
     DEFAULT_IGNORE_LABELS,
     AggregationStrategy,
     Entity,
     TokenClassificationHead,
 )
-from service.limits import RequestLimits, WorkBudget
-from service.metrics import Metrics
-from service.segmentation import iter_segments
-from service.tokenization import Encoded, ModelInput, TextInput, TextTokenizer
-from service.windowing import WindowPlan, plan_windows
+from bertserve.service.limits import RequestLimits, WorkBudget
+from bertserve.service.metrics import Metrics
+from bertserve.service.segmentation import iter_segments
+from bertserve.service.tokenization import Encoded, ModelInput, TextInput, TextTokenizer
+from bertserve.service.windowing import WindowPlan, plan_windows
 
 T = TypeVar("T")
 

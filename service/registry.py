@@ -23,20 +23,20 @@ from bertserve.modelrepo import (
     verify_files,
     version_dir,
 )
-from service.backends.base import Backend
-from service.backends.selection import BackendFactory, BackendLoader
-from service.batching import BatchLimits, DynamicBatcher
-from service.errors import (
+from bertserve.runtime.base import Backend
+from bertserve.runtime.selection import BackendFactory, BackendLoader
+from bertserve.service.batching import BatchLimits, DynamicBatcher
+from bertserve.service.errors import (
     ModelNotFoundError,
     NotReadyError,
     StartupError,
     UnsupportedTaskError,
 )
-from service.limits import RequestLimits
-from service.metrics import Metrics
-from service.pipeline import PIPELINES, ModelParts, Pipeline
-from service.settings import Settings
-from service.tokenization import TextTokenizer
+from bertserve.service.limits import RequestLimits
+from bertserve.service.metrics import Metrics
+from bertserve.service.pipeline import PIPELINES, ModelParts, Pipeline
+from bertserve.service.settings import Settings
+from bertserve.service.tokenization import TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ WARMUP_MAX_BACKOFF_S = 30.0
 
 class DrainState:
     """Shared by the registry (which starts the drain), the admission middleware (which notes
-    requests that still arrive) and the shutdown sequence in `service.main` (which ends the drain
+    requests that still arrive) and the shutdown sequence in `api.server` (which ends the drain
     once nothing is in flight and clients have gone quiet). Plain attributes: set from a signal
     handler."""
 

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tokenizers import Encoding, Tokenizer
 
-from service.errors import PayloadTooLargeError
+from bertserve.service.errors import PayloadTooLargeError
 
 TextInput = str | tuple[str, str]
 
@@ -232,5 +232,5 @@ class TextTokenizer:
 
     def encode_documents(self, texts: Sequence[str]) -> list[Encoded]:
         """Whole texts with special tokens and offsets, never truncated: NER's documents, which
-        `service.windowing.plan_windows` cuts into windows that fit the model."""
+        `bertserve.service.windowing.plan_windows` cuts into windows that fit the model."""
         return [Encoded(e, False) for e in self._full.encode_batch(list(texts))]

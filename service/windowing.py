@@ -19,7 +19,7 @@ Stitching: each content token takes its scores from the window in which it sits 
 window edge, i.e. with the most context on its poorer side (an edge that is the document's own
 start or end counts as no edge, as no context is missing there); ties go to the earlier window.
 The leading and trailing special positions take the first and last window's. The result has one
-row per position of the document encoding, so aggregation (`service.heads.token_classification`)
+row per position of the document encoding, so aggregation (`bertserve.service.heads.token_classification`)
 runs once over the whole document, with offsets into the original text, and overlaps cannot
 produce duplicate entities. This replaces the transformers pipeline's approach (``stride=``),
 which aggregates every chunk separately and then resolves overlapping entities heuristically.

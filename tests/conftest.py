@@ -82,7 +82,7 @@ def bert_ner_checkpoint(checkpoints_dir: Path) -> TinyCheckpoint:
 @pytest.fixture(scope="session")
 def exported_repo(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
     """A model repository with bert-cls, distilbert-cls, bert-multilabel and bert-ner (see module doc)."""
-    from export.pipeline import ExportOptions, run_export
+    from bertserve.export.exporter import ExportOptions, run_export
 
     repo = tmp_path_factory.mktemp("model-repo")
     for name, (fixture, task) in EXPORTED_MODELS.items():

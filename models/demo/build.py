@@ -5,7 +5,7 @@
     python models/demo/build.py --print-curl            # only print the example requests
 
 For each model in demo.yaml the recipe hash covers its section of demo.yaml (and the export
-section), its data files and the recipe code (this file and export/finetune.py). It is stored
+section), its data files and the recipe code (this file and bertserve/training/finetune.py). It is stored
 next to the outputs in `<repo>/<name>/demo-recipe.json`; a model whose stamp matches and whose
 files still match the sha256s in model.yaml is left alone (a second run takes seconds), anything
 else is rebuilt from scratch: the folder is replaced, so the rebuilt model is version 1 again.
@@ -31,21 +31,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere: the project's packages come first
-    sys.path.insert(0, str(ROOT))
 
+from bertserve.export.errors import ExportError  # noqa: E402
 from bertserve.modelrepo import (  # noqa: E402
     RepositoryError,
     load_model_config,
     verify_files,
     version_dir,
 )
-from export.errors import ExportError  # noqa: E402
 
 CONFIG_FILE = HERE / "demo.yaml"
 STAMP_FILE = "demo-recipe.json"
 # compose.py is not listed: its effect is entirely in the data files, which are hashed.
-RECIPE_CODE = (HERE / "build.py", ROOT / "export" / "finetune.py")
+RECIPE_CODE = (HERE / "build.py", ROOT / "bertserve" / "training" / "finetune.py")
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 CLASSIFY_EXAMPLE = [
     "I absolutely loved this movie, the acting was superb.",
@@ -133,7 +131,7 @@ def is_current(repo: Path, name: str, expected_hash: str) -> bool:
 
 def _calibration_file(section: ModelSection, count: int, folder: Path) -> Path:
     """In-domain sentences (from the training data) for NNCF's int8 calibration."""
-    from export.finetune import read_conll, read_text_classification
+    from bertserve.training.finetune import read_conll, read_text_classification
 
     train = HERE / section.train
     if section.task == "token-classification":
@@ -147,8 +145,8 @@ def _calibration_file(section: ModelSection, count: int, folder: Path) -> Path:
 
 def build_model(repo: Path, name: str, config: DemoConfig, recipe: str) -> dict[str, Any]:
     """Fine-tune and export one model into `repo/name` (replacing a previous demo build)."""
-    from export.finetune import FinetuneOptions, finetune
-    from export.pipeline import ExportOptions, run_export
+    from bertserve.export.exporter import ExportOptions, run_export
+    from bertserve.training.finetune import FinetuneOptions, finetune
 
     section = config.models[name]
     target = repo / name

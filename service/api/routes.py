@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from bertserve.modelrepo import Task
-from service.api.schemas import (
+from bertserve.service.api.schemas import (
     ClassifyRequest,
     ClassifyResponse,
     HealthOut,
@@ -29,7 +29,7 @@ from service.api.schemas import (
     NerRequest,
     NerResponse,
 )
-from service.errors import (
+from bertserve.service.errors import (
     ClientClosedError,
     DeadlineExceededError,
     InferenceError,
@@ -44,11 +44,11 @@ from service.errors import (
     openapi_error_responses,
     status_for,
 )
-from service.metrics import UNKNOWN_MODEL, Metrics
-from service.pipeline import ClassificationPipeline, Pipeline, TokenClassificationPipeline
-from service.registry import ModelRegistry
-from service.settings import Settings
-from service.tokenization import TextInput
+from bertserve.service.metrics import UNKNOWN_MODEL, Metrics
+from bertserve.service.pipeline import ClassificationPipeline, Pipeline, TokenClassificationPipeline
+from bertserve.service.registry import ModelRegistry
+from bertserve.service.settings import Settings
+from bertserve.service.tokenization import TextInput
 
 T = TypeVar("T")
 JSON = "application/json"

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from bertserve.modelrepo import Segmentation
-from service.heads.token_classification import DEFAULT_IGNORE_LABELS, AggregationStrategy
+from bertserve.service.heads.token_classification import DEFAULT_IGNORE_LABELS, AggregationStrategy
 
 
 def _plain_text(value: str) -> str:

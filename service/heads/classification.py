@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bertserve.modelrepo import ProblemType
-from service.heads.activations import sigmoid, softmax
+from bertserve.service.heads.activations import sigmoid, softmax
 
 __all__ = ["ClassificationHead", "LabelScore", "sigmoid", "softmax"]
 

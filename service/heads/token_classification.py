@@ -54,7 +54,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bertserve.modelrepo import ModelConfig, TagScheme, Task
-from service.heads.activations import softmax
+from bertserve.service.heads.activations import softmax
 
 DEFAULT_IGNORE_LABELS: tuple[str, ...] = ("O",)
 
@@ -330,7 +330,7 @@ class TokenClassificationHead:
         ignore_labels: Iterable[str] = DEFAULT_IGNORE_LABELS,
     ) -> list[Entity]:
         """`logits` is ``[n_tokens, n_labels]`` for the whole encoding in `alignment` (one
-        sequence, padding removed; for long texts the stitched result of `service.windowing`)."""
+        sequence, padding removed; for long texts the stitched result of `bertserve.service.windowing`)."""
         return aggregate(
             text,
             alignment.offsets,

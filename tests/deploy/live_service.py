@@ -1,4 +1,5 @@
-"""The real service (service.app.create_app) on loopback, with the fake backend on a tiny repository.
+"""The real service (bertserve.service.api.app.create_app) on loopback, with the fake backend on a
+tiny repository.
 
 Built without torch: a word-level WordPiece tokenizer from `tokenizers` and a model.yaml that lists no
 artifacts (the fake backend reads no graph). uvicorn runs in a thread on a socket bound to 127.0.0.1:0.
@@ -27,9 +28,9 @@ from bertserve.modelrepo import (
     save_model_config,
     sha256_file,
 )
-from service.app import create_app
-from service.backends.fake import FakeBackend, FaultHooks
-from service.settings import BackendKind, Settings
+from bertserve.runtime.fake import FakeBackend, FaultHooks
+from bertserve.service.api.app import create_app
+from bertserve.service.settings import BackendKind, Settings
 
 MODEL = "sentiment"
 LABELS = ["negative", "positive"]

@@ -137,5 +137,6 @@ def test_demo_builder_takes_torch_from_the_optional_wheel_context() -> None:
     body = " ".join(all_stages["demo-builder"])
     assert "--mount=type=bind,from=torch-wheels,target=/torch-wheels" in body
     assert '--find-links /torch-wheels --index-url "${TORCH_INDEX_URL}"' in body
-    # build.py hashes export/finetune.py into the recipe: the sources must be in the stage as in a checkout.
+    # build.py hashes bertserve/training/finetune.py into the recipe: the sources must be in the stage
+    # as in a checkout.
     assert "COPY --from=wheel /src /src" in body

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from service.settings import Settings
+from bertserve.service.settings import Settings
 from tests.deploy.conftest import CHART, VALUE_SETS, HelmError, Manifests, kinds, only
 
 Render = Callable[..., Manifests]

@@ -24,8 +24,8 @@ from bertserve.modelrepo import (
     save_model_config,
     sha256_file,
 )
-from service.backends.base import Backend
-from service.backends.fake import FakeBackend, FaultHooks
+from bertserve.runtime.base import Backend
+from bertserve.runtime.fake import FakeBackend, FaultHooks
 
 CORPUS = (
     "the movie was great and the actors were wonderful",

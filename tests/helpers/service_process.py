@@ -1,8 +1,8 @@
 """`bertserve serve` as a real process for tests that need a socket, signals and a real uvicorn.
 
 `python -m tests.helpers.service_process --fake-delay-ms 20` runs the production entry point
-(`service.main.run_server`: settings from BERTSERVE_* variables, load, verify, uvicorn, drain on
-SIGTERM) with fake backends that sleep a fixed time per batch, so that capacity is known and
+(`bertserve.service.api.server.run_server`: settings from BERTSERVE_* variables, load, verify, uvicorn,
+drain on SIGTERM) with fake backends that sleep a fixed time per batch, so that capacity is known and
 deterministic. Without the flag, tests run the real `bertserve serve` command.
 """
 
@@ -116,9 +116,9 @@ def _main() -> int:
     options = parser.parse_args()
 
     from bertserve.modelrepo import ModelConfig, Task
-    from service.backends.base import Backend
-    from service.backends.fake import FakeBackend, FaultHooks
-    from service.main import run_server
+    from bertserve.runtime.base import Backend
+    from bertserve.runtime.fake import FakeBackend, FaultHooks
+    from bertserve.service.api.server import run_server
 
     faults = FaultHooks(delay_s=options.fake_delay_ms / 1000)
 

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from bertserve.modelrepo import load_model_config
-from service.app import create_app
-from service.errors import StartupError
-from service.metrics import Metrics
-from service.registry import ModelRegistry
-from service.settings import Settings
+from bertserve.service.api.app import create_app
+from bertserve.service.errors import StartupError
+from bertserve.service.metrics import Metrics
+from bertserve.service.registry import ModelRegistry
+from bertserve.service.settings import Settings
 
 SENTENCES = [
     "the movie was great and the actors were wonderful",
@@ -160,7 +160,7 @@ async def test_int8_runs_the_quantized_artifact(
 
 
 async def test_auto_picks_openvino_on_a_cpu_machine_with_ir(serve: Callable[..., Any]) -> None:
-    from service.backends.selection import count_cuda_devices
+    from bertserve.runtime.selection import count_cuda_devices
 
     if count_cuda_devices() > 0:
         pytest.skip("a GPU is present: auto prefers it")

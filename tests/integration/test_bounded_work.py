@@ -25,12 +25,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bertserve.modelrepo import ModelConfig
-from service.app import create_app
-from service.backends.base import Backend, Feeds, Logits
-from service.backends.fake import FakeBackend
-from service.pipeline import Pipeline
-from service.registry import ModelRegistry
-from service.settings import Settings
+from bertserve.runtime.base import Backend, Feeds, Logits
+from bertserve.runtime.fake import FakeBackend
+from bertserve.service.api.app import create_app
+from bertserve.service.pipeline import Pipeline
+from bertserve.service.registry import ModelRegistry
+from bertserve.service.settings import Settings
 from tests.helpers.fake_repo import DEFAULT_SPECS, FakeBackends, FakeModelSpec, write_fake_repo
 
 SECRET = "zanzibar-4711"  # stands for user input: never echoed
@@ -310,7 +310,7 @@ async def test_nan_logits_fail_the_batch_and_count(make_service: Callable[..., A
 
 
 def test_no_response_body_can_carry_nan() -> None:
-    from service.api.routes import json_response
+    from bertserve.service.api.routes import json_response
 
     with pytest.raises(ValueError):
         json_response({"score": math.nan})

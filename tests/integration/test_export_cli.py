@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from bertserve.cli import app
+from bertserve.export.errors import ExportError
+from bertserve.export.exporter import ExportOptions, run_export
 from bertserve.modelrepo import Precision, TagScheme, load_model_config, sha256_file
-from export.errors import ExportError
-from export.pipeline import ExportOptions, run_export
 from tests.helpers.checkpoints import (
     TinyCheckpoint,
     build_bare_bert,

@@ -29,7 +29,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from bertserve.modelrepo import Segmentation, Task
-from service.settings import Settings
+from bertserve.service.settings import Settings
 from tests.helpers.fake_repo import DEFAULT_SPECS, FakeModelSpec, write_fake_repo
 from tests.helpers.service_process import ServiceProcess, start_service
 

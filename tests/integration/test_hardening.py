@@ -20,10 +20,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 
-from service.app import create_app
-from service.backends.fake import FaultHooks
-from service.registry import ModelRegistry
-from service.settings import Settings
+from bertserve.runtime.fake import FaultHooks
+from bertserve.service.api.app import create_app
+from bertserve.service.registry import ModelRegistry
+from bertserve.service.settings import Settings
 from tests.helpers.fake_repo import FakeBackends, write_fake_repo
 
 API_KEY = "k" * 24

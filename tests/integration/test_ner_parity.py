@@ -1,4 +1,4 @@
-"""Parity of `service.heads.token_classification.aggregate` with the transformers
+"""Parity of `bertserve.service.heads.token_classification.aggregate` with the transformers
 TokenClassificationPipeline (the reference), and of windowed with whole-text inference.
 
 A tiny random BertForTokenClassification with a real WordPiece fast tokenizer is run by the
@@ -21,8 +21,14 @@ from transformers.pipelines.token_classification import AggregationStrategy as P
 from transformers.pipelines.token_classification import TokenClassificationPipeline
 
 from bertserve.modelrepo import TagScheme, detect_tag_scheme
-from service.heads.token_classification import AggregationStrategy, TagPrefix, aggregate, softmax, split_tag
-from service.windowing import plan_windows
+from bertserve.service.heads.token_classification import (
+    AggregationStrategy,
+    TagPrefix,
+    aggregate,
+    softmax,
+    split_tag,
+)
+from bertserve.service.windowing import plan_windows
 from tests.helpers.checkpoints import NER_LABELS_BIOES, NER_LABELS_IOB2, bert_tokenizer
 
 GROUPED = ("simple", "first", "average", "max")

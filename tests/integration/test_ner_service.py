@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from bertserve.modelrepo import load_model_config
-from service.app import create_app
-from service.backends.fake import fake_logits
-from service.heads.token_classification import TokenClassificationHead
-from service.settings import Settings
-from service.tokenization import TextTokenizer
+from bertserve.runtime.fake import fake_logits
+from bertserve.service.api.app import create_app
+from bertserve.service.heads.token_classification import TokenClassificationHead
+from bertserve.service.settings import Settings
+from bertserve.service.tokenization import TextTokenizer
 from tests.helpers.fake_repo import FakeBackends, write_fake_repo
 
 WORDS = (

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from service.app import create_app
-from service.backends.fake import FaultHooks, fake_logits
-from service.heads.classification import sigmoid, softmax
-from service.registry import ModelRegistry
-from service.settings import Settings
-from service.tokenization import TextTokenizer
+from bertserve.runtime.fake import FaultHooks, fake_logits
+from bertserve.service.api.app import create_app
+from bertserve.service.heads.classification import sigmoid, softmax
+from bertserve.service.registry import ModelRegistry
+from bertserve.service.settings import Settings
+from bertserve.service.tokenization import TextTokenizer
 from tests.helpers.fake_repo import FakeBackends, write_fake_repo
 
 
@@ -330,8 +330,9 @@ async def test_openapi_documents_contract_and_examples(make_service: Callable[..
 
 def test_service_never_imports_torch() -> None:
     code = (
-        "import sys, service.main, service.app, service.registry, service.backends.selection, "
-        "service.backends.onnxruntime, service.backends.openvino; "
+        "import sys, bertserve.service.api.server, bertserve.service.api.app, bertserve.service.registry, "
+        "bertserve.runtime.selection, "
+        "bertserve.runtime.onnxruntime, bertserve.runtime.openvino; "
         "bad = sorted(m for m in ('torch', 'transformers', 'optimum') if m in sys.modules); "
         "print(bad); sys.exit(1 if bad else 0)"
     )

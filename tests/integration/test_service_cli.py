@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from service.backends.selection import count_cuda_devices
+from bertserve.runtime.selection import count_cuda_devices
 from tests.helpers.fake_repo import write_fake_repo
 
 BERTSERVE = [sys.executable, "-m", "bertserve.cli"]

@@ -21,8 +21,8 @@ from bertserve.modelrepo import (
     VersionConfig,
     sha256_file,
 )
-from service.backends.selection import BackendLoader, Environment
-from service.settings import BackendKind, Settings
+from bertserve.runtime.selection import BackendLoader, Environment
+from bertserve.service.settings import BackendKind, Settings
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402

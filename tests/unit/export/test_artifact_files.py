@@ -8,9 +8,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pytest
 
+from bertserve.export.exporter import onnx_artifact_files
 from bertserve.modelrepo import RepositoryError
-from export.pipeline import onnx_artifact_files
-from service.backends.onnx_files import check_external_data
+from bertserve.runtime.onnx_files import check_external_data
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bertserve.modelrepo import ProblemType, Task
-from export.errors import ExportError
-from export.validate import (
+from bertserve.export.errors import ExportError
+from bertserve.export.validate import (
     build_validation_batches,
     compare,
     decisions,
@@ -18,6 +17,7 @@ from export.validate import (
     load_eval_file,
     random_sequences,
 )
+from bertserve.modelrepo import ProblemType, Task
 from tests.helpers.checkpoints import (
     NER_LABELS_IOB2,
     bert_tokenizer,

@@ -6,9 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from bertserve.export.errors import ExportError
 from bertserve.modelrepo import Task
-from export.errors import ExportError
-from export.finetune import TaggedExample, check_iob2, read_conll, read_text_classification, resolve_labels
+from bertserve.training.finetune import (
+    TaggedExample,
+    check_iob2,
+    read_conll,
+    read_text_classification,
+    resolve_labels,
+)
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-from export.finetune import TaggedExample, check_iob2, read_conll, read_text_classification
+from bertserve.training.finetune import TaggedExample, check_iob2, read_conll, read_text_classification
 from tests.unit.finetune.conftest import DEMO_DIR
 
 DATA = DEMO_DIR / "data"

@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from bertserve.cli import app
+from bertserve.export.errors import ExportError
+from bertserve.export.exporter import ExportOptions, run_export
 from bertserve.modelrepo import Task, load_model_config
-from export.errors import ExportError
-from export.finetune import REPORT_FILE, FinetuneOptions, finetune
-from export.pipeline import ExportOptions, run_export
+from bertserve.training.finetune import REPORT_FILE, FinetuneOptions, finetune
 from tests.helpers.checkpoints import build_bert_classifier, build_bert_token_classifier
 
 SENTENCES = (
@@ -127,8 +127,8 @@ def test_token_classification_labels_first_subtokens_and_exports(
 
 
 def test_first_subtoken_targets(tiny_bases: dict[str, Path]) -> None:
-    from export.finetune import TaggedExample as Tagged
-    from export.finetune import _encode_tagged, _load_tokenizer
+    from bertserve.training.finetune import TaggedExample as Tagged
+    from bertserve.training.finetune import _encode_tagged, _load_tokenizer
 
     tokenizer = _load_tokenizer(tiny_bases["ner"])
     labels = ("O", "B-PER", "I-PER")
@@ -145,8 +145,8 @@ def test_first_subtoken_targets(tiny_bases: dict[str, Path]) -> None:
 
 
 def test_label_subwords_trains_every_piece_as_inside(tiny_bases: dict[str, Path]) -> None:
-    from export.finetune import TaggedExample as Tagged
-    from export.finetune import _encode_tagged, _load_tokenizer
+    from bertserve.training.finetune import TaggedExample as Tagged
+    from bertserve.training.finetune import _encode_tagged, _load_tokenizer
 
     tokenizer = _load_tokenizer(tiny_bases["ner"])
     labels = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bertserve.modelrepo import ModelConfig, TagScheme, detect_tag_scheme
-from service.heads.token_classification import (
+from bertserve.service.heads.token_classification import (
     AggregationStrategy,
     Entity,
     TagPrefix,

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from bertserve.modelrepo import Segmentation
-from service.segmentation import segment
+from bertserve.service.segmentation import segment
 
 
 def pieces(text: str, mode: Segmentation) -> list[str]:

@@ -13,7 +13,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from bertserve.modelrepo import TagScheme
-from service.heads.token_classification import AggregationStrategy, aggregate, softmax
+from bertserve.service.heads.token_classification import AggregationStrategy, aggregate, softmax
 from tests.helpers.spans import spans_in_order
 
 LABEL_SETS = {

@@ -1,4 +1,4 @@
-"""Window planning, window inputs and stitching (`service.windowing`)."""
+"""Window planning, window inputs and stitching (`bertserve.service.windowing`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from bertserve.modelrepo import TagScheme
-from service.heads.token_classification import AggregationStrategy, aggregate, softmax
-from service.windowing import Window, WindowInputs, WindowPlan, plan_windows
+from bertserve.service.heads.token_classification import AggregationStrategy, aggregate, softmax
+from bertserve.service.windowing import Window, WindowInputs, WindowPlan, plan_windows
 
 
 def single_sequence(word_ids: Sequence[int]) -> tuple[list[int], list[int | None]]:

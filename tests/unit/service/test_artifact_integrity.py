@@ -30,10 +30,10 @@ from bertserve.modelrepo import (
     save_model_config,
     sha256_file,
 )
-from service.errors import StartupError
-from service.metrics import Metrics
-from service.registry import ModelRegistry
-from service.settings import BackendKind, Settings
+from bertserve.service.errors import StartupError
+from bertserve.service.metrics import Metrics
+from bertserve.service.registry import ModelRegistry
+from bertserve.service.settings import BackendKind, Settings
 from tests.helpers.fake_repo import build_tokenizer
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")

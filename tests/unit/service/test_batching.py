@@ -10,16 +10,16 @@ from collections.abc import AsyncIterator, Callable
 import numpy as np
 import pytest
 
-from service.backends.fake import FakeBackend, fake_logits
-from service.batching import BatchLimits, Collator, DynamicBatcher, plan_batch
-from service.errors import (
+from bertserve.runtime.fake import FakeBackend, fake_logits
+from bertserve.service.batching import BatchLimits, Collator, DynamicBatcher, plan_batch
+from bertserve.service.errors import (
     DeadlineExceededError,
     InferenceError,
     NotReadyError,
     QueueFullError,
 )
-from service.metrics import Metrics
-from service.tokenization import ModelInput
+from bertserve.service.metrics import Metrics
+from bertserve.service.tokenization import ModelInput
 
 NUM_LABELS = 3
 Factory = Callable[..., DynamicBatcher]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bertserve.modelrepo import ProblemType
-from service.heads.classification import ClassificationHead, sigmoid, softmax
+from bertserve.service.heads.classification import ClassificationHead, sigmoid, softmax
 
 LABELS = ("neg", "neu", "pos")
 

@@ -1,4 +1,4 @@
-"""`service.main` helpers that need no server."""
+"""`bertserve.service.api.server` helpers that need no server."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from service import main
-from service.main import ExitWatchdog, is_loopback
+from bertserve.service.api import server as main
+from bertserve.service.api.server import ExitWatchdog, is_loopback
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bertserve.modelrepo import RepositoryError, sha256_file
-from service.backends.onnx_files import check_external_data, external_data_locations
+from bertserve.runtime.onnx_files import check_external_data, external_data_locations
 
 onnx = pytest.importorskip("onnx")  # the export extra; the service itself never imports it
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402

@@ -17,7 +17,7 @@ from bertserve.modelrepo import (
     VersionConfig,
     sha256_file,
 )
-from service.backends.onnxruntime import (
+from bertserve.runtime.onnxruntime import (
     EngineKey,
     GpuOptions,
     ShapeProfile,
@@ -25,7 +25,7 @@ from service.backends.onnxruntime import (
     tensorrt_cache_dirs,
     tensorrt_provider_options,
 )
-from service.backends.selection import (
+from bertserve.runtime.selection import (
     BackendLoader,
     Environment,
     choose_artifact,
@@ -33,8 +33,8 @@ from service.backends.selection import (
     peak_batch_shape,
     reserve_peak_memory,
 )
-from service.errors import BackendUnavailableError, StartupError
-from service.settings import BackendKind, Settings
+from bertserve.service.errors import BackendUnavailableError, StartupError
+from bertserve.service.settings import BackendKind, Settings
 
 CPU_ONLY = Environment(frozenset({"CPUExecutionProvider"}), cuda_devices=0, tensorrt_library=False)
 GPU_ORT = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"})
@@ -190,7 +190,7 @@ def test_loader_keys_the_tensorrt_cache_by_the_chosen_artifact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The production loader passes the model, version and chosen artifact's digest through."""
-    import service.backends.onnxruntime as ort_backend
+    import bertserve.runtime.onnxruntime as ort_backend
 
     seen: list[list[tuple[str, dict[str, str]]]] = []
 
@@ -213,7 +213,7 @@ def test_loader_keys_the_tensorrt_cache_by_the_chosen_artifact(
         files={"model.onnx": sha256_file(vdir / "model.onnx")},
     )
     monkeypatch.setattr(ort_backend, "OnnxRuntimeBackend", Recorder)
-    monkeypatch.setattr("service.backends.onnx_files.check_external_data", lambda *a: None)
+    monkeypatch.setattr("bertserve.runtime.onnx_files.check_external_data", lambda *a: None)
     settings = Settings(backend=BackendKind.TENSORRT, tensorrt_cache_dir=tmp_path / "cache")
     BackendLoader(settings, env_probe=lambda: GPU_FULL)(model([onnx]), vdir)
     trt_options = dict(seen[0])["TensorrtExecutionProvider"]
@@ -238,8 +238,8 @@ def test_provider_chains_fall_back_in_order(tmp_path: Path) -> None:
 
 def test_openvino_bounds_its_per_shape_caches() -> None:
     """With the defaults (5000 executors, 1024 oneDNN primitives) RSS grew for every new batch
-    shape for the whole of a soak; both caches are bounded (service.backends.openvino NOTE)."""
-    from service.backends.openvino import PRIMITIVE_CACHE_CAPACITY, RUNTIME_CACHE_CAPACITY, compile_config
+    shape for the whole of a soak; both caches are bounded (bertserve.runtime.openvino NOTE)."""
+    from bertserve.runtime.openvino import PRIMITIVE_CACHE_CAPACITY, RUNTIME_CACHE_CAPACITY, compile_config
 
     config = compile_config("LATENCY", 2, None)
     assert config["CPU_RUNTIME_CACHE_CAPACITY"] == RUNTIME_CACHE_CAPACITY <= 500

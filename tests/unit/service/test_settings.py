@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from bertserve.modelrepo import BatchingConfig, Precision
-from service.settings import BackendKind, Settings
+from bertserve.service.settings import BackendKind, Settings
 
 
 def test_defaults_are_safe() -> None:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from service.errors import PayloadTooLargeError
-from service.tokenization import TextInput, TextTokenizer
+from bertserve.service.errors import PayloadTooLargeError
+from bertserve.service.tokenization import TextInput, TextTokenizer
 from tests.helpers.fake_repo import build_tokenizer
 
 

@@ -41,10 +41,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bertserve.export.checkpoint import parse_task
+from bertserve.export.errors import ExportError
+from bertserve.export.validate import extract_entities
 from bertserve.modelrepo import Task
-from export.checkpoint import parse_task
-from export.errors import ExportError
-from export.validate import extract_entities
 
 if TYPE_CHECKING:
     import torch

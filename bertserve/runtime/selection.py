@@ -23,9 +23,9 @@ from bertserve.modelrepo import (
     VersionConfig,
     verify_files,
 )
-from service.backends.base import Backend
-from service.errors import BackendUnavailableError, StartupError
-from service.settings import BackendKind, Settings
+from bertserve.runtime.base import Backend
+from bertserve.service.errors import BackendUnavailableError, StartupError
+from bertserve.service.settings import BackendKind, Settings
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ class BackendLoader:
     def __call__(self, model: ModelConfig, version_dir: Path) -> Backend:
         s = self.settings
         if s.backend == BackendKind.FAKE:
-            from service.backends.fake import FakeBackend
+            from bertserve.runtime.fake import FakeBackend
 
             return FakeBackend(
                 num_labels=len(model.labels),
@@ -233,13 +233,13 @@ class BackendLoader:
         )
         verify_files(version_dir, artifact.files)
         if artifact.format != ArtifactFormat.OPENVINO:
-            from service.backends.onnx_files import check_external_data
+            from bertserve.runtime.onnx_files import check_external_data
 
             check_external_data(version_dir, artifact.main_file, artifact.files)
         path = version_dir / artifact.main_file
         output = model.outputs[0]
         if choice.kind == BackendKind.OPENVINO_CPU:
-            from service.backends.openvino import OpenVinoBackend, compile_config
+            from bertserve.runtime.openvino import OpenVinoBackend, compile_config
 
             config = compile_config(s.openvino_hint, s.threads, s.openvino_streams)
             # The weights are passed by their listed (and just verified) path, not left for
@@ -248,7 +248,7 @@ class BackendLoader:
             backend: Backend = OpenVinoBackend(path, weights, artifact.precision, config, output)
             reserve_peak_memory(backend, model, s.batching_for(model.batching))
             return backend
-        from service.backends.onnxruntime import (
+        from bertserve.runtime.onnxruntime import (
             EngineKey,
             GpuOptions,
             OnnxRuntimeBackend,

@@ -7,7 +7,7 @@ and /health/ready says 503 until every model has run one inference.
 Middleware, outermost first: CORS (only when origins are listed: preflights carry no key), the
 API key (only when one is set), the body-size limit, then FastAPI's own stack. There are no
 management, reload or file-path endpoints: the routes are the inference, model-metadata, health
-and metrics ones in `service.api.routes`, plus the OpenAPI schema and its viewers.
+and metrics ones in `bertserve.service.api.routes`, plus the OpenAPI schema and its viewers.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.middleware.cors import CORSMiddleware
 
-import service
-from service.api.middleware import (
+import bertserve
+from bertserve.runtime.selection import BackendFactory
+from bertserve.service.api.middleware import (
     DOCS_PATHS,
     HEALTH_PATHS,
     METRICS_PATH,
@@ -31,12 +32,11 @@ from service.api.middleware import (
     ApiKeyMiddleware,
     BodyLimitMiddleware,
 )
-from service.api.routes import AppState, count_overloaded, count_unobserved_error, router
-from service.backends.selection import BackendFactory
-from service.errors import install_error_handlers
-from service.metrics import Metrics
-from service.registry import ModelRegistry
-from service.settings import Settings
+from bertserve.service.api.routes import AppState, count_overloaded, count_unobserved_error, router
+from bertserve.service.errors import install_error_handlers
+from bertserve.service.metrics import Metrics
+from bertserve.service.registry import ModelRegistry
+from bertserve.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,13 @@ def create_app(
             warm_up.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await warm_up
-            # Requests were drained before uvicorn shut down (see service.main); a backend stuck
-            # in a call must not hold the exit beyond the drain budget.
+            # Requests were drained before uvicorn shut down (see api.server); a backend stuck in
+            # a call must not hold the exit beyond the drain budget.
             await reg.stop(timeout_s=settings.drain_timeout_s)
 
     app = FastAPI(
         title="bertserve",
-        version=getattr(service, "__version__", "0.1.0"),
+        version=bertserve.__version__,
         summary="Batched inference for fine-tuned BERT-family encoders.",
         lifespan=lifespan,
     )

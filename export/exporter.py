@@ -18,25 +18,10 @@ from pathlib import Path, PurePosixPath
 
 from rich.console import Console
 
-from bertserve.modelrepo import (
-    MODEL_CONFIG_FILE,
-    Artifact,
-    ArtifactFormat,
-    BatchingConfig,
-    ModelConfig,
-    Precision,
-    RepositoryError,
-    Segmentation,
-    Task,
-    VersionConfig,
-    load_model_config,
-    save_model_config,
-    sha256_file,
-)
-from export.checkpoint import LoadedCheckpoint, load_checkpoint, parse_task
-from export.errors import ExportError
-from export.report import ArtifactResult, ExportReport, GateResult, StepProgress, render_summary
-from export.validate import (
+from bertserve.export.checkpoint import LoadedCheckpoint, load_checkpoint, parse_task
+from bertserve.export.errors import ExportError
+from bertserve.export.report import ArtifactResult, ExportReport, GateResult, StepProgress, render_summary
+from bertserve.export.validate import (
     FP32_ATOL,
     PAIRS,
     SENTENCES,
@@ -53,6 +38,21 @@ from export.validate import (
     evaluate,
     load_eval_file,
     speed_batch,
+)
+from bertserve.modelrepo import (
+    MODEL_CONFIG_FILE,
+    Artifact,
+    ArtifactFormat,
+    BatchingConfig,
+    ModelConfig,
+    Precision,
+    RepositoryError,
+    Segmentation,
+    Task,
+    VersionConfig,
+    load_model_config,
+    save_model_config,
+    sha256_file,
 )
 
 __all__ = ["ExportError", "ExportOptions", "ExportResult", "run_export"]
@@ -168,8 +168,8 @@ def onnx_artifact_files(folder: Path, main: str) -> list[str]:
     """`main` and every external-data file its graph reads (graphs over 2 GB keep their weights
     beside them), relative to `folder`: all of them go into model.yaml with a sha256, because the
     service refuses to open a graph that reads an unlisted file. The walk is the service's own
-    (service.backends.onnx_files), so what the export lists is exactly what the service checks."""
-    from service.backends.onnx_files import external_data_locations
+    (bertserve.runtime.onnx_files), so what the export lists is exactly what the service checks."""
+    from bertserve.runtime.onnx_files import external_data_locations
 
     base = PurePosixPath(main).parent
     extra = [str(base / location) for location in external_data_locations(folder / main)]
@@ -241,7 +241,7 @@ def _export_version(
     version: int,
     existing: ModelConfig | None,
 ) -> ExportResult:
-    from export.onnx_export import export_portable_onnx, optimize_for_onnxruntime
+    from bertserve.export.onnx_export import export_portable_onnx, optimize_for_onnxruntime
 
     task = ckpt.task
     built = _Built()
@@ -316,7 +316,7 @@ def _export_version(
                 OnnxRuntimeRunner(staging / ORT_FILE),
             )
         if options.int8:
-            from export.quantize import quantize_onnx_dynamic
+            from bertserve.export.quantize import quantize_onnx_dynamic
 
             with steps.step("int8 ONNX (dynamic quantization)"):
                 quantize_onnx_dynamic(onnx_path, staging / INT8_ONNX_FILE)
@@ -328,7 +328,7 @@ def _export_version(
                 )
 
     if "openvino" in formats:
-        from export.openvino_export import IR_BIN, IR_XML, convert_to_openvino, save_ir
+        from bertserve.export.openvino_export import IR_BIN, IR_XML, convert_to_openvino, save_ir
 
         ir_precision = Precision.FP16 if options.fp16_ir else Precision.FP32
         with steps.step(f"OpenVINO IR ({ir_precision.value})"):
@@ -341,7 +341,7 @@ def _export_version(
                 OpenVinoRunner(xml),
             )
         if options.int8:
-            from export.quantize import quantize_openvino_int8
+            from bertserve.export.quantize import quantize_openvino_int8
 
             texts, source = _calibration_texts(options.calibration)
             notes.append(f"OpenVINO int8 calibrated on {source}")

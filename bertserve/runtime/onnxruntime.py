@@ -15,9 +15,9 @@ import numpy as np
 import onnxruntime as ort
 
 from bertserve.modelrepo import Precision
-from service.backends.base import Feeds, Logits
-from service.errors import BackendUnavailableError
-from service.settings import BackendKind
+from bertserve.runtime.base import Feeds, Logits
+from bertserve.service.errors import BackendUnavailableError
+from bertserve.service.settings import BackendKind
 
 log = logging.getLogger(__name__)
 

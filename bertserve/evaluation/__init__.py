@@ -1,0 +1,1 @@
+"""Datasets, metrics and scoring an artifact through the served pipeline: one evaluation path."""
