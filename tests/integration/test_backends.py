@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from bertserve.modelrepo import load_model_config
-from bertserve.service.api.app import create_app
 from bertserve.service.errors import StartupError
 from bertserve.service.metrics import Metrics
 from bertserve.service.registry import ModelRegistry
 from bertserve.service.settings import Settings
+from tests.helpers.asgi import AppStarter
 
 SENTENCES = [
     "the movie was great and the actors were wonderful",
@@ -55,25 +55,14 @@ def torch_scores(checkpoint: Path, inputs: list[Any], max_length: int) -> list[d
 
 
 @pytest.fixture
-async def serve(exported_repo: Path) -> AsyncIterator[Callable[..., Any]]:
-    opened: list[tuple[Any, httpx.AsyncClient]] = []
-
+def serve(exported_repo: Path, start_app: AppStarter) -> Callable[..., Any]:
     async def start(model: str, backend: str, precision: str | None = None, **kw: Any) -> httpx.AsyncClient:
         settings = Settings(
             repo=exported_repo, models=[model], backend=backend, precision=precision, intra_op_threads=1, **kw
         )  # type: ignore[arg-type]
-        app = create_app(settings)
-        lifespan = app.router.lifespan_context(app)
-        await lifespan.__aenter__()
-        await app.state.bertserve.registry.wait_ready(60)
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
-        opened.append((lifespan, client))
-        return client
+        return (await start_app.start(settings, wait_ready_s=60)).client
 
-    yield start
-    for lifespan, client in reversed(opened):
-        await client.aclose()
-        await lifespan.__aexit__(None, None, None)
+    return start
 
 
 async def classify(client: httpx.AsyncClient, model: str, inputs: Any) -> list[dict[str, float]]:

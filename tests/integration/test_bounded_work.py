@@ -14,7 +14,7 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +27,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from bertserve.modelrepo import ModelConfig
 from bertserve.runtime.base import Backend, Feeds, Logits
 from bertserve.runtime.fake import FakeBackend
-from bertserve.service.api.app import create_app
 from bertserve.service.pipeline import Pipeline
 from bertserve.service.registry import ModelRegistry
 from bertserve.service.settings import Settings
+from tests.helpers.asgi import AppStarter
 from tests.helpers.fake_repo import DEFAULT_SPECS, FakeBackends, FakeModelSpec, write_fake_repo
 
 SECRET = "zanzibar-4711"  # stands for user input: never echoed
@@ -93,29 +93,22 @@ class Service:
 
 
 @pytest.fixture
-async def make_service(fake_repo: Path) -> AsyncIterator[Callable[..., Any]]:
-    stack: list[tuple[Any, httpx.AsyncClient]] = []
-
+def make_service(fake_repo: Path, start_app: AppStarter) -> Callable[..., Any]:
     async def make(
         backends: FakeBackends | None = None, wait_ready: bool = True, **overrides: Any
     ) -> Service:
         settings = Settings(repo=fake_repo, backend="fake", **overrides)  # type: ignore[arg-type]
         backends = backends or FakeBackends()
-        app = create_app(settings, backend_factory=backends)
-        lifespan = app.router.lifespan_context(app)
-        await lifespan.__aenter__()
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        client = httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30)
-        stack.append((lifespan, client))
-        registry: ModelRegistry = app.state.bertserve.registry
-        if wait_ready:
-            await registry.wait_ready(10)
-        return Service(client, backends, registry)
+        started = await start_app.start(
+            settings,
+            backends,
+            wait_ready_s=10 if wait_ready else None,
+            raise_app_exceptions=False,
+            timeout=30,
+        )
+        return Service(started.client, backends, started.registry)
 
-    yield make
-    for lifespan, client in reversed(stack):
-        await client.aclose()
-        await lifespan.__aexit__(None, None, None)
+    return make
 
 
 def envelope(response: httpx.Response, status: int, error_type: str) -> str:

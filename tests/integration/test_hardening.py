@@ -10,7 +10,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,9 @@ from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 
 from bertserve.runtime.fake import FaultHooks
-from bertserve.service.api.app import create_app
 from bertserve.service.registry import ModelRegistry
 from bertserve.service.settings import Settings
+from tests.helpers.asgi import AppStarter
 from tests.helpers.fake_repo import FakeBackends, write_fake_repo
 
 API_KEY = "k" * 24
@@ -60,28 +60,15 @@ class Service:
 
 
 @pytest.fixture
-async def make_service(fake_repo: Path) -> AsyncIterator[Callable[..., Any]]:
-    stack: list[tuple[Any, httpx.AsyncClient]] = []
-
+def make_service(fake_repo: Path, start_app: AppStarter) -> Callable[..., Any]:
     async def make(**overrides: Any) -> Service:
         settings = Settings(repo=fake_repo, backend="fake", **overrides)  # type: ignore[arg-type]
         backends = FakeBackends()
-        app = create_app(settings, backend_factory=backends)
-        lifespan = app.router.lifespan_context(app)
-        await lifespan.__aenter__()
-        # raise_app_exceptions=False: an unexpected error must come back as the 500 envelope, the
-        # way a real server sends it, not be re-raised into the test.
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        client = httpx.AsyncClient(transport=transport, base_url="http://test")
-        stack.append((lifespan, client))
-        registry: ModelRegistry = app.state.bertserve.registry
-        await registry.wait_ready(10)
-        return Service(app, client, backends, registry)
+        # An unexpected error must come back as the 500 envelope, as a real server sends it.
+        started = await start_app.start(settings, backends, raise_app_exceptions=False)
+        return Service(started.app, started.client, backends, started.registry)
 
-    yield make
-    for lifespan, client in reversed(stack):
-        await client.aclose()
-        await lifespan.__aexit__(None, None, None)
+    return make
 
 
 def assert_envelope(response: httpx.Response, status: int, error_type: str) -> str:

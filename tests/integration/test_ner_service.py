@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,10 @@ import pytest
 
 from bertserve.modelrepo import load_model_config
 from bertserve.runtime.fake import fake_logits
-from bertserve.service.api.app import create_app
 from bertserve.service.heads.token_classification import TokenClassificationHead
 from bertserve.service.settings import Settings
 from bertserve.service.tokenization import TextTokenizer
+from tests.helpers.asgi import AppStarter, serve_app
 from tests.helpers.fake_repo import FakeBackends, write_fake_repo
 
 WORDS = (
@@ -53,17 +53,11 @@ def assert_on_words(entities: list[dict[str, Any]], word_of: dict[int, int]) -> 
 
 
 @pytest.fixture
-async def fake_client(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Path, Any]]:
+async def fake_client(tmp_path: Path, start_app: AppStarter) -> tuple[httpx.AsyncClient, Path, Any]:
     repo = write_fake_repo(tmp_path / "repo")
     settings = Settings(repo=repo, backend="fake", ner_stride=8)  # type: ignore[arg-type]
-    app = create_app(settings, backend_factory=FakeBackends())
-    lifespan = app.router.lifespan_context(app)
-    await lifespan.__aenter__()
-    await app.state.bertserve.registry.wait_ready(30)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
-    yield client, repo, app
-    await client.aclose()
-    await lifespan.__aexit__(None, None, None)
+    started = await start_app.start(settings, FakeBackends(), wait_ready_s=30)
+    return started.client, repo, started.app
 
 
 def expected_whole_text(repo: Path, text: str, strategy: str) -> list[dict[str, Any]]:
@@ -169,22 +163,20 @@ async def test_model_yaml_sets_the_default_segmentation(tmp_path: Path) -> None:
     raw["segmentation"] = "lines"
     path.write_text(yaml.safe_dump(raw))
     settings = Settings(repo=repo, backend="fake")  # type: ignore[arg-type]
-    app = create_app(settings, backend_factory=FakeBackends())
     text = "john smith lives in new york\nthe united nations"
-    async with app.router.lifespan_context(app):
-        await app.state.bertserve.registry.wait_ready(30)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
-            default = (
-                await client.post("/v1/models/ner/ner", json={"inputs": text, "aggregation": "none"})
-            ).json()
-            lines = await client.post(
-                "/v1/models/ner/ner", json={"inputs": text, "aggregation": "none", "segmentation": "lines"}
-            )
-            whole = await client.post(
-                "/v1/models/ner/ner", json={"inputs": text, "aggregation": "none", "segmentation": "none"}
-            )
-            info = (await client.get("/v1/models/ner")).json()
-            cls_info = (await client.get("/v1/models/cls")).json()
+    async with serve_app(settings, FakeBackends(), wait_ready_s=30) as served:
+        client = served.client
+        default = (
+            await client.post("/v1/models/ner/ner", json={"inputs": text, "aggregation": "none"})
+        ).json()
+        lines = await client.post(
+            "/v1/models/ner/ner", json={"inputs": text, "aggregation": "none", "segmentation": "lines"}
+        )
+        whole = await client.post(
+            "/v1/models/ner/ner", json={"inputs": text, "aggregation": "none", "segmentation": "none"}
+        )
+        info = (await client.get("/v1/models/ner")).json()
+        cls_info = (await client.get("/v1/models/cls")).json()
     assert default == lines.json() != whole.json()
     assert info["segmentation"] == "lines" and info["tag_scheme"] is not None
     assert cls_info["segmentation"] is None and cls_info["tag_scheme"] is None
@@ -236,14 +228,8 @@ async def test_ner_errors_use_the_envelope(
 async def test_character_cap_applies_to_ner(tmp_path: Path) -> None:
     repo = write_fake_repo(tmp_path / "repo")
     settings = Settings(repo=repo, backend="fake", max_input_chars=50)  # type: ignore[arg-type]
-    app = create_app(settings, backend_factory=FakeBackends())
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://t") as c,
-    ):
-        await app.state.bertserve.registry.wait_ready(30)
-        r = await c.post("/v1/models/ner/ner", json={"inputs": "x" * 51})
+    async with serve_app(settings, FakeBackends(), wait_ready_s=30) as served:
+        r = await served.client.post("/v1/models/ner/ner", json={"inputs": "x" * 51})
         assert r.status_code == 413
         assert "51 characters" in r.json()["error"]["message"]
 
@@ -268,31 +254,29 @@ async def test_exported_tagger_agrees_with_the_transformers_pipeline(
     exported_repo: Path, reference_pipeline: Callable[[str, str], list[dict[str, Any]]], backend: str
 ) -> None:
     settings = Settings(repo=exported_repo, models=["bert-ner"], backend=backend, intra_op_threads=1)  # type: ignore[arg-type]
-    app = create_app(settings)
     rng = random.Random(3)
     texts = [random_text(rng, rng.randint(1, 20)) for _ in range(25)]
-    async with app.router.lifespan_context(app):
-        await app.state.bertserve.registry.wait_ready(60)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
-            compared = 0
-            for strategy in ("simple", "first", "average", "max"):
-                r = await c.post("/v1/models/bert-ner/ner", json={"inputs": texts, "aggregation": strategy})
-                assert r.status_code == 200, r.text
-                for text, got in zip(texts, r.json()["results"], strict=True):
-                    want = reference_pipeline(text, strategy)
-                    assert [(e["entity_group"], e["start"], e["end"]) for e in got] == [
-                        (e["entity_group"], e["start"], e["end"]) for e in want
-                    ], (strategy, text)
-                    for g, w in zip(got, want, strict=True):
-                        assert abs(g["score"] - float(w["score"])) < 1e-3
-                        assert g["text"] == text[w["start"] : w["end"]]  # the pipeline's span
-                    compared += len(want)
-            assert compared > 50  # the random tagger does tag things: the comparison has content
+    async with serve_app(settings, wait_ready_s=60) as served:
+        c = served.client
+        compared = 0
+        for strategy in ("simple", "first", "average", "max"):
+            r = await c.post("/v1/models/bert-ner/ner", json={"inputs": texts, "aggregation": strategy})
+            assert r.status_code == 200, r.text
+            for text, got in zip(texts, r.json()["results"], strict=True):
+                want = reference_pipeline(text, strategy)
+                assert [(e["entity_group"], e["start"], e["end"]) for e in got] == [
+                    (e["entity_group"], e["start"], e["end"]) for e in want
+                ], (strategy, text)
+                for g, w in zip(got, want, strict=True):
+                    assert abs(g["score"] - float(w["score"])) < 1e-3
+                    assert g["text"] == text[w["start"] : w["end"]]  # the pipeline's span
+                compared += len(want)
+        assert compared > 50  # the random tagger does tag things: the comparison has content
 
-            # a text far beyond the model's 128 tokens: windowed, exact spans, no duplicates
-            long_text, word_of = placed_text(rng, 600)
-            r = await c.post("/v1/models/bert-ner/ner", json={"inputs": long_text})
-            entities = r.json()["results"][0]
-            assert entities and entities[-1]["end"] > len(long_text) // 2
-            assert_on_words(entities, word_of)
-            assert all(a["end"] <= b["start"] for a, b in itertools.pairwise(entities))
+        # a text far beyond the model's 128 tokens: windowed, exact spans, no duplicates
+        long_text, word_of = placed_text(rng, 600)
+        r = await c.post("/v1/models/bert-ner/ner", json={"inputs": long_text})
+        entities = r.json()["results"][0]
+        assert entities and entities[-1]["end"] > len(long_text) // 2
+        assert_on_words(entities, word_of)
+        assert all(a["end"] <= b["start"] for a, b in itertools.pairwise(entities))

@@ -6,7 +6,7 @@ import asyncio
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,11 @@ import pytest
 from fastapi import FastAPI
 
 from bertserve.runtime.fake import FaultHooks, fake_logits
-from bertserve.service.api.app import create_app
 from bertserve.service.heads.classification import sigmoid, softmax
 from bertserve.service.registry import ModelRegistry
 from bertserve.service.settings import Settings
 from bertserve.service.tokenization import TextTokenizer
+from tests.helpers.asgi import AppStarter
 from tests.helpers.fake_repo import FakeBackends, write_fake_repo
 
 
@@ -53,27 +53,15 @@ class Service:
 
 
 @pytest.fixture
-async def make_service(fake_repo: Path) -> AsyncIterator[Callable[..., Any]]:
-    stack: list[tuple[FastAPI, Any, httpx.AsyncClient]] = []
-
+def make_service(fake_repo: Path, start_app: AppStarter) -> Callable[..., Any]:
     async def make(wait_ready: bool = True, faults: FaultHooks | None = None, **overrides: Any) -> Service:
         settings = Settings(repo=fake_repo, backend="fake", **overrides)  # type: ignore[arg-type]
         backends = FakeBackends(faults or FaultHooks())
-        app = create_app(settings, backend_factory=backends)
-        lifespan = app.router.lifespan_context(app)
-        await lifespan.__aenter__()
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
-        stack.append((app, lifespan, client))
-        registry: ModelRegistry = app.state.bertserve.registry
-        if wait_ready:
-            await registry.wait_ready(5)
+        started = await start_app.start(settings, backends, wait_ready_s=5 if wait_ready else None)
         tokenizer = TextTokenizer(fake_repo / "cls" / "1" / "tokenizer.json", 32)
-        return Service(app, client, backends, registry, tokenizer)
+        return Service(started.app, started.client, backends, started.registry, tokenizer)
 
-    yield make
-    for _, lifespan, client in reversed(stack):
-        await client.aclose()
-        await lifespan.__aexit__(None, None, None)
+    return make
 
 
 def assert_envelope(response: httpx.Response, status: int, error_type: str) -> str:
