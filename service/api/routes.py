@@ -1,7 +1,8 @@
 """HTTP routes. Each is thin: validate, look up the pipeline, call it, serialise.
 
-Responses are serialised with `json.dumps` on plain dicts and returned as raw `Response`s: the
-pydantic response models document the contract in OpenAPI but are not re-validated per request.
+Each body is built as the TypedDict that is also its route's `response_model` (api/schemas.py),
+so mypy checks the body against the OpenAPI schema; it is serialised with `json.dumps` into a
+`JsonBody`, a raw `Response` typed by its body, and never re-validated per request.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Final, TypeVar, cast
+from typing import Annotated, Final, Generic, TypeVar, cast
 
 from fastapi import APIRouter, Header, Request
 from pydantic import WithJsonSchema
@@ -44,13 +45,20 @@ from bertserve.service.errors import (
     openapi_error_responses,
     status_for,
 )
+from bertserve.service.heads.token_classification import Entity
 from bertserve.service.metrics import UNKNOWN_MODEL, Metrics
-from bertserve.service.pipeline import ClassificationPipeline, Pipeline, TokenClassificationPipeline
+from bertserve.service.pipeline import (
+    Classification,
+    ClassificationPipeline,
+    Pipeline,
+    TokenClassificationPipeline,
+)
 from bertserve.service.registry import ModelRegistry
 from bertserve.service.settings import Settings
 from bertserve.service.tokenization import TextInput
 
 T = TypeVar("T")
+B = TypeVar("B")
 JSON = "application/json"
 CLIENT_CLOSED = 499  # nginx's convention for "client went away before the answer"
 INFERENCE_ENDPOINTS: Final = ("classify", "ner")  # route names = `endpoint` label values
@@ -80,11 +88,22 @@ def app_state(request: Request) -> AppState:
     return cast(AppState, request.app.state.bertserve)
 
 
-def json_response(payload: object, status: int = 200) -> Response:
-    # NOTE: allow_nan=False: NaN/Infinity are not JSON; a value that slipped past the batcher's
-    # finiteness check becomes a 500 envelope, never a body that clients cannot parse.
-    body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
-    return Response(body, status_code=status, media_type=JSON)
+class JsonBody(Response, Generic[B]):
+    """A JSON response whose body has the type `B`: a handler annotated `-> JsonBody[ModelInfo]`
+    can only return a `ModelInfo` body (mypy), and its route's `response_model` is `ModelInfo`
+    (tests/unit/service/api/test_schemas.py)."""
+
+    media_type = JSON
+
+    def __init__(self, body: B, status_code: int = 200) -> None:
+        # NOTE: allow_nan=False: NaN/Infinity are not JSON; a value that slipped past the batcher's
+        # finiteness check becomes a 500 envelope, never a body that clients cannot parse.
+        content = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+        super().__init__(content, status_code=status_code)
+
+
+def json_response(payload: B, status: int = 200) -> JsonBody[B]:
+    return JsonBody(payload, status)
 
 
 @contextmanager
@@ -177,7 +196,25 @@ def normalize_inputs(raw: str | list[str] | list[tuple[str, str]], settings: Set
     return inputs
 
 
-def model_info(pipeline: Pipeline, ready: bool, settings: Settings) -> dict[str, object]:
+def classify_body(model: str, out: Classification) -> ClassifyResponse:
+    # NOTE: built inline in the return so that mypy checks each item against LabelScoreOut (a
+    # comprehension assigned to a name first is inferred as plain dicts).
+    return {
+        "model": model,
+        "results": [[{"label": s.label, "score": s.score} for s in row] for row in out.results],
+        "truncated": out.truncated,
+    }
+
+
+def ner_body(model: str, results: list[list[Entity]]) -> NerResponse:
+    return {"model": model, "results": [[e.as_dict() for e in row] for row in results]}
+
+
+def health_ok() -> HealthOut:
+    return {"status": "ok", "reasons": []}
+
+
+def model_info(pipeline: Pipeline, ready: bool, settings: Settings) -> ModelInfo:
     config, limits = pipeline.config, pipeline.batcher.limits
     return {
         "name": config.name,
@@ -230,7 +267,7 @@ _INFERENCE_ERRORS = openapi_error_responses(
 )
 async def classify(
     model: str, body: ClassifyRequest, request: Request, timeout_ms: RequestTimeoutHeader = None
-) -> Response:
+) -> JsonBody[ClassifyResponse]:
     state = app_state(request)
     with observe_request(request, model, "classify"):
         pipeline = state.registry.get(model, ClassificationPipeline)
@@ -241,8 +278,7 @@ async def classify(
                 inputs, top_k=body.top_k, truncate=body.truncate, timeout_s=timeout_s(timeout_ms)
             ),
         )
-        results = [[{"label": s.label, "score": s.score} for s in row] for row in out.results]
-        return json_response({"model": model, "results": results, "truncated": out.truncated})
+        return JsonBody(classify_body(model, out))
 
 
 @router.post(
@@ -254,7 +290,7 @@ async def classify(
 )
 async def ner(
     model: str, body: NerRequest, request: Request, timeout_ms: RequestTimeoutHeader = None
-) -> Response:
+) -> JsonBody[NerResponse]:
     state = app_state(request)
     with observe_request(request, model, "ner"):
         pipeline = state.registry.get(model, TokenClassificationPipeline)
@@ -269,7 +305,7 @@ async def ner(
                 timeout_s=timeout_s(timeout_ms),
             ),
         )
-        return json_response({"model": model, "results": [[e.as_dict() for e in row] for row in results]})
+        return JsonBody(ner_body(model, results))
 
 
 @router.get(
@@ -279,12 +315,10 @@ async def ner(
     tags=["models"],
     summary="Served models",
 )
-async def list_models(request: Request) -> Response:
+async def list_models(request: Request) -> JsonBody[ModelList]:
     state = app_state(request)
     ready = state.registry.is_ready
-    return json_response(
-        {"models": [model_info(p, ready, state.settings) for p in state.registry.pipelines()]}
-    )
+    return JsonBody({"models": [model_info(p, ready, state.settings) for p in state.registry.pipelines()]})
 
 
 @router.get(
@@ -294,9 +328,9 @@ async def list_models(request: Request) -> Response:
     tags=["models"],
     summary="One served model: task, labels, backend, precision, batching",
 )
-async def get_model(model: str, request: Request) -> Response:
+async def get_model(model: str, request: Request) -> JsonBody[ModelInfo]:
     state = app_state(request)
-    return json_response(model_info(state.registry.describe(model), state.registry.is_ready, state.settings))
+    return JsonBody(model_info(state.registry.describe(model), state.registry.is_ready, state.settings))
 
 
 @router.get(
@@ -306,11 +340,11 @@ async def get_model(model: str, request: Request) -> Response:
     tags=["health"],
     summary="The process is up and can still become or stay ready; 503 when only a restart helps",
 )
-async def live(request: Request) -> Response:
+async def live(request: Request) -> JsonBody[HealthOut]:
     problems = app_state(request).registry.liveness_problems()
     if problems:
         raise UnhealthyError("; ".join(problems))
-    return json_response({"status": "ok", "reasons": []})
+    return JsonBody(health_ok())
 
 
 @router.get(
@@ -320,11 +354,11 @@ async def live(request: Request) -> Response:
     tags=["health"],
     summary="Every model loaded and warmed up; 503 with reasons otherwise",
 )
-async def ready(request: Request) -> Response:
+async def ready(request: Request) -> JsonBody[HealthOut]:
     problems = app_state(request).registry.readiness_problems()
     if problems:
         raise NotReadyError("; ".join(problems))
-    return json_response({"status": "ok", "reasons": []})
+    return JsonBody(health_ok())
 
 
 @router.get(

@@ -1,13 +1,23 @@
-"""Pydantic models of the public HTTP contract, with the examples shown at /docs."""
+"""The public HTTP contract: pydantic request models and the TypedDicts every response body is
+built as, with the examples shown at /docs."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, NotRequired
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+    with_config,
+)
+from typing_extensions import TypedDict
 
 from bertserve.modelrepo import Segmentation
-from bertserve.service.heads.token_classification import DEFAULT_IGNORE_LABELS, AggregationStrategy
+from bertserve.service.heads.token_classification import DEFAULT_IGNORE_LABELS, AggregationStrategy, EntityOut
 
 
 def _plain_text(value: str) -> str:
@@ -109,18 +119,17 @@ class NerRequest(RequestBody):
     )
 
 
-class EntityOut(BaseModel):
-    entity_group: str | None = Field(None, description="Entity type (grouped strategies).")
-    entity: str | None = Field(None, description="Token tag, e.g. B-PER (aggregation none).")
-    index: int | None = Field(None, description="Token position in the encoding (aggregation none).")
-    score: float
-    start: int = Field(description="Character offset in the input; input[start:end] == text.")
-    end: int
-    text: str
+# --- response bodies ---------------------------------------------------------------------------
+# NOTE: each body has one definition, a TypedDict: the routes (and `Entity.as_dict` for entities)
+# build exactly these types, so mypy checks every key and value type of every body, and FastAPI
+# generates the OpenAPI schemas from the same classes (`response_model=`). A TypedDict is a plain
+# dict at run time: bodies are still serialised straight to bytes, with no validation per request.
+# Docstrings become schema descriptions, so only a class whose schema has one carries one.
+# NotRequired marks what the schema leaves optional; the builders still always send those keys.
 
 
-class NerResponse(BaseModel):
-    model_config = ConfigDict(
+@with_config(
+    ConfigDict(
         json_schema_extra={
             "examples": [
                 {
@@ -141,18 +150,19 @@ class NerResponse(BaseModel):
             ]
         }
     )
-
+)
+class NerResponse(TypedDict):
     model: str
-    results: list[list[EntityOut]] = Field(description="One list per input, in text order.")
+    results: Annotated[list[list[EntityOut]], Field(description="One list per input, in text order.")]
 
 
-class LabelScoreOut(BaseModel):
+class LabelScoreOut(TypedDict):
     label: str
     score: float
 
 
-class ClassifyResponse(BaseModel):
-    model_config = ConfigDict(
+@with_config(
+    ConfigDict(
         json_schema_extra={
             "examples": [
                 {
@@ -165,34 +175,39 @@ class ClassifyResponse(BaseModel):
             ]
         }
     )
-
+)
+class ClassifyResponse(TypedDict):
     model: str
-    results: list[list[LabelScoreOut]] = Field(description="One list per input, highest score first.")
-    truncated: list[int] = Field(
-        default_factory=list, description="Indices of inputs that were cut to the model's max_length."
-    )
+    results: Annotated[
+        list[list[LabelScoreOut]], Field(description="One list per input, highest score first.")
+    ]
+    truncated: NotRequired[
+        Annotated[list[int], Field(description="Indices of inputs that were cut to the model's max_length.")]
+    ]
 
 
-class BatchingOut(BaseModel):
+class BatchingOut(TypedDict):
     max_batch_size: int
     max_batch_tokens: int
     max_queue_delay_ms: float
     max_queue_size: int
 
 
-class LimitsOut(BaseModel):
+class LimitsOut(TypedDict):
     """What one request may ask of this model; above any of them the answer is 413."""
 
-    max_inputs: int = Field(description="Inputs (texts or pairs) per request.")
-    max_input_chars: int = Field(description="Characters per input.")
-    max_request_sequences: int = Field(
-        description="Sequences (texts, sentences, windows of long texts) one request may become."
-    )
-    max_request_tokens: int = Field(description="Tokens one request may run, window overlaps included.")
+    max_inputs: Annotated[int, Field(description="Inputs (texts or pairs) per request.")]
+    max_input_chars: Annotated[int, Field(description="Characters per input.")]
+    max_request_sequences: Annotated[
+        int, Field(description="Sequences (texts, sentences, windows of long texts) one request may become.")
+    ]
+    max_request_tokens: Annotated[
+        int, Field(description="Tokens one request may run, window overlaps included.")
+    ]
 
 
-class ModelInfo(BaseModel):
-    model_config = ConfigDict(
+@with_config(
+    ConfigDict(
         json_schema_extra={
             "examples": [
                 {
@@ -221,16 +236,24 @@ class ModelInfo(BaseModel):
             ]
         }
     )
-
+)
+class ModelInfo(TypedDict):
     name: str
     version: int
     task: str
     problem_type: str | None
     labels: list[str]
-    tag_scheme: str | None = Field(None, description="Token classification: IOB1, IOB2, BIOES or NONE.")
-    segmentation: str | None = Field(
-        None, description="Token classification: how a text is read by default (none, lines, sentences)."
-    )
+    tag_scheme: NotRequired[
+        Annotated[str | None, Field(description="Token classification: IOB1, IOB2, BIOES or NONE.")]
+    ]
+    segmentation: NotRequired[
+        Annotated[
+            str | None,
+            Field(
+                description="Token classification: how a text is read by default (none, lines, sentences)."
+            ),
+        ]
+    ]
     backend: str
     precision: str
     max_length: int
@@ -239,25 +262,33 @@ class ModelInfo(BaseModel):
     ready: bool
 
 
-class ModelList(BaseModel):
+class ModelList(TypedDict):
     models: list[ModelInfo]
 
 
-class HealthOut(BaseModel):
-    status: str = Field(description="ok, or not_ready with reasons.")
-    reasons: list[str] = Field(default_factory=list)
+class HealthOut(TypedDict):
+    status: Annotated[str, Field(description="ok, or not_ready with reasons.")]
+    reasons: NotRequired[list[str]]
 
 
-class ErrorBody(BaseModel):
-    type: str = Field(description="Stable error kind, e.g. queue_full, model_not_found, invalid_input.")
+class ErrorBody(TypedDict):
+    type: Annotated[
+        str, Field(description="Stable error kind, e.g. queue_full, model_not_found, invalid_input.")
+    ]
     message: str
 
 
-class ErrorEnvelope(BaseModel):
-    model_config = ConfigDict(
+@with_config(
+    ConfigDict(
         json_schema_extra={
             "examples": [{"error": {"type": "queue_full", "message": "queue full; retry later"}}]
         }
     )
-
+)
+class ErrorEnvelope(TypedDict):
     error: ErrorBody
+
+
+def error_envelope(error_type: str, message: str) -> ErrorEnvelope:
+    """The body of every non-2xx answer, `{"error": {"type": ..., "message": ...}}`."""
+    return {"error": {"type": error_type, "message": message}}

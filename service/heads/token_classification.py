@@ -48,10 +48,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum, StrEnum
-from typing import Protocol
+from typing import Annotated, NotRequired, Protocol
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field
+from typing_extensions import TypedDict
 
 from bertserve.modelrepo import ModelConfig, TagScheme, Task
 from bertserve.service.heads.activations import softmax
@@ -85,6 +87,23 @@ class TokenAlignment(Protocol):
     def special_tokens_mask(self) -> Sequence[int]: ...
 
 
+# NOTE: the one definition of an entity (or, for aggregation none, a token) in a response body:
+# `Entity.as_dict` builds it (mypy checks every key and type) and the API's OpenAPI schema
+# `EntityOut` is generated from it. A TypedDict is a plain dict at run time, so a body costs what a
+# dict literal costs and nothing validates it per request. (No docstring: it would become the
+# schema's description.)
+class EntityOut(TypedDict):
+    entity_group: NotRequired[Annotated[str | None, Field(description="Entity type (grouped strategies).")]]
+    entity: NotRequired[Annotated[str | None, Field(description="Token tag, e.g. B-PER (aggregation none).")]]
+    index: NotRequired[
+        Annotated[int | None, Field(description="Token position in the encoding (aggregation none).")]
+    ]
+    score: float
+    start: Annotated[int, Field(description="Character offset in the input; input[start:end] == text.")]
+    end: int
+    text: str
+
+
 @dataclass(frozen=True, slots=True)
 class Entity:
     """One result item. For strategy ``none`` a token (`label` is the full tag, e.g. ``B-PER``,
@@ -98,7 +117,7 @@ class Entity:
     text: str
     index: int | None = None
 
-    def as_dict(self) -> dict[str, str | float | int]:
+    def as_dict(self) -> EntityOut:
         """The pipeline-shaped mapping the API returns: ``entity``/``index`` for tokens,
         ``entity_group`` for groups."""
         if self.index is not None:

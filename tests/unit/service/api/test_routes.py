@@ -1,0 +1,174 @@
+"""Every route answers with the body type its OpenAPI schema documents, and every body builder
+builds a body that the schema accepts, unchanged (no key the schema lacks, none it needs missing)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast, get_args, get_origin, get_type_hints
+
+import pytest
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+from pydantic import TypeAdapter
+from starlette.responses import Response
+from typing_extensions import is_typeddict
+
+from bertserve.modelrepo import ModelConfig, Precision, Task, VersionConfig
+from bertserve.service.api.routes import (
+    JsonBody,
+    classify_body,
+    health_ok,
+    model_info,
+    ner_body,
+    router,
+)
+from bertserve.service.api.schemas import (
+    ClassifyResponse,
+    HealthOut,
+    ModelInfo,
+    ModelList,
+    NerResponse,
+)
+from bertserve.service.batching import BatchLimits
+from bertserve.service.heads.classification import LabelScore
+from bertserve.service.heads.token_classification import Entity
+from bertserve.service.limits import RequestLimits
+from bertserve.service.pipeline import Classification, Pipeline
+from bertserve.service.settings import Settings
+
+ROUTES = [route for route in router.routes if isinstance(route, APIRoute)]
+
+
+def body_type(route: APIRoute) -> type[Any] | None:
+    """`B` of a handler annotated `-> JsonBody[B]`; None for a handler returning a plain Response."""
+    returns = get_type_hints(route.endpoint)["return"]
+    if get_origin(returns) is JsonBody:
+        (body,) = get_args(returns)
+        return cast(type[Any], body)
+    assert returns is Response, f"{route.name} returns {returns}, neither JsonBody[...] nor Response"
+    return None
+
+
+def assert_valid(body_cls: type[Any], body: object) -> None:
+    """`body` is exactly a `body_cls`: strict validation returns it unchanged (a key the schema
+    lacks would be dropped), and its serialised bytes validate too (what a client receives)."""
+    adapter = TypeAdapter(body_cls)
+    assert adapter.validate_python(body, strict=True) == body
+    assert adapter.validate_json(JsonBody(body).body) == body
+
+
+def test_every_json_route_documents_the_body_type_its_handler_returns() -> None:
+    typed = {}
+    for route in ROUTES:
+        body = body_type(route)
+        if body is None:
+            assert route.response_model is None, route.name
+            continue
+        assert is_typeddict(body), f"{route.name}: {body} is not a TypedDict"
+        assert route.response_model is body, f"{route.name}: response_model {route.response_model} != {body}"
+        typed[route.name] = body
+    assert typed == {
+        "classify": ClassifyResponse,
+        "ner": NerResponse,
+        "list_models": ModelList,
+        "get_model": ModelInfo,
+        "live": HealthOut,
+        "ready": HealthOut,
+    }
+
+
+def test_openapi_200_schemas_are_the_body_types() -> None:
+    spec = get_openapi(title="t", version="0", routes=router.routes)
+    components = spec["components"]["schemas"]
+    for route in ROUTES:
+        body = body_type(route)
+        if body is None:
+            continue
+        (method,) = (m.lower() for m in route.methods)
+        schema = spec["paths"][route.path][method]["responses"]["200"]["content"]["application/json"][
+            "schema"
+        ]
+        assert schema == {"$ref": f"#/components/schemas/{body.__name__}"}, route.name
+        generated = TypeAdapter(body).json_schema(
+            mode="serialization", ref_template="#/components/schemas/{model}"
+        )
+        for name, definition in generated.pop("$defs", {}).items():
+            assert components[name] == definition, name
+        assert components[body.__name__] == generated, route.name
+
+
+def test_classify_body() -> None:
+    out = Classification(
+        results=[[LabelScore("positive", 0.75), LabelScore("negative", 0.25)], [LabelScore("negative", 1.0)]],
+        truncated=[1],
+    )
+    body = classify_body("sst2", out)
+    assert_valid(ClassifyResponse, body)
+    assert body == {
+        "model": "sst2",
+        "results": [
+            [{"label": "positive", "score": 0.75}, {"label": "negative", "score": 0.25}],
+            [{"label": "negative", "score": 1.0}],
+        ],
+        "truncated": [1],
+    }
+
+
+def test_ner_body_with_groups_and_tokens() -> None:
+    group = Entity("PER", 0.5, 0, 13, "Angela Merkel")
+    token = Entity("B-LOC", 0.25, 21, 23, "Zü", index=6)
+    body = ner_body("ner", [[group, token], []])
+    assert_valid(NerResponse, body)
+    assert body["results"] == [[group.as_dict(), token.as_dict()], []]
+
+
+def test_health_ok() -> None:
+    body = health_ok()
+    assert_valid(HealthOut, body)
+    assert body == {"status": "ok", "reasons": []}
+
+
+def fake_pipeline(task: Task, labels: list[str]) -> Pipeline:
+    config = ModelConfig(
+        name="m",
+        task=task,
+        architecture="bert",
+        labels=labels,
+        max_length=128,
+        inputs=["input_ids", "attention_mask"],
+        versions={1: VersionConfig(artifacts=[])},
+    )
+    return cast(
+        Pipeline,
+        SimpleNamespace(
+            config=config,
+            backend=SimpleNamespace(name="fake", precision=Precision.FP32),
+            batcher=SimpleNamespace(limits=BatchLimits(32, 8192, 0.002, 1024)),
+            limits=RequestLimits(max_sequences=1024, max_tokens=65536),
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("task", "labels"),
+    [
+        (Task.TEXT_CLASSIFICATION, ["negative", "positive"]),
+        (Task.TOKEN_CLASSIFICATION, ["O", "B-PER", "I-PER"]),
+    ],
+)
+def test_model_info_and_model_list(task: Task, labels: list[str], tmp_path: Path) -> None:
+    info = model_info(fake_pipeline(task, labels), True, Settings(repo=tmp_path))
+    assert_valid(ModelInfo, info)
+    assert_valid(ModelList, {"models": [info]})
+    assert info["batching"]["max_queue_delay_ms"] == pytest.approx(2.0)
+    if task == Task.TOKEN_CLASSIFICATION:
+        assert (info["tag_scheme"], info["segmentation"]) == ("IOB2", "none")
+    else:
+        assert (info["problem_type"], info["tag_scheme"], info["segmentation"]) == (
+            "single_label_classification",
+            None,
+            None,
+        )
+    json.dumps(info, allow_nan=False)
