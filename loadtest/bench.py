@@ -159,7 +159,7 @@ class RawBench:
     """`backend.infer` alone on pre-collated batches of the benchmark's sentences."""
 
     def __init__(self, backend: Backend, config: ModelConfig, tokenizer_json: Path, sentences: Sequence[str]):
-        from bertserve.service.batching import Collator
+        from bertserve.runtime.collation import Collator
         from bertserve.service.tokenization import TextTokenizer
 
         self.backend = backend
@@ -199,7 +199,8 @@ def open_raw(
     settings = Settings.model_validate({"repo": repo, "backend": backend, "precision": precision})
     config = load_model_config(repo, model)
     vdir = version_dir(repo, model, config.default_version)
-    return RawBench(BackendLoader(settings)(config, vdir), config, vdir / "tokenizer.json", sentences)
+    opened = BackendLoader(settings.runtime_options())(config, vdir)
+    return RawBench(opened, config, vdir / "tokenizer.json", sentences)
 
 
 # --- servers ----------------------------------------------------------------------------------

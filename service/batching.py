@@ -14,15 +14,17 @@ sequence (so nothing starves), taking the neighbours that add the least padding.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
-from bertserve.runtime.base import Backend, Feeds, Logits
+from bertserve.runtime.base import Backend, Logits
+from bertserve.runtime.budget import DeviceSlots
+from bertserve.runtime.collation import Collator, ModelInput, check_logits
+from bertserve.runtime.errors import NonFiniteOutputError
 from bertserve.service.errors import (
     DeadlineExceededError,
     InferenceError,
@@ -31,15 +33,8 @@ from bertserve.service.errors import (
     QueueFullError,
 )
 from bertserve.service.metrics import Metrics
-from bertserve.service.tokenization import ModelInput
 
 log = logging.getLogger(__name__)
-
-KNOWN_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
-
-
-class NonFiniteOutputError(RuntimeError):
-    """The backend produced NaN or Inf: the batch failed, like any other backend error."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,39 +89,6 @@ def plan_batch(
     return lo, hi
 
 
-class Collator:
-    """Pads a batch to its longest sequence (never to max_length) and builds the backend's feeds."""
-
-    def __init__(self, input_names: tuple[str, ...], pad_token_id: int) -> None:
-        unknown = set(input_names) - KNOWN_INPUTS
-        if unknown:
-            raise ValueError(
-                f"graph inputs {sorted(unknown)} are not supported (expected {sorted(KNOWN_INPUTS)})"
-            )
-        self._names = input_names
-        self._types = "token_type_ids" in input_names
-        self._pad = pad_token_id
-
-    def collate(self, batch: Sequence[ModelInput]) -> tuple[Feeds, int, int]:
-        """Returns (feeds, real tokens, padded tokens)."""
-        longest = max(x.length for x in batch)
-        ids = np.full((len(batch), longest), self._pad, dtype=np.int64)
-        mask = np.zeros((len(batch), longest), dtype=np.int64)
-        types = np.zeros((len(batch), longest), dtype=np.int64) if self._types else None
-        real = 0
-        for row, x in enumerate(batch):
-            n = x.length
-            real += n
-            ids[row, :n] = x.ids
-            mask[row, :n] = 1
-            if types is not None and x.type_ids is not None:
-                types[row, :n] = x.type_ids
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if types is not None:
-            feeds["token_type_ids"] = types
-        return {k: v for k, v in feeds.items() if k in self._names}, real, ids.size
-
-
 class _Group:
     """The sequences of one `submit` call; resolved once all of them have a result."""
 
@@ -161,7 +123,10 @@ class DynamicBatcher:
         metrics: Metrics,
         unhealthy_after_failures: int = 3,
         stalled_after_s: float | None = None,
+        slots: DeviceSlots | None = None,
     ) -> None:
+        """`slots`: the compute slots this model's batches share with other models' (the
+        process's `max_concurrent_batches`); None runs every batch as soon as it is cut."""
         self.model = model
         self.limits = limits
         self._backend = backend
@@ -182,10 +147,12 @@ class DynamicBatcher:
         # it until their deadlines; both recover when the call returns.
         self._stalled_after = stalled_after_s
         self._running_since: float | None = None  # monotonic start of the batch in the backend
+        self._slots = slots
         # Children bound once: label lookups are not free on the hot path.
         self._m_queue = metrics.queue_duration.labels(model)
         self._m_depth = metrics.queue_depth.labels(model)
         self._m_infer = metrics.inference_duration.labels(model, backend.name)
+        self._m_slot_wait = metrics.compute_wait.labels(model)
         self._m_size = metrics.batch_size.labels(model)
         self._m_tokens = metrics.batch_tokens.labels(model)
         self._m_real = metrics.real_tokens.labels(model)
@@ -413,20 +380,18 @@ class DynamicBatcher:
 
     def _execute(self, batch: list[_Item]) -> None:
         start = time.monotonic()
+        waited = 0.0
         for item in batch:
             self._m_queue.observe(start - item.enqueued)
         try:
             feeds, real, padded = self._collator.collate([item.input for item in batch])
-            self._running_since = start
-            try:
-                logits = self._backend.infer(feeds)
-            finally:
-                self._running_since = None
-            if logits.shape[0] != len(batch):
-                raise RuntimeError(f"backend returned {logits.shape[0]} rows for a batch of {len(batch)}")
-            if not np.isfinite(logits).all():
-                # NaN/Inf would become "NaN" in a response (not JSON) or a silently wrong label.
-                raise NonFiniteOutputError(f"backend returned non-finite logits for a batch of {len(batch)}")
+            with self._slot() as waited:
+                self._running_since = time.monotonic()
+                try:
+                    logits = self._backend.infer(feeds)
+                finally:
+                    self._running_since = None
+            check_logits(logits, len(batch))
         except Exception as exc:
             self._failures += 1
             reason = "non_finite" if isinstance(exc, NonFiniteOutputError) else "backend_error"
@@ -443,7 +408,8 @@ class DynamicBatcher:
             self._deliver_error(batch, InferenceError(f"model {self.model}: inference failed"))
             return
         self._failures = 0
-        self._m_infer.observe(time.monotonic() - start)
+        # The wait for a compute slot is the other models' time, not this backend's.
+        self._m_infer.observe(time.monotonic() - start - waited)
         self._m_size.observe(len(batch))
         self._m_tokens.observe(padded)
         self._m_real.inc(real)
@@ -453,6 +419,17 @@ class DynamicBatcher:
             [logits[i, : item.length] for i, item in enumerate(batch)] if logits.ndim == 3 else list(logits)
         )
         self._call_in_loop(_resolve, batch, rows)
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[float]:
+        """Hold one of the shared compute slots (if any) around the backend call; yields the
+        seconds waited for it."""
+        if self._slots is None:
+            yield 0.0
+            return
+        with self._slots.hold() as waited:
+            self._m_slot_wait.observe(waited)
+            yield waited
 
     def _deliver_error(self, items: list[_Item], error: Exception) -> None:
         if items:

@@ -67,6 +67,20 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.compute_wait = Histogram(
+            "bertserve_compute_wait_seconds",
+            "Time a cut batch waited for one of the process's compute slots (max_concurrent_batches) "
+            "while other models' batches ran; only observed when the slots are limited.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.backend_threads = Gauge(
+            "bertserve_backend_threads",
+            "Intra-op threads allotted to the model's backend: its share of the CPUs (intra_op_threads).",
+            ["model"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "bertserve_batch_size",
             "Sequences per executed batch.",

@@ -23,6 +23,7 @@ import numpy as np
 
 from bertserve.modelrepo import ModelConfig, ProblemType, Segmentation, Task
 from bertserve.runtime.base import Backend, Logits
+from bertserve.runtime.collation import ModelInput
 from bertserve.service.batching import DynamicBatcher
 from bertserve.service.errors import DeadlineExceededError, PayloadTooLargeError
 from bertserve.service.heads.classification import ClassificationHead, LabelScore
@@ -35,7 +36,7 @@ from bertserve.service.heads.token_classification import (
 from bertserve.service.limits import RequestLimits, WorkBudget
 from bertserve.service.metrics import Metrics
 from bertserve.service.segmentation import iter_segments
-from bertserve.service.tokenization import Encoded, ModelInput, TextInput, TextTokenizer
+from bertserve.service.tokenization import Encoded, TextInput, TextTokenizer
 from bertserve.service.windowing import WindowPlan, plan_windows
 
 T = TypeVar("T")
@@ -52,7 +53,6 @@ class ModelParts:
     """What the registry loads for one model; handed to the task's pipeline class."""
 
     config: ModelConfig
-    version: int
     tokenizer: TextTokenizer
     backend: Backend
     batcher: DynamicBatcher

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 from bertserve.modelrepo import (
@@ -24,6 +25,8 @@ from bertserve.modelrepo import (
     version_dir,
 )
 from bertserve.runtime.base import Backend
+from bertserve.runtime.budget import DeviceSlots, thread_shares
+from bertserve.runtime.errors import BackendError
 from bertserve.runtime.selection import BackendFactory, BackendLoader
 from bertserve.service.batching import BatchLimits, DynamicBatcher
 from bertserve.service.errors import (
@@ -67,7 +70,14 @@ class ModelRegistry:
     ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self._factory = backend_factory or BackendLoader(settings)
+        # None: the runtime's own loader, opened with each model's share of the threads.
+        self._factory = backend_factory
+        self._loader = BackendLoader(settings.runtime_options())
+        self.threads: dict[str, int] = {}  # intra-op threads per model, fixed at load
+        # NOTE: one set of slots for the whole process: every model's batch worker takes one
+        # around its backend call, so at most `max_concurrent_batches` batches run at once.
+        limit = settings.max_concurrent_batches
+        self.slots = DeviceSlots(limit) if limit is not None else None
         self._pipelines: dict[str, Pipeline] = {}
         self._loaded = False
         self._ready = asyncio.Event()
@@ -89,11 +99,15 @@ class ModelRegistry:
     def load(self) -> None:
         """Read, verify and open every model. Raises `StartupError` with what to fix."""
         names = self._model_names()
+        # NOTE: the compute budget is divided among the models named, before any is opened; a
+        # model skipped later (a task this version does not serve) leaves its share unused.
+        self.threads = thread_shares(names, self.settings.cpus, self.settings.intra_op_threads)
         try:
             for name in names:
                 pipeline = self._load_one(name, explicit=self.settings.models is not None)
                 if pipeline is not None:
                     self._pipelines[name] = pipeline
+                    self.metrics.backend_threads.labels(name).set(self.threads[name])
         except BaseException:
             self.close()
             self._pipelines.clear()
@@ -133,58 +147,23 @@ class ModelRegistry:
             # A version folder that is a symlink out of the repository would carry every file
             # check below (which only looks inside the folder) along with it.
             resolve_inside(repo, f"{name}/{config.default_version}")
-            verify_files(vdir, config.version.tokenizer_files)
-            tokenizer_path = resolve_inside(vdir, TOKENIZER_FILE)
-            if not tokenizer_path.is_file():
-                raise RepositoryError(f"model {name!r}: {TOKENIZER_FILE} missing in {vdir}")
-            tokenizer = TextTokenizer(tokenizer_path, config.max_length)
-            backend = self._factory(config, vdir)
+            return open_pipeline(
+                self.settings, self.metrics, config, vdir, self._backend_factory(name), slots=self.slots
+            )
+        except BackendError as exc:  # the runtime's messages name the model where it matters
+            raise StartupError(str(exc)) from None
         except (RepositoryError, ValueError, OSError) as exc:
             raise StartupError(f"model {name!r}: {exc}") from None
         except StartupError:
             raise
         except Exception as exc:  # runtime-specific load errors (corrupt graph, bad IR, ...)
             raise StartupError(f"model {name!r}: could not load: {type(exc).__name__}: {exc}") from None
-        return pipeline_cls(self._parts(config, tokenizer, backend))
 
-    def _parts(self, config: ModelConfig, tokenizer: TextTokenizer, backend: Backend) -> ModelParts:
-        b = self.settings.batching_for(config.batching)
-        limits = BatchLimits(
-            b.max_batch_size,
-            b.max_batch_tokens,
-            b.max_queue_delay_ms / 1000,
-            b.max_queue_size,
-            self.settings.padding_efficiency_for(backend.name),
-        )
-        try:
-            batcher = DynamicBatcher(
-                config.name,
-                backend,
-                limits,
-                config.pad_token_id,
-                self.metrics,
-                unhealthy_after_failures=self.settings.unhealthy_after_failures,
-                # A batch still running when every request in it has timed out is stuck.
-                stalled_after_s=self.settings.request_timeout_ms / 1000,
-            )
-        except ValueError as exc:
-            backend.close()
-            raise StartupError(f"model {config.name!r}: {exc}") from None
-        s = self.settings
-        return ModelParts(
-            config=config,
-            version=config.default_version,
-            tokenizer=tokenizer,
-            backend=backend,
-            batcher=batcher,
-            # NOTE: one pool per model: a request that keeps a tokenization thread busy (bounded by
-            # the request limits) delays only its own model's requests, never another model's.
-            pool=ThreadPoolExecutor(s.tokenizer_threads, thread_name_prefix=f"tokenize-{config.name}"),
-            metrics=self.metrics,
-            request_timeout_s=s.request_timeout_ms / 1000,
-            limits=RequestLimits.for_model(s.max_request_sequences, s.max_request_tokens, b.max_queue_size),
-            ner_stride=s.ner_stride,
-        )
+    def _backend_factory(self, name: str) -> BackendFactory:
+        """The injected factory, else the runtime's loader with this model's share of the threads."""
+        if self._factory is not None:
+            return self._factory
+        return self._loader.with_options(self.settings.runtime_options(intra_op_threads=self.threads[name]))
 
     def start(self) -> None:
         """Start every batcher on the running event loop; requests are accepted from now on."""
@@ -339,3 +318,76 @@ class ModelRegistry:
     @property
     def is_ready(self) -> bool:
         return self._ready.is_set()
+
+
+def open_pipeline(
+    settings: Settings,
+    metrics: Metrics,
+    config: ModelConfig,
+    vdir: Path,
+    factory: BackendFactory,
+    *,
+    slots: DeviceSlots | None = None,
+) -> Pipeline:
+    """One model version wired exactly as the service serves it: its verified tokenizer, the
+    backend `factory` opens, the batcher and tokenization pool, in its task's pipeline class.
+
+    The registry serves what this returns; `bertserve.evaluation.scoring` scores it offline, so
+    the export gates and `make demo-eval` measure the served pipeline itself."""
+    pipeline_cls = PIPELINES[config.task]
+    verify_files(vdir, config.version.tokenizer_files)
+    tokenizer_path = resolve_inside(vdir, TOKENIZER_FILE)
+    if not tokenizer_path.is_file():
+        raise RepositoryError(f"model {config.name!r}: {TOKENIZER_FILE} missing in {vdir}")
+    tokenizer = TextTokenizer(tokenizer_path, config.max_length)
+    backend = factory(config, vdir)
+    return pipeline_cls(model_parts(settings, metrics, config, tokenizer, backend, slots=slots))
+
+
+def model_parts(
+    settings: Settings,
+    metrics: Metrics,
+    config: ModelConfig,
+    tokenizer: TextTokenizer,
+    backend: Backend,
+    *,
+    slots: DeviceSlots | None = None,
+) -> ModelParts:
+    """`slots`: the compute slots shared by the process's models (`ModelRegistry.slots`)."""
+    b = settings.batching_for(config.batching)
+    limits = BatchLimits(
+        b.max_batch_size,
+        b.max_batch_tokens,
+        b.max_queue_delay_ms / 1000,
+        b.max_queue_size,
+        settings.padding_efficiency_for(backend.name),
+    )
+    try:
+        batcher = DynamicBatcher(
+            config.name,
+            backend,
+            limits,
+            config.pad_token_id,
+            metrics,
+            unhealthy_after_failures=settings.unhealthy_after_failures,
+            # A batch still running when every request in it has timed out is stuck.
+            stalled_after_s=settings.request_timeout_ms / 1000,
+            slots=slots,
+        )
+    except ValueError as exc:
+        backend.close()
+        raise StartupError(f"model {config.name!r}: {exc}") from None
+    s = settings
+    return ModelParts(
+        config=config,
+        tokenizer=tokenizer,
+        backend=backend,
+        batcher=batcher,
+        # NOTE: one pool per model: a request that keeps a tokenization thread busy (bounded by
+        # the request limits) delays only its own model's requests, never another model's.
+        pool=ThreadPoolExecutor(s.tokenizer_threads, thread_name_prefix=f"tokenize-{config.name}"),
+        metrics=metrics,
+        request_timeout_s=s.request_timeout_ms / 1000,
+        limits=RequestLimits.for_model(s.max_request_sequences, s.max_request_tokens, b.max_queue_size),
+        ner_stride=s.ner_stride,
+    )

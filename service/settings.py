@@ -8,7 +8,6 @@ init arguments and therefore win over the environment. Nothing is read at import
 from __future__ import annotations
 
 import os
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,15 +15,10 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bertserve.modelrepo import BatchingConfig, Precision
+from bertserve.runtime.base import BackendKind, min_padding_efficiency
+from bertserve.runtime.options import OpenVinoHint, RuntimeOptions, default_tensorrt_cache_dir
 
-
-class BackendKind(StrEnum):
-    AUTO = "auto"
-    ORT_CPU = "onnxruntime-cpu"
-    ORT_CUDA = "onnxruntime-cuda"
-    TENSORRT = "tensorrt"
-    OPENVINO_CPU = "openvino-cpu"
-    FAKE = "fake"  # deterministic logits without a model file: tests and load-test dry runs
+__all__ = ["BackendKind", "Settings", "available_cpus"]  # BackendKind: the runtime's, re-used here
 
 
 def available_cpus() -> int:
@@ -33,13 +27,6 @@ def available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
-
-
-_DEFAULT_PADDING_EFFICIENCY = {
-    BackendKind.TENSORRT.value: 0.5,
-    BackendKind.ORT_CUDA.value: 0.5,
-    BackendKind.FAKE.value: 0.0,
-}
 
 
 class Settings(BaseSettings):
@@ -106,16 +93,34 @@ class Settings(BaseSettings):
     )
 
     # --- backend tuning ------------------------------------------------------------------------
+    cpu_budget: int | None = Field(
+        None,
+        ge=1,
+        description="Threads the backends of all served models share, divided evenly among them "
+        "(at least 1 each): two models' batches then run at once on cores of their own instead "
+        "of oversubscribing the same ones, and a single model gets them all. Default: the CPUs "
+        "available to the process (its cpuset); under a CFS CPU limit rather than a cpuset, set it "
+        "to the limit. Lower it when other work shares the box.",
+    )
     intra_op_threads: int | None = Field(
         None,
         ge=1,
-        description="Threads one inference may use (ORT intra-op, OpenVINO inference threads). "
-        "Default: the CPUs available to the process; lower it when other work shares the box.",
+        description="Threads one inference of one model may use (ORT intra-op, OpenVINO "
+        "inference threads). Default: the model's share of cpu_budget. Setting it gives every "
+        "model this many, whatever the budget (e.g. every CPU, with max_concurrent_batches=1).",
+    )
+    max_concurrent_batches: int | None = Field(
+        None,
+        ge=1,
+        description="Batches that may run at the same time, all models together: a process-wide, "
+        "first-come first-served limit around the backends. Default: no limit, each model's "
+        "batches run as soon as they are cut, on its share of the threads. 1 makes the models take "
+        "turns on the whole device: for one GPU, or with intra_op_threads set to every CPU.",
     )
     inter_op_threads: int = Field(
         1, ge=1, description="ORT inter-op threads; BERT graphs are sequential, so 1 avoids oversubscription."
     )
-    openvino_hint: Literal["LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"] = Field(
+    openvino_hint: OpenVinoHint = Field(
         "LATENCY",
         description="OpenVINO performance hint. LATENCY suits the batcher, which runs one batch "
         "at a time on all cores; THROUGHPUT only pays off with several infer requests in flight.",
@@ -127,7 +132,7 @@ class Settings(BaseSettings):
         True, description="Let TensorRT build fp16 kernels: about 2x faster on tensor cores, ~1e-3 drift."
     )
     tensorrt_cache_dir: Path = Field(
-        default_factory=lambda: Path.home() / ".cache" / "bertserve" / "tensorrt",
+        default_factory=default_tensorrt_cache_dir,
         description="Where TensorRT engines and timing caches persist, so restarts skip the "
         "minutes-long engine build.",
     )
@@ -253,13 +258,37 @@ class Settings(BaseSettings):
         return value
 
     def padding_efficiency_for(self, backend: str) -> float:
+        """`min_padding_efficiency` if set, else what the backend (named by its kind) says."""
         if self.min_padding_efficiency is not None:
             return self.min_padding_efficiency
-        return _DEFAULT_PADDING_EFFICIENCY.get(backend, 0.85)
+        return min_padding_efficiency(backend)
 
     @property
     def threads(self) -> int:
-        return self.intra_op_threads or available_cpus()
+        """Intra-op threads of a model served alone: `intra_op_threads`, else the whole budget."""
+        return self.intra_op_threads or self.cpus
+
+    @property
+    def cpus(self) -> int:
+        """The threads the served models' backends divide among themselves."""
+        return self.cpu_budget or available_cpus()
+
+    def runtime_options(self, intra_op_threads: int | None = None) -> RuntimeOptions:
+        """What the runtime needs to open a model; `intra_op_threads` is the model's share of the
+        compute budget (default: `threads`)."""
+        return RuntimeOptions(
+            backend=self.backend,
+            precision=self.precision,
+            intra_op_threads=intra_op_threads or self.threads,
+            inter_op_threads=self.inter_op_threads,
+            openvino_hint=self.openvino_hint,
+            openvino_streams=self.openvino_streams,
+            tensorrt_fp16=self.tensorrt_fp16,
+            tensorrt_cache_dir=self.tensorrt_cache_dir,
+            cuda_device_id=self.cuda_device_id,
+            max_batch_size=self.max_batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+        )
 
     def batching_for(self, model_default: BatchingConfig) -> BatchingConfig:
         """The model.yaml batching block with every BERTSERVE_* override applied."""

@@ -16,21 +16,10 @@ import numpy as np
 from numpy.typing import NDArray
 from tokenizers import Encoding, Tokenizer
 
+from bertserve.runtime.collation import ModelInput
 from bertserve.service.errors import PayloadTooLargeError
 
 TextInput = str | tuple[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class ModelInput:
-    """One sequence as the batcher pads it: token ids with special tokens, optional segment ids."""
-
-    ids: NDArray[np.int64]
-    type_ids: NDArray[np.int64] | None = None  # None = all zeros (single sentences)
-
-    @property
-    def length(self) -> int:
-        return int(self.ids.shape[0])
 
 
 @dataclass(frozen=True, slots=True)

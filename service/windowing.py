@@ -136,8 +136,9 @@ def _content_span(special_mask: Sequence[int]) -> tuple[int, int]:
     return first, stop
 
 
-def _word_starts(word_ids: Sequence[int | None], first: int, stop: int) -> IntArray:
-    """Positions in ``[first, stop]`` where a cut splits no word (sorted)."""
+def _cut_points(word_ids: Sequence[int | None], first: int, stop: int) -> IntArray:
+    """Positions in ``[first, stop]`` where a window may begin or end without splitting a word
+    (sorted; both ends included). Not the heads' word starts, which index content tokens."""
     starts = [first]
     for pos in range(first + 1, stop):
         current, previous = word_ids[pos], word_ids[pos - 1]
@@ -213,7 +214,7 @@ def plan_windows(
     if not 0 <= stride < capacity:
         raise ValueError(f"stride must be in [0, {capacity}) for max_length {max_length}, got {stride}")
 
-    boundaries = _word_starts(word_ids, first, stop)
+    boundaries = _cut_points(word_ids, first, stop)
     planned: list[Window] = []
     start, previous_end = first, first
     while stop - start > capacity:

@@ -1,9 +1,10 @@
-"""The one interface every inference backend implements."""
+"""The one interface every inference backend implements, and the kinds of backend there are."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from enum import StrEnum
+from typing import Final, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -12,6 +13,40 @@ from bertserve.modelrepo import Precision
 
 Feeds = Mapping[str, NDArray[np.int64]]
 Logits = NDArray[np.float32]
+
+
+class BackendKind(StrEnum):
+    AUTO = "auto"
+    ORT_CPU = "onnxruntime-cpu"
+    ORT_CUDA = "onnxruntime-cuda"
+    TENSORRT = "tensorrt"
+    OPENVINO_CPU = "openvino-cpu"
+    FAKE = "fake"  # deterministic logits without a model file: tests and load-test dry runs
+
+    @property
+    def min_padding_efficiency(self) -> float:
+        """Real / padded tokens below which a batch is better split in two on this kind.
+
+        A CPU computes every padded token, so packing beats batch size there; a GPU runs padding
+        nearly for free, up to a point; the fake backend does no work at all."""
+        return _MIN_PADDING_EFFICIENCY.get(self, CPU_MIN_PADDING_EFFICIENCY)
+
+
+CPU_MIN_PADDING_EFFICIENCY: Final = 0.85
+_MIN_PADDING_EFFICIENCY: Final[Mapping[BackendKind, float]] = {
+    BackendKind.TENSORRT: 0.5,
+    BackendKind.ORT_CUDA: 0.5,
+    BackendKind.FAKE: 0.0,
+}
+
+
+def min_padding_efficiency(backend_name: str) -> float:
+    """`BackendKind.min_padding_efficiency` for a backend's `name`; a name that is no kind (a
+    test's own backend) pays for padding like a CPU."""
+    try:
+        return BackendKind(backend_name).min_padding_efficiency
+    except ValueError:
+        return CPU_MIN_PADDING_EFFICIENCY
 
 
 class Backend(Protocol):

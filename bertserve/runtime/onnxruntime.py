@@ -15,9 +15,8 @@ import numpy as np
 import onnxruntime as ort
 
 from bertserve.modelrepo import Precision
-from bertserve.runtime.base import Feeds, Logits
-from bertserve.service.errors import BackendUnavailableError
-from bertserve.service.settings import BackendKind
+from bertserve.runtime.base import BackendKind, Feeds, Logits
+from bertserve.runtime.errors import BackendUnavailableError
 
 log = logging.getLogger(__name__)
 

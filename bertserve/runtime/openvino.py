@@ -12,8 +12,7 @@ import openvino.properties as props
 import openvino.properties.hint as hints
 
 from bertserve.modelrepo import Precision
-from bertserve.runtime.base import Feeds, Logits
-from bertserve.service.settings import BackendKind
+from bertserve.runtime.base import BackendKind, Feeds, Logits
 
 _HINTS = {
     "LATENCY": hints.PerformanceMode.LATENCY,

@@ -2,6 +2,8 @@
 
 The decisions are pure functions of an `Environment` (what this machine offers) and the model's
 `VersionConfig` (what the export wrote), so they are unit-tested without GPUs or model files.
+`BackendLoader` opens a model with explicit `RuntimeOptions`; the service builds them from its
+settings, offline callers directly.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -19,13 +21,14 @@ from bertserve.modelrepo import (
     BatchingConfig,
     ModelConfig,
     Precision,
+    RepositoryError,
     Task,
     VersionConfig,
     verify_files,
 )
-from bertserve.runtime.base import Backend
-from bertserve.service.errors import BackendUnavailableError, StartupError
-from bertserve.service.settings import BackendKind, Settings
+from bertserve.runtime.base import Backend, BackendKind
+from bertserve.runtime.errors import ArtifactError, BackendUnavailableError
+from bertserve.runtime.options import RuntimeOptions
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +178,7 @@ def choose_artifact(kind: BackendKind, model: ModelConfig, requested: Precision 
         precision = Precision.FP32  # fp16 IR is an fp32 *choice* on OpenVINO; GPUs cast themselves
     if precision not in table:
         if requested is not None:
-            raise StartupError(
+            raise ArtifactError(
                 f"backend {kind} cannot run {requested} models; use --precision fp32"
                 + (" (TensorRT builds fp16 kernels itself)" if kind == BackendKind.TENSORRT else "")
             )
@@ -188,7 +191,7 @@ def choose_artifact(kind: BackendKind, model: ModelConfig, requested: Precision 
         if artifact is not None:
             return artifact
     wanted = " or ".join(f"{fmt}/{prec}" for fmt, prec in table[precision])
-    raise StartupError(
+    raise ArtifactError(
         f"model {model.name!r} v{model.default_version} has no {wanted} artifact for backend {kind}; "
         "re-export it (`bertserve export ... --int8` writes the int8 artifacts)"
     )
@@ -202,7 +205,7 @@ class BackendFactory(Protocol):
 class BackendLoader:
     """The production `BackendFactory`: choose, verify the files' sha256, open."""
 
-    settings: Settings
+    options: RuntimeOptions
     env_probe: Callable[[], Environment] = Environment.probe
     _env: Environment | None = None
 
@@ -211,9 +214,14 @@ class BackendLoader:
             self._env = self.env_probe()
         return self._env
 
+    def with_options(self, options: RuntimeOptions) -> BackendLoader:
+        """The same loader (and the same probed environment) with other options, e.g. another
+        model's share of the threads."""
+        return replace(self, options=options)
+
     def __call__(self, model: ModelConfig, version_dir: Path) -> Backend:
-        s = self.settings
-        if s.backend == BackendKind.FAKE:
+        o = self.options
+        if o.backend == BackendKind.FAKE:
             from bertserve.runtime.fake import FakeBackend
 
             return FakeBackend(
@@ -221,32 +229,37 @@ class BackendLoader:
                 token_level=model.task == Task.TOKEN_CLASSIFICATION,
                 input_names=tuple(model.inputs),
             )
-        choice = choose_backend(s.backend, self.environment(), model)
-        artifact = choose_artifact(choice.kind, model, s.precision)
+        choice = choose_backend(o.backend, self.environment(), model)
+        artifact = choose_artifact(choice.kind, model, o.precision)
         log.info(
-            "model %s: backend %s (%s), artifact %s/%s",
+            "model %s: backend %s (%s), artifact %s/%s, %d thread(s)",
             model.name,
             choice.kind,
             choice.reason,
             artifact.format,
             artifact.precision,
+            o.intra_op_threads,
         )
-        verify_files(version_dir, artifact.files)
-        if artifact.format != ArtifactFormat.OPENVINO:
-            from bertserve.runtime.onnx_files import check_external_data
+        try:
+            verify_files(version_dir, artifact.files)
+            if artifact.format != ArtifactFormat.OPENVINO:
+                from bertserve.runtime.onnx_files import check_external_data
 
-            check_external_data(version_dir, artifact.main_file, artifact.files)
+                check_external_data(version_dir, artifact.main_file, artifact.files)
+        except RepositoryError as exc:
+            raise ArtifactError(f"model {model.name!r}: {exc}") from exc
         path = version_dir / artifact.main_file
         output = model.outputs[0]
+        batching = o.batching_for(model.batching)
         if choice.kind == BackendKind.OPENVINO_CPU:
             from bertserve.runtime.openvino import OpenVinoBackend, compile_config
 
-            config = compile_config(s.openvino_hint, s.threads, s.openvino_streams)
+            config = compile_config(o.openvino_hint, o.intra_op_threads, o.openvino_streams)
             # The weights are passed by their listed (and just verified) path, not left for
             # OpenVINO to find beside the .xml.
             weights = version_dir / artifact.ir_weights
             backend: Backend = OpenVinoBackend(path, weights, artifact.precision, config, output)
-            reserve_peak_memory(backend, model, s.batching_for(model.batching))
+            reserve_peak_memory(backend, model, batching)
             return backend
         from bertserve.runtime.onnxruntime import (
             EngineKey,
@@ -257,14 +270,13 @@ class BackendLoader:
             session_options,
         )
 
-        batching = s.batching_for(model.batching)
         profile = ShapeProfile.for_batching(
             batching.max_batch_size, batching.max_batch_tokens, model.max_length
         )
         engine = EngineKey(model.name, model.default_version, artifact.digest)
-        gpu = GpuOptions(s.cuda_device_id, s.tensorrt_fp16, s.tensorrt_cache_dir, engine)
+        gpu = GpuOptions(o.cuda_device_id, o.tensorrt_fp16, o.tensorrt_cache_dir, engine)
         providers = provider_chain(choice.kind, gpu, tuple(model.inputs), profile)
-        options = session_options(s.threads, s.inter_op_threads)
+        options = session_options(o.intra_op_threads, o.inter_op_threads)
         backend = OnnxRuntimeBackend(path, choice.kind, artifact.precision, providers, options, output)
         reserve_peak_memory(backend, model, batching)
         return backend

@@ -24,6 +24,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 import bertserve
 from bertserve.runtime.selection import BackendFactory
+from bertserve.service.api.errors import install_error_handlers
 from bertserve.service.api.middleware import (
     DOCS_PATHS,
     HEALTH_PATHS,
@@ -33,7 +34,6 @@ from bertserve.service.api.middleware import (
     BodyLimitMiddleware,
 )
 from bertserve.service.api.routes import AppState, count_overloaded, count_unobserved_error, router
-from bertserve.service.errors import install_error_handlers
 from bertserve.service.metrics import Metrics
 from bertserve.service.registry import ModelRegistry
 from bertserve.service.settings import Settings

@@ -3,7 +3,7 @@
 `ApiKeyMiddleware` runs first (an unauthenticated client costs a header comparison, nothing
 more), then `AdmissionMiddleware` (a global cap on requests in flight, and the drain's
 `Connection: close`), then `BodyLimitMiddleware` (a body is never read beyond the limit). All
-answer in the one error envelope of `bertserve.service.errors`.
+answer in the one error envelope of `bertserve.service.api.errors`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,8 @@ from collections.abc import Callable, Iterable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bertserve.service.errors import (
-    BodyTooLargeError,
-    QueueFullError,
-    UnauthorizedError,
-    service_error_response,
-)
+from bertserve.service.api.errors import service_error_response
+from bertserve.service.errors import BodyTooLargeError, QueueFullError, UnauthorizedError
 from bertserve.service.registry import DrainState
 
 # Health probes carry no key (kubelets and load balancers cannot send one). The OpenAPI schema and

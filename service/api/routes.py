@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from bertserve.modelrepo import Task
+from bertserve.service.api.errors import openapi_error_responses, status_for
 from bertserve.service.api.schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -42,8 +43,6 @@ from bertserve.service.errors import (
     UnauthorizedError,
     UnhealthyError,
     UnsupportedTaskError,
-    openapi_error_responses,
-    status_for,
 )
 from bertserve.service.heads.token_classification import Entity
 from bertserve.service.metrics import UNKNOWN_MODEL, Metrics

@@ -75,7 +75,7 @@ def test_a_retrained_version_does_not_reuse_the_old_engine(tmp_path: Path) -> No
         vdir = tmp_path / "repo" / "m" / str(version)
         if not (vdir / "model.onnx").is_file():
             graph(vdir / "model.onnx", scale)
-        backend = BackendLoader(settings)(config(vdir, version), vdir)
+        backend = BackendLoader(settings.runtime_options())(config(vdir, version), vdir)
         try:
             np.testing.assert_allclose(backend.infer({"input_ids": ids}), ids * scale)
         finally:

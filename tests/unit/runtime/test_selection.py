@@ -17,6 +17,8 @@ from bertserve.modelrepo import (
     VersionConfig,
     sha256_file,
 )
+from bertserve.runtime.base import BackendKind
+from bertserve.runtime.errors import ArtifactError, BackendUnavailableError
 from bertserve.runtime.onnxruntime import (
     EngineKey,
     GpuOptions,
@@ -33,8 +35,7 @@ from bertserve.runtime.selection import (
     peak_batch_shape,
     reserve_peak_memory,
 )
-from bertserve.service.errors import BackendUnavailableError, StartupError
-from bertserve.service.settings import BackendKind, Settings
+from bertserve.service.settings import Settings
 
 CPU_ONLY = Environment(frozenset({"CPUExecutionProvider"}), cuda_devices=0, tensorrt_library=False)
 GPU_ORT = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"})
@@ -133,9 +134,9 @@ def test_artifact_choice_per_backend_and_precision() -> None:
 
 
 def test_unrunnable_or_missing_precision_stops_startup() -> None:
-    with pytest.raises(StartupError, match="cannot run int8"):
+    with pytest.raises(ArtifactError, match="cannot run int8"):
         choose_artifact(BackendKind.TENSORRT, WITH_IR, Precision.INT8)
-    with pytest.raises(StartupError, match="no onnx/int8"):
+    with pytest.raises(ArtifactError, match="no onnx/int8"):
         choose_artifact(BackendKind.ORT_CPU, model(ALL_ARTIFACTS[:2]), Precision.INT8)
 
 
@@ -215,7 +216,7 @@ def test_loader_keys_the_tensorrt_cache_by_the_chosen_artifact(
     monkeypatch.setattr(ort_backend, "OnnxRuntimeBackend", Recorder)
     monkeypatch.setattr("bertserve.runtime.onnx_files.check_external_data", lambda *a: None)
     settings = Settings(backend=BackendKind.TENSORRT, tensorrt_cache_dir=tmp_path / "cache")
-    BackendLoader(settings, env_probe=lambda: GPU_FULL)(model([onnx]), vdir)
+    BackendLoader(settings.runtime_options(), env_probe=lambda: GPU_FULL)(model([onnx]), vdir)
     trt_options = dict(seen[0])["TensorrtExecutionProvider"]
     assert trt_options["trt_engine_cache_path"] == str(tmp_path / "cache" / "m" / f"v1-{onnx.digest}-fp16")
 

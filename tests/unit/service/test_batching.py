@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator, Callable
 import numpy as np
 import pytest
 
+from bertserve.runtime.budget import DeviceSlots
+from bertserve.runtime.collation import ModelInput
 from bertserve.runtime.fake import FakeBackend, fake_logits
-from bertserve.service.batching import BatchLimits, Collator, DynamicBatcher, plan_batch
+from bertserve.service.batching import BatchLimits, DynamicBatcher, plan_batch
 from bertserve.service.errors import (
     DeadlineExceededError,
     InferenceError,
@@ -19,7 +21,6 @@ from bertserve.service.errors import (
     QueueFullError,
 )
 from bertserve.service.metrics import Metrics
-from bertserve.service.tokenization import ModelInput
 
 NUM_LABELS = 3
 Factory = Callable[..., DynamicBatcher]
@@ -124,28 +125,6 @@ def test_plan_batch_efficiency_floor_leaves_outliers_for_the_next_batch() -> Non
     lengths = [10, 11, 12, 40]
     assert plan_batch(lengths, anchor=0, max_size=8, max_tokens=10_000) == (0, 4)
     assert plan_batch(lengths, anchor=0, max_size=8, max_tokens=10_000, min_efficiency=0.85) == (0, 3)
-
-
-# --- Collator -----------------------------------------------------------------------------------
-
-
-def test_collator_pads_to_the_longest_in_the_batch() -> None:
-    collator = Collator(("input_ids", "attention_mask", "token_type_ids"), pad_token_id=0)
-    feeds, real, padded = collator.collate([seq(2), seq(4, type_ids=True)])
-    assert feeds["input_ids"].shape == (2, 4)
-    assert feeds["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
-    assert feeds["token_type_ids"].tolist() == [[0, 0, 0, 0], [0, 0, 1, 1]]
-    assert (real, padded) == (6, 8)
-
-
-def test_collator_feeds_only_the_graph_inputs() -> None:
-    feeds, _, _ = Collator(("input_ids", "attention_mask"), 0).collate([seq(3, type_ids=True)])
-    assert set(feeds) == {"input_ids", "attention_mask"}
-
-
-def test_collator_refuses_unknown_graph_inputs() -> None:
-    with pytest.raises(ValueError, match="position_ids"):
-        Collator(("input_ids", "position_ids"), 0)
 
 
 # --- DynamicBatcher -----------------------------------------------------------------------------
@@ -355,3 +334,49 @@ async def test_batches_are_measured(make_batcher: Factory) -> None:
     assert sample("bertserve_padded_tokens_total", {"model": "m"}) == 10
     assert sample("bertserve_queue_duration_seconds_count", {"model": "m"}) == 2
     assert sample("bertserve_inference_duration_seconds_count", {"model": "m", "backend": "fake"}) == 1
+
+
+# --- compute slots shared across models -----------------------------------------------------
+
+
+async def test_models_sharing_one_slot_run_their_batches_one_at_a_time() -> None:
+    metrics = Metrics(process=False)
+    slots = DeviceSlots(1)
+    gate = threading.Event()
+    first, second = FakeBackend(NUM_LABELS), FakeBackend(NUM_LABELS)
+    first.faults.hang = gate
+    loop = asyncio.get_running_loop()
+    batchers = [
+        DynamicBatcher(name, backend, BatchLimits(32, 8192, 0.0, 64), 0, metrics, slots=slots)
+        for name, backend in (("a", first), ("b", second))
+    ]
+    for batcher in batchers:
+        batcher.start(loop)
+    try:
+        running = asyncio.ensure_future(batchers[0].submit([seq(3)]))
+        await asyncio.to_thread(first.started.wait, 5)
+        waiting = asyncio.ensure_future(batchers[1].submit([seq(4)]))
+        await asyncio.sleep(0.1)
+        assert not second.started.is_set(), "model b ran while model a held the only slot"
+        gate.set()
+        _, (row_b,) = await asyncio.wait_for(asyncio.gather(running, waiting), 5)
+        np.testing.assert_allclose(row_b, expected_row(seq(4)))
+        sample = metrics.registry.get_sample_value
+        assert sample("bertserve_compute_wait_seconds_count", {"model": "b"}) == 1
+        assert (sample("bertserve_compute_wait_seconds_sum", {"model": "b"}) or 0) >= 0.05
+        # The backend time excludes the wait for the slot.
+        assert (
+            sample("bertserve_inference_duration_seconds_sum", {"model": "b", "backend": "fake"}) or 1
+        ) < 0.05
+        assert slots.in_use == 0
+    finally:
+        gate.set()
+        for batcher in batchers:
+            await batcher.stop(timeout_s=5)
+
+
+async def test_without_slots_no_wait_is_observed(make_batcher: Factory) -> None:
+    metrics = Metrics(process=False)
+    batcher = make_batcher(metrics=metrics, delay_s=0.0)
+    await batcher.submit([seq(3)])
+    assert metrics.registry.get_sample_value("bertserve_compute_wait_seconds_count", {"model": "m"}) == 0

@@ -63,3 +63,55 @@ def test_batching_overrides_apply_over_model_defaults() -> None:
     assert Settings().batching_for(model) == model
     merged = Settings(max_batch_size=64, max_queue_size=10).batching_for(model)
     assert (merged.max_batch_size, merged.max_batch_tokens, merged.max_queue_size) == (64, 4096, 10)
+
+
+def test_runtime_options_carry_every_backend_setting(tmp_path: Path) -> None:
+    s = Settings(
+        backend=BackendKind.OPENVINO_CPU,
+        precision=Precision.INT8,
+        intra_op_threads=3,
+        inter_op_threads=2,
+        openvino_hint="THROUGHPUT",
+        openvino_streams=2,
+        tensorrt_fp16=False,
+        tensorrt_cache_dir=tmp_path,
+        cuda_device_id=1,
+        max_batch_size=8,
+        max_batch_tokens=512,
+        max_queue_size=10,
+    )
+    o = s.runtime_options()
+    assert (o.backend, o.precision, o.intra_op_threads, o.inter_op_threads) == (
+        BackendKind.OPENVINO_CPU,
+        Precision.INT8,
+        3,
+        2,
+    )
+    assert (o.openvino_hint, o.openvino_streams) == ("THROUGHPUT", 2)
+    assert (o.tensorrt_fp16, o.tensorrt_cache_dir, o.cuda_device_id) == (False, tmp_path, 1)
+    assert (o.max_batch_size, o.max_batch_tokens) == (8, 512)
+    model = BatchingConfig()
+    runtime, service = o.batching_for(model), s.batching_for(model)
+    assert (runtime.max_batch_size, runtime.max_batch_tokens) == (
+        service.max_batch_size,
+        service.max_batch_tokens,
+    )
+
+
+def test_runtime_options_take_a_models_share_of_the_threads() -> None:
+    assert Settings().runtime_options().intra_op_threads == Settings().threads
+    assert Settings().runtime_options(intra_op_threads=2).intra_op_threads == 2
+
+
+def test_compute_budget_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().max_concurrent_batches is None
+    monkeypatch.setenv("BERTSERVE_MAX_CONCURRENT_BATCHES", "1")
+    assert Settings().max_concurrent_batches == 1
+    with pytest.raises(ValidationError):
+        Settings(max_concurrent_batches=0)
+
+
+def test_backend_kind_is_the_runtimes() -> None:
+    from bertserve.runtime.base import BackendKind as RuntimeKind
+
+    assert BackendKind is RuntimeKind

@@ -1,0 +1,91 @@
+"""The registry's share of the compute budget: threads split among the models it loads, and one
+set of compute slots for all of their batchers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import bertserve.service.settings as settings_module
+from bertserve.runtime.base import Backend, BackendKind
+from bertserve.runtime.budget import split_threads
+from bertserve.runtime.selection import BackendLoader
+from bertserve.service.metrics import Metrics
+from bertserve.service.registry import ModelRegistry
+from bertserve.service.settings import Settings
+from tests.helpers.fake_repo import DEFAULT_SPECS, write_fake_repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fake_repo(tmp_path_factory.mktemp("budget-repo"))
+
+
+def load(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, cpus: int, **settings: object
+) -> tuple[ModelRegistry, dict[str, int]]:
+    """Load with the runtime's own loader (fake backend), recording the threads each model got."""
+    monkeypatch.setattr(settings_module, "available_cpus", lambda: cpus)
+    opened: dict[str, int] = {}
+    original = BackendLoader.__call__
+
+    def record(self: BackendLoader, model, version_dir) -> Backend:  # type: ignore[no-untyped-def]
+        opened[model.name] = self.options.intra_op_threads
+        return original(self, model, version_dir)
+
+    monkeypatch.setattr(BackendLoader, "__call__", record)
+    registry = ModelRegistry(
+        Settings(repo=repo, backend=BackendKind.FAKE, **settings),  # type: ignore[arg-type]
+        Metrics(process=False),
+    )
+    registry.load()
+    return registry, opened
+
+
+def test_the_cpus_are_split_among_the_models(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry, opened = load(repo, monkeypatch, cpus=10)
+    try:
+        names = sorted(registry.names)
+        assert len(names) == len(DEFAULT_SPECS)
+        expected = dict(zip(names, split_threads(10, len(names)), strict=True))
+        assert opened == expected == registry.threads
+        sample = registry.metrics.registry.get_sample_value
+        for name, threads in expected.items():
+            assert sample("bertserve_backend_threads", {"model": name}) == threads
+        assert registry.slots is None  # no limit on concurrent batches by default
+    finally:
+        registry.close()
+
+
+def test_one_model_gets_every_cpu(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry, opened = load(repo, monkeypatch, cpus=6, models=["cls"])
+    try:
+        assert opened == {"cls": 6}
+    finally:
+        registry.close()
+
+
+def test_an_explicit_thread_count_goes_to_every_model(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry, opened = load(repo, monkeypatch, cpus=8, intra_op_threads=8)
+    try:
+        assert set(opened.values()) == {8}
+    finally:
+        registry.close()
+
+
+def test_the_budget_setting_replaces_the_cpu_count(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry, opened = load(repo, monkeypatch, cpus=64, cpu_budget=4, models=["cls", "ner"])
+    try:
+        assert opened == {"cls": 2, "ner": 2}
+    finally:
+        registry.close()
+
+
+def test_every_batcher_shares_the_process_slots(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry, _ = load(repo, monkeypatch, cpus=4, max_concurrent_batches=1)
+    try:
+        assert registry.slots is not None and registry.slots.slots == 1
+        assert {id(p.batcher._slots) for p in registry.pipelines()} == {id(registry.slots)}
+    finally:
+        registry.close()
