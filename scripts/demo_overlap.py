@@ -22,11 +22,9 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # the checkout-only folders (loadtest/); bertserve itself is installed
-    sys.path.append(str(ROOT))
+from bertserve.evaluation.datasets import read_conll_texts, read_text_column
 
-from loadtest.corpus import read_conll_sentences  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SOURCES = ROOT / "models" / "demo" / "sources"
 DATA = ROOT.parent / "shared" / "data"
@@ -47,13 +45,11 @@ def evaluation_sentences(data: Path) -> Iterator[tuple[str, str]]:
     for name in ("dev.tsv", "test.tsv"):
         path = data / "sst2" / name
         if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines()[1:]:
-                cols = line.split("\t")
-                yield f"sst2/{name}", cols[0] if name == "dev.tsv" else cols[-1]
+            yield from ((f"sst2/{name}", sentence) for sentence in read_text_column(path, "sentence"))
     for name in ("emerging.dev.conll", "emerging.test.annotated"):
         path = data / "wnut17" / name
         if path.is_file():
-            yield from ((f"wnut17/{name}", sentence) for sentence in read_conll_sentences(path))
+            yield from ((f"wnut17/{name}", sentence) for sentence in read_conll_texts(path))
 
 
 def source_lines(sources: Path) -> Iterator[tuple[str, str]]:

@@ -25,11 +25,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # the checkout-only folders (loadtest/); bertserve itself is installed
-    sys.path.append(str(ROOT))
+from bertserve.evaluation.datasets import read_conll_texts
 
-from loadtest.corpus import read_conll_sentences  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 WNUT_TEST = ROOT.parent / "shared" / "data" / "wnut17" / "emerging.test.annotated"
 STRATEGIES = ("simple", "first", "average", "max")
@@ -124,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.is_file():
         print(f"no data at {args.data}", file=sys.stderr)
         return 2
-    sentences = read_conll_sentences(args.data)[: args.sentences]
+    sentences = read_conll_texts(args.data)[: args.sentences]
     from transformers import pipeline
 
     reference = pipeline("token-classification", model=str(args.checkpoint), device="cpu")

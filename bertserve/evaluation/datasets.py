@@ -93,34 +93,35 @@ def _conll_columns(line: str) -> list[str]:
     return [cell.strip() for cell in cells]
 
 
-def read_conll(path: Path) -> list[TaggedSentence]:
-    """The sentences of a CoNLL file (see the module docstring for the format)."""
+def read_conll(path: Path, *, tags: bool = True) -> list[TaggedSentence]:
+    """The sentences of a CoNLL file (see the module docstring for the format). `tags` False
+    reads the words only: a line may then hold a word alone (its tag is "")."""
     sentences: list[TaggedSentence] = []
     words: list[str] = []
-    tags: list[str] = []
+    found: list[str] = []
     for lineno, line in enumerate(_existing(path).read_text(encoding="utf-8").splitlines(), start=1):
         cols = _conll_columns(line) if line.strip() else []
         if not cols or cols[0] == DOCSTART:
             if words:
-                sentences.append(TaggedSentence(tuple(words), tuple(tags)))
-                words, tags = [], []
+                sentences.append(TaggedSentence(tuple(words), tuple(found)))
+                words, found = [], []
             continue
-        if len(cols) < 2 or not cols[0] or not cols[-1]:
+        if tags and (len(cols) < 2 or not cols[0] or not cols[-1]):
             raise DatasetError(
                 f"{path}:{lineno}: expected 'token<TAB>tag' (a word and its tag), got {line.strip()!r}"
             )
         words.append(cols[0])
-        tags.append(cols[-1])
+        found.append(cols[-1] if len(cols) > 1 else "")
     if words:
-        sentences.append(TaggedSentence(tuple(words), tuple(tags)))
+        sentences.append(TaggedSentence(tuple(words), tuple(found)))
     if not sentences:
         raise DatasetError(f"{path} has no sentences")
     return sentences
 
 
 def read_conll_texts(path: Path) -> list[str]:
-    """The sentences of a CoNLL file as texts (words joined by single spaces)."""
-    return [sentence.text for sentence in read_conll(path)]
+    """The sentences of a CoNLL file as texts (words joined by single spaces), tags optional."""
+    return [sentence.text for sentence in read_conll(path, tags=False)]
 
 
 # ------------------------------------------------------------------------------------ labelled texts

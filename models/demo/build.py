@@ -43,7 +43,11 @@ from bertserve.modelrepo import (  # noqa: E402
 CONFIG_FILE = HERE / "demo.yaml"
 STAMP_FILE = "demo-recipe.json"
 # compose.py is not listed: its effect is entirely in the data files, which are hashed.
-RECIPE_CODE = (HERE / "build.py", ROOT / "bertserve" / "training" / "finetune.py")
+RECIPE_CODE = (
+    HERE / "build.py",
+    ROOT / "bertserve" / "training" / "finetune.py",
+    ROOT / "bertserve" / "evaluation" / "datasets.py",  # reads the training data
+)
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 CLASSIFY_EXAMPLE = [
     "I absolutely loved this movie, the acting was superb.",
@@ -131,13 +135,13 @@ def is_current(repo: Path, name: str, expected_hash: str) -> bool:
 
 def _calibration_file(section: ModelSection, count: int, folder: Path) -> Path:
     """In-domain sentences (from the training data) for NNCF's int8 calibration."""
-    from bertserve.training.finetune import read_conll, read_text_classification
+    from bertserve.evaluation.datasets import read_conll_texts, read_labelled_texts
 
     train = HERE / section.train
     if section.task == "token-classification":
-        texts = [" ".join(s.tokens) for s in read_conll(train)]
+        texts = read_conll_texts(train)
     else:
-        texts = [e.text for e in read_text_classification(train)]
+        texts = [e.text for e in read_labelled_texts(train)]
     path = folder / "calibration.txt"
     path.write_text("\n".join(texts[:count]) + "\n", encoding="utf-8")
     return path

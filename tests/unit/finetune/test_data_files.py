@@ -1,4 +1,7 @@
-"""Data loaders of `bertserve finetune`: CSV/TSV/CoNLL parsing, label resolution, error messages."""
+"""Data loaders of `bertserve finetune`: CSV/TSV/CoNLL parsing, label resolution, error messages.
+
+The files are read by `bertserve.evaluation.datasets`; `read_training_data` is how finetune reads them.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from bertserve.evaluation.datasets import TaggedSentence as TaggedExample
 from bertserve.export.errors import ExportError
 from bertserve.modelrepo import Task
-from bertserve.training.finetune import (
-    TaggedExample,
-    check_iob2,
-    read_conll,
-    read_text_classification,
-    resolve_labels,
-)
+from bertserve.training.finetune import check_iob2, read_training_data, resolve_labels
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -25,31 +23,31 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 def test_tsv_without_header(tmp_path: Path) -> None:
     path = write(tmp_path, "d.tsv", 'great "film"\tPOSITIVE\n\nawful\tNEGATIVE\n')
-    examples = read_text_classification(path)
+    examples = read_training_data(Task.TEXT_CLASSIFICATION, path)
     assert [(e.text, e.label) for e in examples] == [('great "film"', "POSITIVE"), ("awful", "NEGATIVE")]
 
 
 def test_csv_with_header_in_any_column_order_and_quoted_commas(tmp_path: Path) -> None:
     path = write(tmp_path, "d.csv", 'id,label,sentence\n1,pos,"loved it, truly"\n2,neg,meh\n')
-    examples = read_text_classification(path)
+    examples = read_training_data(Task.TEXT_CLASSIFICATION, path)
     assert [(e.text, e.label) for e in examples] == [("loved it, truly", "pos"), ("meh", "neg")]
 
 
 def test_tsv_with_wrong_column_count_names_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, "d.tsv", "a\tb\tc\n")
     with pytest.raises(ExportError, match=r"d.tsv:1: expected two columns"):
-        read_text_classification(path)
+        read_training_data(Task.TEXT_CLASSIFICATION, path)
 
 
 def test_empty_label_is_refused_with_its_line(tmp_path: Path) -> None:
     path = write(tmp_path, "d.tsv", "text\tlabel\nfine\tPOSITIVE\nno label\t \n")
     with pytest.raises(ExportError, match=r"d.tsv:3: empty text or label"):
-        read_text_classification(path)
+        read_training_data(Task.TEXT_CLASSIFICATION, path)
 
 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="does not exist"):
-        read_text_classification(tmp_path / "nope.tsv")
+        read_training_data(Task.TEXT_CLASSIFICATION, tmp_path / "nope.tsv")
 
 
 def test_conll_sentences_and_docstart(tmp_path: Path) -> None:
@@ -58,7 +56,7 @@ def test_conll_sentences_and_docstart(tmp_path: Path) -> None:
         "d.conll",
         "-DOCSTART-\tO\n\nAngela\tB-PER\nMerkel\tI-PER\nspoke\tO\n\nin\tO\nParis\tB-LOC\n",
     )
-    sentences = read_conll(path)
+    sentences = read_training_data(Task.TOKEN_CLASSIFICATION, path)
     assert sentences == [
         TaggedExample(("Angela", "Merkel", "spoke"), ("B-PER", "I-PER", "O")),
         TaggedExample(("in", "Paris"), ("O", "B-LOC")),
@@ -68,7 +66,7 @@ def test_conll_sentences_and_docstart(tmp_path: Path) -> None:
 def test_conll_line_without_tag(tmp_path: Path) -> None:
     path = write(tmp_path, "d.conll", "Angela\tB-PER\nMerkel\n")
     with pytest.raises(ExportError, match=r"d.conll:2: expected 'token<TAB>tag'"):
-        read_conll(path)
+        read_training_data(Task.TOKEN_CLASSIFICATION, path)
 
 
 @pytest.mark.parametrize(

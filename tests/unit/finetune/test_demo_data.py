@@ -10,7 +10,8 @@ from types import ModuleType
 
 import pytest
 
-from bertserve.training.finetune import TaggedExample, check_iob2, read_conll, read_text_classification
+from bertserve.evaluation.datasets import TaggedSentence, read_conll, read_labelled_texts
+from bertserve.training.finetune import check_iob2
 from tests.unit.finetune.conftest import DEMO_DIR
 
 DATA = DEMO_DIR / "data"
@@ -20,12 +21,12 @@ def _key(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def _entities(sentences: list[TaggedExample]) -> dict[str, set[str]]:
+def _entities(sentences: list[TaggedSentence]) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for sentence in sentences:
         current: list[str] = []
         kind = ""
-        for token, tag in [*zip(sentence.tokens, sentence.tags, strict=True), ("", "O")]:
+        for token, tag in [*zip(sentence.words, sentence.tags, strict=True), ("", "O")]:
             if current and not tag.startswith("I-"):
                 found.setdefault(kind, set()).add(" ".join(current).lower())
                 current = []
@@ -43,8 +44,8 @@ def test_committed_data_is_what_the_sources_compose_to(compose: ModuleType) -> N
 
 
 def test_sentiment_sizes_and_balance() -> None:
-    train = read_text_classification(DATA / "sentiment" / "train.tsv")
-    heldout = read_text_classification(DATA / "sentiment" / "heldout.tsv")
+    train = read_labelled_texts(DATA / "sentiment" / "train.tsv")
+    heldout = read_labelled_texts(DATA / "sentiment" / "heldout.tsv")
     assert len(train) >= 5000 and len(heldout) >= 500
     for examples in (train, heldout):
         counts = Counter(e.label for e in examples)
@@ -53,7 +54,7 @@ def test_sentiment_sizes_and_balance() -> None:
 
 
 def test_sentiment_variety() -> None:
-    train = read_text_classification(DATA / "sentiment" / "train.tsv")
+    train = read_labelled_texts(DATA / "sentiment" / "train.tsv")
     lengths = [len(e.text.split()) for e in train]
     assert min(lengths) <= 2 and max(lengths) >= 25  # single words to long, mixed reviews
     lowered = sum(e.text == e.text.lower() for e in train) / len(train)
@@ -62,8 +63,8 @@ def test_sentiment_variety() -> None:
 
 
 def test_sentiment_heldout_shares_no_text_with_train() -> None:
-    train = {_key(e.text) for e in read_text_classification(DATA / "sentiment" / "train.tsv")}
-    heldout = {_key(e.text) for e in read_text_classification(DATA / "sentiment" / "heldout.tsv")}
+    train = {_key(e.text) for e in read_labelled_texts(DATA / "sentiment" / "train.tsv")}
+    heldout = {_key(e.text) for e in read_labelled_texts(DATA / "sentiment" / "heldout.tsv")}
     assert not train & heldout
 
 

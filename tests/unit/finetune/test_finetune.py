@@ -127,7 +127,7 @@ def test_token_classification_labels_first_subtokens_and_exports(
 
 
 def test_first_subtoken_targets(tiny_bases: dict[str, Path]) -> None:
-    from bertserve.training.finetune import TaggedExample as Tagged
+    from bertserve.evaluation.datasets import TaggedSentence as Tagged
     from bertserve.training.finetune import _encode_tagged, _load_tokenizer
 
     tokenizer = _load_tokenizer(tiny_bases["ner"])
@@ -145,7 +145,7 @@ def test_first_subtoken_targets(tiny_bases: dict[str, Path]) -> None:
 
 
 def test_label_subwords_trains_every_piece_as_inside(tiny_bases: dict[str, Path]) -> None:
-    from bertserve.training.finetune import TaggedExample as Tagged
+    from bertserve.evaluation.datasets import TaggedSentence as Tagged
     from bertserve.training.finetune import _encode_tagged, _load_tokenizer
 
     tokenizer = _load_tokenizer(tiny_bases["ner"])
