@@ -18,7 +18,7 @@ from pathlib import Path
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("backend inference", ("onnxruntime/", "openvino/", "bertserve/runtime/")),
     ("tokenization", ("tokenizers/", "service/tokenization.py")),
-    ("JSON encode/decode", ("json/", "orjson", "json_response")),
+    ("JSON encode/decode", ("json/", "orjson")),
     ("request validation (pydantic)", ("pydantic", "fastapi/_compat", "fastapi/dependencies")),
     ("batching and queueing", ("service/batching.py", "service/pipeline.py")),
     ("heads / postprocess", ("service/heads/", "service/windowing.py", "numpy/")),

@@ -56,11 +56,11 @@ class Window:
 
 @dataclass(frozen=True, slots=True)
 class WindowInputs:
-    """One window as a model input sequence (no padding)."""
+    """One window as a model input sequence (no padding: every position is attended; the
+    collator builds the batch's mask)."""
 
     input_ids: IntArray
     token_type_ids: IntArray
-    attention_mask: IntArray
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +82,6 @@ class WindowPlan:
     def sequence_length(self, k: int) -> int:
         return self.prefix + len(self.windows[k]) + self.suffix
 
-    def content_rows(self, k: int) -> slice:
-        """Rows of window ``k``'s output that belong to its content tokens (specials dropped)."""
-        return slice(self.prefix, self.prefix + len(self.windows[k]))
-
     def window_inputs(
         self, k: int, input_ids: Sequence[int], token_type_ids: Sequence[int] | None = None
     ) -> WindowInputs:
@@ -102,7 +98,7 @@ class WindowPlan:
         body = slice(window.start, window.end)
         seq_ids = np.concatenate([ids[head], ids[body], ids[tail]])
         seq_types = np.concatenate([types[head], types[body], types[tail]])
-        return WindowInputs(seq_ids, seq_types, np.ones_like(seq_ids))
+        return WindowInputs(seq_ids, seq_types)
 
     def stitch(self, window_outputs: Sequence[npt.NDArray[np.floating]]) -> npt.NDArray[np.floating]:
         """Per-window ``[sequence_length(k), n_labels]`` outputs (logits or probabilities, padding

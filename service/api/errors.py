@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from bertserve.service.api.schemas import ErrorEnvelope
+from bertserve.service.api.schemas import ErrorEnvelope, error_envelope
 from bertserve.service.errors import (
     ClientClosedError,
     DeadlineExceededError,
@@ -78,7 +78,7 @@ def status_for(exc: BaseException) -> int:
 def error_response(
     status: int, error_type: str, message: str, headers: Mapping[str, str] | None = None
 ) -> Response:
-    body = json.dumps({"error": {"type": error_type, "message": message}}).encode()
+    body = json.dumps(error_envelope(error_type, message)).encode()
     return Response(body, status_code=status, media_type="application/json", headers=dict(headers or {}))
 
 

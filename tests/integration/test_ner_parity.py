@@ -240,7 +240,7 @@ def test_windowed_inference_equals_whole_text_for_a_context_free_model(tokenizer
             out = model(
                 input_ids=torch.from_numpy(inputs.input_ids)[None],
                 token_type_ids=torch.from_numpy(inputs.token_type_ids)[None],
-                attention_mask=torch.from_numpy(inputs.attention_mask)[None],
+                attention_mask=torch.ones((1, len(inputs.input_ids)), dtype=torch.int64),
             )
         outputs.append(out.logits[0].numpy())
     stitched = plan.stitch(outputs)
