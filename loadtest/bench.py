@@ -424,7 +424,7 @@ def locust_command(
     return f"{serve} &  # wait for /health/ready, then:\n{make}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repo", type=Path, default=Path("models"))
     ap.add_argument("--model", default="sentiment")
@@ -445,12 +445,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-build", action="store_true", help="never build the fallback model")
     ap.add_argument("--out", type=Path, default=Path("results"))
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     budget = Budget.quick() if args.quick else Budget()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     started = time.perf_counter()
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = args.out / stamp
+    out = args.out / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
     from bertserve.modelrepo import load_model_config
 
@@ -461,106 +464,123 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: model {model} in {args.repo}, backend {args.backend}, {len(sentences)} sentences")
     print(f"       from {corpus.source}; {os.cpu_count()} CPUs; budget {'quick' if args.quick else 'full'}")
 
-    print("1. raw backend (backend.infer only, arrival-order batches padded to their longest)")
     raw_bench = open_raw(args.repo, model, args.backend, args.precision, sentences)
+    raw = measure_raw(raw_bench, budget)
+    best_bs = max(raw, key=lambda p: p.sequences_per_s).batch_size
+    run = BenchRun(meta=run_meta(args, budget, model, corpus, raw_bench, best_bs), raw=raw, service=[])
+
+    port = free_port()
+    with running_service(args.repo, model, args.backend, args.precision, port) as service_pid:
+        target = Target.classify(port, model, sentences)
+        measure_service(run, target, [int(x) for x in args.concurrency.split(",")], budget)
+        measure_pairs(run, raw_bench, target, best_bs, budget)
+        if args.profile:
+            profile_service(service_pid, target, budget, out)
+        if "naive" not in skip:
+            measure_naive(run, args, model, sentences, target, budget)
+        if "backends" not in skip:
+            measure_backends(run, args.repo, model, config, sentences, best_bs, budget, out)
+        if "slo" not in skip:
+            run = search_slo(run, target, args, model, budget)
+    raw_bench.backend.close()
+
+    run.meta["elapsed_s"] = round(time.perf_counter() - started, 1)
+    print_summary(write_results(out, run), run, budget, args.slo_ms, out)
+    return 0
+
+
+def run_meta(
+    args: argparse.Namespace, budget: Budget, model: str, corpus: Corpus, raw_bench: RawBench, best_bs: int
+) -> dict[str, object]:
+    return {
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": model,
+        "repo": str(args.repo),
+        "backend": raw_bench.backend.name,
+        "precision": str(raw_bench.backend.precision),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "sentences": {"source": corpus.source, "count": len(corpus.texts)},
+        "raw_best_batch_size": best_bs,
+        "compare_clients": COMPARE_CLIENTS,
+        "budget": {"quick": args.quick, **{k: getattr(budget, k) for k in budget.__dataclass_fields__}},
+    }
+
+
+def measure_raw(raw_bench: RawBench, budget: Budget) -> list[RawPoint]:
+    print("1. raw backend (backend.infer only, arrival-order batches padded to their longest)")
     raw: list[RawPoint] = []
     for bs in RAW_BATCH_SIZES:
         raw.append(raw_bench.measure(bs, budget.raw_s))
         print(
             f"  raw batch {bs:>3}: {raw[-1].sequences_per_s:8.1f} seq/s  p50 {raw[-1].p50_ms:7.2f} ms/batch"
         )
-    best_bs = max(raw, key=lambda p: p.sequences_per_s).batch_size
-    precision = str(raw_bench.backend.precision)
-    backend_name = raw_bench.backend.name
+    return raw
 
-    run = BenchRun(
-        meta={
-            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-            "model": model,
-            "repo": str(args.repo),
-            "backend": backend_name,
-            "precision": precision,
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "sentences": {"source": corpus.source, "count": len(sentences)},
-            "raw_best_batch_size": best_bs,
-            "compare_clients": COMPARE_CLIENTS,
-            "budget": {"quick": args.quick, **{k: getattr(budget, k) for k in budget.__dataclass_fields__}},
-        },
-        raw=raw,
-        service=[],
+
+def measure_service(run: BenchRun, target: Target, levels: Sequence[int], budget: Budget) -> None:
+    print("2. service, closed loop, one sentence per request")
+    for c in levels:
+        run.service.append(target.closed(c, budget.level_s, budget.warmup_s))
+        show("service", run.service[-1])
+
+
+def measure_pairs(run: BenchRun, raw_bench: RawBench, target: Target, best_bs: int, budget: Budget) -> None:
+    """Service against raw, back to back, so that both sides of each ratio see the same machine."""
+    print(
+        f"   {budget.repeats} paired repeats: raw batch {best_bs} then service at {COMPARE_CLIENTS} "
+        "clients; raw batch 1 then service at 1 client"
     )
-
-    port = free_port()
-    with running_service(args.repo, model, args.backend, args.precision, port) as service_pid:
-        target = Target.classify(port, model, sentences)
-        print("2. service, closed loop, one sentence per request")
-        for c in (int(x) for x in args.concurrency.split(",")):
-            run.service.append(target.closed(c, budget.level_s, budget.warmup_s))
-            show("service", run.service[-1])
-
+    for _ in range(budget.repeats):
+        r = raw_bench.measure(best_bs, budget.pair_s).sequences_per_s
+        s = target.closed(COMPARE_CLIENTS, budget.pair_s, 0.5)
+        run.service_vs_raw_pairs.append(round(s.throughput_rps / r, 4))
+        if s.real_token_ratio is not None:
+            run.real_token_ratios.append(s.real_token_ratio)
+        r1 = raw_bench.measure(1, budget.pair_s / 2).p50_ms
+        s1 = target.closed(1, budget.pair_s / 2, 0.3).p50_ms
+        run.latency_overhead_pairs.append(round(s1 - r1, 3))
         print(
-            f"   {budget.repeats} paired repeats: raw batch {best_bs} then service at {COMPARE_CLIENTS} "
-            "clients; raw batch 1 then service at 1 client"
+            f"   service/raw {run.service_vs_raw_pairs[-1]:.3f} ({s.throughput_rps:.1f} vs {r:.1f}); "
+            f"overhead {run.latency_overhead_pairs[-1]:.2f} ms ({s1:.2f} vs {r1:.2f}); "
+            f"real/padded {s.real_token_ratio}"
         )
-        for _ in range(budget.repeats):
-            r = raw_bench.measure(best_bs, budget.pair_s).sequences_per_s
-            s = target.closed(COMPARE_CLIENTS, budget.pair_s, 0.5)
-            run.service_vs_raw_pairs.append(round(s.throughput_rps / r, 4))
-            if s.real_token_ratio is not None:
-                run.real_token_ratios.append(s.real_token_ratio)
-            r1 = raw_bench.measure(1, budget.pair_s / 2).p50_ms
-            s1 = target.closed(1, budget.pair_s / 2, 0.3).p50_ms
-            run.latency_overhead_pairs.append(round(s1 - r1, 3))
-            print(
-                f"   service/raw {run.service_vs_raw_pairs[-1]:.3f} ({s.throughput_rps:.1f} vs {r:.1f}); "
-                f"overhead {run.latency_overhead_pairs[-1]:.2f} ms ({s1:.2f} vs {r1:.2f}); "
-                f"real/padded {s.real_token_ratio}"
-            )
 
-        if args.profile:
-            profile_service(service_pid, target, budget, out)
 
-        if "naive" not in skip:
-            measure_naive(run, args, model, sentences, target, budget)
+def search_slo(
+    run: BenchRun, target: Target, args: argparse.Namespace, model: str, budget: Budget
+) -> BenchRun:
+    print(f"5. open loop: highest rate with p95 <= {args.slo_ms:g} ms")
+    start = 0.7 * max(p.throughput_rps for p in run.service)
+    search = find_max_rate(
+        lambda rate: _show_probe(target.open(rate, budget.probe_s)),
+        slo_p95_ms=args.slo_ms,
+        start_rate=max(start, 1.0),
+        max_probes=budget.max_probes,
+    )
+    run = replace(run, slo=search)
+    if search.max_rate is None:
+        return run
+    command = locust_command(
+        model, int(search.max_rate), COMPARE_CLIENTS, args.repo, args.backend, args.precision
+    )
+    return replace(run, locust_command=command)
 
-        if "backends" not in skip:
-            measure_backends(run, args.repo, model, config, sentences, best_bs, budget, out)
 
-        if "slo" not in skip:
-            print(f"5. open loop: highest rate with p95 <= {args.slo_ms:g} ms")
-            start = 0.7 * max(p.throughput_rps for p in run.service)
-            search = find_max_rate(
-                lambda rate: _show_probe(target.open(rate, budget.probe_s)),
-                slo_p95_ms=args.slo_ms,
-                start_rate=max(start, 1.0),
-                max_probes=budget.max_probes,
-            )
-            run = replace(run, slo=search)
-            if search.max_rate is not None:
-                rate = int(search.max_rate)
-                run = replace(
-                    run,
-                    locust_command=locust_command(
-                        model, rate, COMPARE_CLIENTS, args.repo, args.backend, args.precision
-                    ),
-                )
-    raw_bench.backend.close()
-
-    run.meta["elapsed_s"] = round(time.perf_counter() - started, 1)
-    summary = write_results(out, run)
+def print_summary(
+    summary: dict[str, object], run: BenchRun, budget: Budget, slo_ms: float, out: Path
+) -> None:
     print()
     print(f"service_vs_raw = {summary['service_vs_raw']} (median of {budget.repeats} pairs; goal >= 0.9)")
     print(f"service_vs_naive = {summary['service_vs_naive']} (goal >= 5)")
     print(f"latency_overhead_ms = {summary['latency_overhead_ms']} (batch-1 p50, service - raw; goal <= 1.5)")
     print(f"real_token_ratio = {summary['real_token_ratio']} (at {COMPARE_CLIENTS} clients; goal >= 0.85)")
     print(f"best_backend = {summary['best_backend']}")
-    print(f"max_rate_at_slo = {summary['max_rate_at_slo']} req/s (p95 <= {args.slo_ms:g} ms)")
+    print(f"max_rate_at_slo = {summary['max_rate_at_slo']} req/s (p95 <= {slo_ms:g} ms)")
     if run.locust_command:
         print(f"\n60-second Locust check at that rate:\n{run.locust_command}")
     print(f"\nwritten to {out}/ (summary.json, report.md, *.png) in {run.meta['elapsed_s']} s")
-    return 0
 
 
 def _show_probe(p: RateProbe) -> RateProbe:
