@@ -6,10 +6,14 @@ Heavy imports happen inside each command: `bertserve serve` must never import to
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from bertserve.export.options import CliFlag, cli_flags, options_from_cli
 
 app = typer.Typer(
     name="bertserve",
@@ -20,60 +24,35 @@ app = typer.Typer(
 )
 
 
-@app.command()
-def export(
-    model: Annotated[str, typer.Option(help="Checkpoint folder or Hugging Face hub id.")],
-    task: Annotated[str, typer.Option(help="text-classification or token-classification.")],
-    name: Annotated[str, typer.Option(help="Model name in the repository (URL path segment).")],
-    repo: Annotated[Path, typer.Option(help="Model repository folder.")] = Path("models"),
-    formats: Annotated[str, typer.Option(help="Comma-separated: onnx, openvino.")] = "onnx,openvino",
-    int8: Annotated[bool, typer.Option("--int8", help="Also write int8 ONNX and NNCF int8 IR.")] = False,
-    fp16_ir: Annotated[bool, typer.Option("--fp16-ir", help="Compress OpenVINO IR weights to fp16.")] = False,
-    max_length: Annotated[
-        int | None, typer.Option(help="Longest sequence served (default: the model's, at most 512).")
-    ] = None,
-    calibration: Annotated[
-        Path | None, typer.Option(help="Text file (one sentence a line) for int8 calibration.")
-    ] = None,
-    eval_file: Annotated[
-        Path | None, typer.Option(help="Labeled TSV (text<TAB>label) or CoNLL file to gate int8 on.")
-    ] = None,
-    version: Annotated[int | None, typer.Option(help="Version folder (default: next free).")] = None,
-    allow_pickle: Annotated[
-        bool, typer.Option("--allow-pickle", help="Accept pytorch_model.bin (pickle) weights.")
-    ] = False,
-    force: Annotated[
-        bool, typer.Option("--force", help="Make int8 the default even if it fails the gate.")
-    ] = False,
-    segmentation: Annotated[
-        str | None,
-        typer.Option(
-            help="Token classification: how the service reads a text by default: none (whole, "
-            "windowed when long), lines, or sentences (for taggers trained on single sentences)."
-        ),
-    ] = None,
-) -> None:
-    """Export a checkpoint to ONNX / OpenVINO, validate it against PyTorch, write it to the repository."""
-    from bertserve.export.exporter import ExportError, ExportOptions, run_export
+def _with_flags(flags: Sequence[CliFlag]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command taking `**values` one Typer option per flag: Typer reads the parameters from
+    the function's signature, so the signature is made from the flags."""
 
-    options = ExportOptions(
-        model=model,
-        task=task,
-        name=name,
-        repo=repo,
-        formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-        int8=int8,
-        fp16_ir=fp16_ir,
-        max_length=max_length,
-        calibration=calibration,
-        eval_file=eval_file,
-        version=version,
-        allow_pickle=allow_pickle,
-        force=force,
-        segmentation=segmentation,
-    )
+    def apply(command: Callable[..., None]) -> Callable[..., None]:
+        parameters = [
+            inspect.Parameter(
+                flag.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=Annotated[flag.type, typer.Option(flag.flag, help=flag.help)],
+                default=inspect.Parameter.empty if flag.required else flag.default,
+            )
+            for flag in flags
+        ]
+        command.__signature__ = inspect.Signature(parameters, return_annotation=None)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in parameters}
+        return command
+
+    return apply
+
+
+@app.command()
+@_with_flags(cli_flags())  # every ExportOptions field with a flag (bertserve/export/options.py)
+def export(**values: Any) -> None:
+    """Export a checkpoint to ONNX / OpenVINO, validate it against PyTorch, write it to the repository."""
+    from bertserve.export.exporter import ExportError, run_export
+
     try:
-        run_export(options)
+        run_export(options_from_cli(values))
     except ExportError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None

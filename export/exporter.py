@@ -20,9 +20,9 @@ from rich.console import Console
 
 from bertserve.export.checkpoint import LoadedCheckpoint, load_checkpoint, parse_task
 from bertserve.export.errors import ExportError
+from bertserve.export.options import KNOWN_FORMATS, ExportOptions
 from bertserve.export.report import ArtifactResult, ExportReport, GateResult, StepProgress, render_summary
 from bertserve.export.validate import (
-    FP32_ATOL,
     PAIRS,
     SENTENCES,
     EvalSet,
@@ -62,33 +62,6 @@ ORT_FILE = "model.ort.onnx"
 INT8_ONNX_FILE = "model.int8.onnx"
 IR_DIR = "openvino"
 INT8_IR_DIR = "openvino-int8"
-KNOWN_FORMATS = ("onnx", "openvino")
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    model: str
-    task: str
-    name: str
-    repo: Path = Path("models")
-    formats: tuple[str, ...] = KNOWN_FORMATS
-    int8: bool = False
-    fp16_ir: bool = False
-    max_length: int | None = None
-    calibration: Path | None = None
-    eval_file: Path | None = None
-    version: int | None = None
-    allow_pickle: bool = False
-    force: bool = False
-    # int8 gate: below this argmax agreement, or above this eval drop, int8 is not the default.
-    min_int8_agreement: float = 0.99
-    max_int8_drop_points: float = 1.0
-    fp32_atol: float = FP32_ATOL
-    # token classification: how the service reads a text (model.yaml `segmentation`); None keeps an
-    # earlier version's setting, else "none"
-    segmentation: str | None = None
-    measure_speed: bool = True
-    quiet: bool = False
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 
 from bertserve.export.errors import ExportError  # noqa: E402
+from bertserve.export.options import KNOWN_FORMATS, recipe_fields  # noqa: E402
 from bertserve.modelrepo import (  # noqa: E402
     RepositoryError,
     load_model_config,
@@ -56,16 +57,30 @@ CLASSIFY_EXAMPLE = [
 NER_EXAMPLE = "Angela Merkel met Emmanuel Macron in Paris to talk about Airbus."
 
 
-class ExportSection(BaseModel):
+class _RecipeExport(BaseModel):
+    """What the recipe's export section adds to `bertserve export`'s own options."""
+
     model_config = ConfigDict(extra="forbid")
 
-    formats: list[str] = Field(default_factory=lambda: ["onnx", "openvino"])
-    int8: bool = True
-    max_length: int = Field(128, ge=8, le=512)
-    calibration_sentences: int = Field(300, ge=1)
+    calibration_sentences: int = Field(300, ge=1)  # from the training data, for NNCF's int8
+
+    def export_options(self) -> dict[str, Any]:
+        """The section's ExportOptions keywords."""
+        return self.model_dump(exclude=set(_RecipeExport.model_fields))
 
 
-class ModelSection(BaseModel):
+# The export options the recipe sets, with the demo's defaults: their types and help are
+# `bertserve export`'s (bertserve/export/options.py), so the recipe cannot drift from the CLI.
+ExportSection = create_model(
+    "ExportSection",
+    __base__=_RecipeExport,
+    **recipe_fields(
+        {"formats": KNOWN_FORMATS, "int8": True, "max_length": 128}, bounds={"max_length": {"ge": 8, "le": 512}}
+    ),
+)
+
+
+class _TrainedModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task: str
@@ -79,7 +94,10 @@ class ModelSection(BaseModel):
     seed: int
     freeze_embeddings: bool = False
     label_subwords: bool = False
-    segmentation: str | None = None  # token classification: model.yaml `segmentation`
+
+
+# a model's section: how it is trained, and the export option that belongs to one model
+ModelSection = create_model("ModelSection", __base__=_TrainedModel, **recipe_fields({"segmentation": None}))
 
 
 class DemoConfig(BaseModel):
@@ -184,9 +202,7 @@ def build_model(repo: Path, name: str, config: DemoConfig, recipe: str) -> dict[
                 task=section.task,
                 name=name,
                 repo=repo,
-                formats=tuple(config.export.formats),
-                int8=config.export.int8,
-                max_length=config.export.max_length,
+                **config.export.export_options(),
                 calibration=_calibration_file(section, config.export.calibration_sentences, Path(tmp)),
                 eval_file=HERE / section.heldout if config.export.int8 else None,
                 measure_speed=False,

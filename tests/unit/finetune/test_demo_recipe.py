@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+import typing
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 from pydantic import ValidationError
 
+from bertserve.export.options import ExportOptions, described
 from tests.helpers.fake_repo import FakeModelSpec, write_fake_repo
 from tests.unit.finetune.conftest import DEMO_DIR
 
@@ -110,3 +113,27 @@ def test_curl_examples_are_valid_requests(build: ModuleType) -> None:
     payloads = [json.loads(body) for body in bodies]
     assert payloads[0] == {"inputs": list(build.CLASSIFY_EXAMPLE)}
     assert payloads[1] == {"inputs": build.NER_EXAMPLE, "aggregation": "simple"}
+
+
+def test_export_section_reuses_the_export_options(build: ModuleType) -> None:
+    """The recipe's export settings are `bertserve export`'s own options (type and help), and
+    what the recipe hash reads of them is what it read before they were shared."""
+    types = typing.get_type_hints(ExportOptions)
+    option_names = {f.name for f in dataclasses.fields(ExportOptions)}
+    taken = {build.ExportSection: {"formats", "int8", "max_length"}, build.ModelSection: {"segmentation"}}
+    for section, names in taken.items():
+        for name in names:
+            field = section.model_fields[name]
+            assert field.annotation == types[name] and field.description == described(name).help
+    # beside the shared options, the export section has only what the recipe adds
+    assert set(build.ExportSection.model_fields) - option_names == {"calibration_sentences"}
+    assert build.ExportSection().model_dump(mode="json") == {
+        "formats": ["onnx", "openvino"],
+        "int8": True,
+        "max_length": 128,
+        "calibration_sentences": 300,
+    }
+    options = ExportOptions(
+        model="ckpt", task="text-classification", name="m", **build.ExportSection().export_options()
+    )
+    assert (options.formats, options.int8, options.max_length) == (("onnx", "openvino"), True, 128)
