@@ -14,7 +14,9 @@ import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -22,10 +24,19 @@ from bertserve.export.checkpoint import LoadedCheckpoint, load_checkpoint, parse
 from bertserve.export.errors import ExportError
 from bertserve.export.options import KNOWN_FORMATS, ExportOptions
 from bertserve.export.report import ArtifactResult, ExportReport, GateResult, StepProgress, render_summary
+from bertserve.export.specs import (
+    PORTABLE_ONNX,
+    ArtifactSpec,
+    BuildInputs,
+    BuildOutput,
+    Calibration,
+    applicable,
+)
 from bertserve.export.validate import (
     PAIRS,
     SENTENCES,
     EvalSet,
+    FloatArray,
     LogitsRunner,
     OnnxRuntimeRunner,
     OpenVinoRunner,
@@ -55,13 +66,10 @@ from bertserve.modelrepo import (
     sha256_file,
 )
 
-__all__ = ["ExportError", "ExportOptions", "ExportResult", "run_export"]
+if TYPE_CHECKING:
+    from bertserve.export.onnx_export import OnnxGraphInfo
 
-ONNX_FILE = "model.onnx"
-ORT_FILE = "model.ort.onnx"
-INT8_ONNX_FILE = "model.int8.onnx"
-IR_DIR = "openvino"
-INT8_IR_DIR = "openvino-int8"
+__all__ = ["ExportError", "ExportOptions", "ExportResult", "run_export"]
 
 
 @dataclass(frozen=True)
@@ -137,18 +145,6 @@ def _files(folder: Path, rels: Sequence[str]) -> dict[str, str]:
     return {rel: sha256_file(folder / rel) for rel in rels}
 
 
-def onnx_artifact_files(folder: Path, main: str) -> list[str]:
-    """`main` and every external-data file its graph reads (graphs over 2 GB keep their weights
-    beside them), relative to `folder`: all of them go into model.yaml with a sha256, because the
-    service refuses to open a graph that reads an unlisted file. The walk is the service's own
-    (bertserve.runtime.onnx_files), so what the export lists is exactly what the service checks."""
-    from bertserve.runtime.onnx_files import external_data_locations
-
-    base = PurePosixPath(main).parent
-    extra = [str(base / location) for location in external_data_locations(folder / main)]
-    return [main, *sorted(set(extra) - {main})]
-
-
 def _calibration_texts(path: Path | None) -> tuple[list[str], str]:
     if path is None:
         texts = list(SENTENCES) + [f"{a} {b}" for a, b in PAIRS]
@@ -159,34 +155,57 @@ def _calibration_texts(path: Path | None) -> tuple[list[str], str]:
     return texts, f"{min(len(texts), 300)} sentences from {path.name}"
 
 
+LOAD_STEP = "load checkpoint"
+PORTABLE_STEP = "export portable ONNX"
+SPEED_STEP = "measure speed"
+WRITE_STEP = "write repository files"
+
+
+def _eval_step(path: Path) -> str:
+    return f"evaluate on {path.name}"
+
+
+def planned_steps(options: ExportOptions, specs: Sequence[ArtifactSpec]) -> tuple[str, ...]:
+    """Every progress step of an export, in order; the progress bar's length is this list's."""
+    return (
+        LOAD_STEP,
+        PORTABLE_STEP,
+        *(spec.step for spec in specs),
+        *((_eval_step(options.eval_file),) if options.eval_file is not None else ()),
+        *((SPEED_STEP,) if options.measure_speed else ()),
+        WRITE_STEP,
+    )
+
+
 def run_export(options: ExportOptions) -> ExportResult:
     task, formats = _check_options(options)
+    specs = applicable(options, formats)
     console = Console(stderr=True, quiet=options.quiet)
     repo = options.repo
     model_dir = repo / options.name
     existing = _existing_config(repo, options.name)
     version = _choose_version(model_dir, existing, options.version)
-    eval_set: EvalSet | None = None
-
-    n_steps = 4 + (2 if "onnx" in formats else 0) + (1 if "openvino" in formats else 0)
-    n_steps += (("onnx" in formats) + ("openvino" in formats)) if options.int8 else 0
-    n_steps += (1 if options.eval_file else 0) + (1 if options.measure_speed else 0)
 
     created_model_dir = not model_dir.exists()
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = model_dir / f".staging-{version}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     scratch = Path(tempfile.mkdtemp(prefix="bertserve-export-"))
+    # the portable graph is an artifact only with the onnx format; the others derive from it
+    portable = (staging if "onnx" in formats else scratch) / PORTABLE_ONNX
     try:
-        with StepProgress(console, n_steps) as steps:
-            with steps.step("load checkpoint"):
+        with StepProgress(console, len(planned_steps(options, specs))) as steps:
+            with steps.step(LOAD_STEP):
                 ckpt = load_checkpoint(
                     options.model, task, allow_pickle=options.allow_pickle, max_length=options.max_length
                 )
-                if options.eval_file is not None:
-                    eval_set = load_eval_file(options.eval_file, task, ckpt.labels)
+                eval_set = (
+                    load_eval_file(options.eval_file, task, ckpt.labels)
+                    if options.eval_file is not None
+                    else None
+                )
             result = _export_version(
-                options, formats, ckpt, eval_set, staging, scratch, steps, version, existing
+                options, specs, ckpt, eval_set, staging, portable, steps, version, existing
             )
         final = model_dir / str(version)
         staging.rename(final)
@@ -203,136 +222,53 @@ def run_export(options: ExportOptions) -> ExportResult:
     return ExportResult(config=result.config, version=version, version_dir=final, report=result.report)
 
 
+@dataclass(frozen=True)
+class _Reference:
+    """The portable graph and PyTorch's logits on the validation batches, which every artifact
+    is compared with."""
+
+    graph: OnnxGraphInfo
+    path: Path
+    batches: list[ValidationBatch]
+    torch_runner: TorchRunner
+    logits: list[FloatArray]
+
+
+@dataclass(frozen=True)
+class _Written:
+    """One spec, built and validated."""
+
+    artifact: Artifact
+    result: ArtifactResult
+    runner: LogitsRunner
+    output: BuildOutput
+
+
 def _export_version(
     options: ExportOptions,
-    formats: tuple[str, ...],
+    specs: Sequence[ArtifactSpec],
     ckpt: LoadedCheckpoint,
     eval_set: EvalSet | None,
     staging: Path,
-    scratch: Path,
+    portable: Path,
     steps: StepProgress,
     version: int,
     existing: ModelConfig | None,
 ) -> ExportResult:
-    from bertserve.export.onnx_export import export_portable_onnx, optimize_for_onnxruntime
-
-    task = ckpt.task
-    built = _Built()
-    notes = list(ckpt.notes)
-    keep_onnx = "onnx" in formats
-    onnx_dir = staging if keep_onnx else scratch
-
-    with steps.step("export portable ONNX"):
-        onnx_path = onnx_dir / ONNX_FILE
-        graph = export_portable_onnx(ckpt.model, task, onnx_path)
-        if existing is not None:
-            _check_compatible(existing, ckpt, graph.inputs)
-        batches = build_validation_batches(ckpt.tokenizer, task, graph.inputs, ckpt.max_length)
-        torch_runner = TorchRunner(ckpt.model)
-        reference = [torch_runner.run(b.feeds) for b in batches]
-
-    def validate(fmt: ArtifactFormat, precision: Precision, files: list[str], runner: LogitsRunner) -> None:
-        cmp = compare(reference, runner, batches, task, ckpt.problem_type)
-        rel = files[0]
-        if fmt != ArtifactFormat.OPENVINO:
-            files = onnx_artifact_files(staging, rel)
-        if precision == Precision.FP32:
-            passed = cmp.max_abs_diff <= options.fp32_atol
-            if not passed:
-                raise ExportError(
-                    f"{rel} does not match PyTorch: max |diff| {cmp.max_abs_diff:.2e} "
-                    f"> {options.fp32_atol:.0e}"
-                )
-            check, tolerance = "parity", options.fp32_atol
-        else:
-            passed = cmp.agreement >= options.min_int8_agreement
-            check, tolerance = "agreement", None
-            if precision == Precision.FP16 and not passed:
-                raise ExportError(
-                    f"{rel} (fp16 weights) agrees with PyTorch on only {cmp.agreement:.2%} of decisions"
-                )
-        built.artifacts.append(
-            Artifact(
-                format=fmt,
-                precision=precision,
-                files=_files(staging, files),
-                opset=graph.opset if fmt != ArtifactFormat.OPENVINO else None,
-            )
-        )
-        built.runners[f"{fmt.value}/{precision.value}"] = runner
-        built.results.append(
-            ArtifactResult(
-                format=fmt,
-                precision=precision,
-                path=rel,
-                check=check,
-                max_abs_diff=cmp.max_abs_diff,
-                agreement=cmp.agreement,
-                decisions=cmp.decisions,
-                passed=passed,
-                tolerance=tolerance,
-            )
-        )
-
-    fusions: dict[str, int] = {}
-    if keep_onnx:
-        with steps.step("validate portable ONNX"):
-            validate(ArtifactFormat.ONNX, Precision.FP32, [ONNX_FILE], OnnxRuntimeRunner(onnx_path))
-        with steps.step("ORT transformer fusions"):
-            fusions = optimize_for_onnxruntime(
-                onnx_path, staging / ORT_FILE, num_heads=ckpt.num_heads, hidden_size=ckpt.hidden_size
-            )
-            validate(
-                ArtifactFormat.ONNX_OPTIMIZED,
-                Precision.FP32,
-                [ORT_FILE],
-                OnnxRuntimeRunner(staging / ORT_FILE),
-            )
-        if options.int8:
-            from bertserve.export.quantize import quantize_onnx_dynamic
-
-            with steps.step("int8 ONNX (dynamic quantization)"):
-                quantize_onnx_dynamic(onnx_path, staging / INT8_ONNX_FILE)
-                validate(
-                    ArtifactFormat.ONNX,
-                    Precision.INT8,
-                    [INT8_ONNX_FILE],
-                    OnnxRuntimeRunner(staging / INT8_ONNX_FILE),
-                )
-
-    if "openvino" in formats:
-        from bertserve.export.openvino_export import IR_BIN, IR_XML, convert_to_openvino, save_ir
-
-        ir_precision = Precision.FP16 if options.fp16_ir else Precision.FP32
-        with steps.step(f"OpenVINO IR ({ir_precision.value})"):
-            ov_model = convert_to_openvino(onnx_path)
-            xml, _ = save_ir(ov_model, staging / IR_DIR, compress_to_fp16=options.fp16_ir)
-            validate(
-                ArtifactFormat.OPENVINO,
-                ir_precision,
-                [f"{IR_DIR}/{IR_XML}", f"{IR_DIR}/{IR_BIN}"],
-                OpenVinoRunner(xml),
-            )
-        if options.int8:
-            from bertserve.export.quantize import quantize_openvino_int8
-
-            texts, source = _calibration_texts(options.calibration)
-            notes.append(f"OpenVINO int8 calibrated on {source}")
-            with steps.step("int8 OpenVINO IR (NNCF)"):
-                samples = [encode(ckpt.tokenizer, [t], graph.inputs, ckpt.max_length) for t in texts]
-                # NNCF works on a fresh fp32 graph: the saved one may have been compressed to fp16.
-                int8_model = quantize_openvino_int8(convert_to_openvino(onnx_path), samples)
-                xml8, _ = save_ir(int8_model, staging / INT8_IR_DIR, compress_to_fp16=False)
-                validate(
-                    ArtifactFormat.OPENVINO,
-                    Precision.INT8,
-                    [f"{INT8_IR_DIR}/{IR_XML}", f"{INT8_IR_DIR}/{IR_BIN}"],
-                    OpenVinoRunner(xml8),
-                )
+    with steps.step(PORTABLE_STEP):
+        ref = _export_reference(ckpt, portable, existing)
+    written = _build_artifacts(specs, options, ckpt, ref, staging, steps)
+    built = _Built(
+        artifacts=[w.artifact for w in written],
+        runners={w.result.key: w.runner for w in written},
+        results=[w.result for w in written],
+    )
+    notes = [*ckpt.notes, *(note for w in written for note in w.output.notes)]
+    graph, torch_runner = ref.graph, ref.torch_runner
 
     eval_summary = None
     if eval_set is not None:
-        with steps.step(f"evaluate on {eval_set.path.name}"):
+        with steps.step(_eval_step(eval_set.path)):
             eval_summary = _evaluate_int8(built, eval_set, ckpt, graph.inputs, torch_runner)
 
     gate = _int8_gate(built.results, options)
@@ -344,16 +280,15 @@ def _export_version(
 
     speed: dict[str, object] = {}
     if options.measure_speed:
-        with steps.step("measure speed"):
+        with steps.step(SPEED_STEP):
             speed = _measure_speed(built, ckpt, graph.inputs, torch_runner)
 
-    with steps.step("write repository files"):
-        tokenizer_files = _save_tokenizer(ckpt, staging)
+    with steps.step(WRITE_STEP):
         created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
         version_config = VersionConfig(
             artifacts=built.artifacts,
             default_precision=default_precision,
-            tokenizer_files=tokenizer_files,
+            tokenizer_files=_save_tokenizer(ckpt, staging),
             created=created,
         )
         config = _model_config(
@@ -370,17 +305,17 @@ def _export_version(
             model=options.name,
             version=version,
             source=ckpt.source,
-            task=task.value,
+            task=ckpt.task.value,
             architecture=ckpt.architecture,
             labels=ckpt.labels,
             max_length=ckpt.max_length,
             inputs=graph.inputs,
             opset=graph.opset,
             default_precision=default_precision,
-            validation=_validation_summary(batches, options),
+            validation=_validation_summary(ref.batches, options),
             artifacts=tuple(built.results),
             speed=speed,
-            fusions=fusions,
+            fusions={op: n for w in written for op, n in w.output.fusions.items()},
             libraries=_library_versions(),
             steps=tuple(steps.timings),
             created=created,
@@ -390,6 +325,77 @@ def _export_version(
         )
         report.write(staging)
     return ExportResult(config=config, version=version, version_dir=staging, report=report)
+
+
+def _export_reference(ckpt: LoadedCheckpoint, portable: Path, existing: ModelConfig | None) -> _Reference:
+    from bertserve.export.onnx_export import export_portable_onnx
+
+    graph = export_portable_onnx(ckpt.model, ckpt.task, portable)
+    if existing is not None:
+        _check_compatible(existing, ckpt, graph.inputs)
+    batches = build_validation_batches(ckpt.tokenizer, ckpt.task, graph.inputs, ckpt.max_length)
+    torch_runner = TorchRunner(ckpt.model)
+    logits = [torch_runner.run(b.feeds) for b in batches]
+    return _Reference(graph=graph, path=portable, batches=batches, torch_runner=torch_runner, logits=logits)
+
+
+def _build_artifacts(
+    specs: Sequence[ArtifactSpec],
+    options: ExportOptions,
+    ckpt: LoadedCheckpoint,
+    ref: _Reference,
+    staging: Path,
+    steps: StepProgress,
+) -> list[_Written]:
+    """Build and validate every spec in order, one progress step each."""
+    inputs = BuildInputs(
+        folder=staging,
+        portable_onnx=ref.path,
+        num_heads=ckpt.num_heads,
+        hidden_size=ckpt.hidden_size,
+        calibration=partial(_calibration, options.calibration, ckpt, ref.graph.inputs),
+    )
+    written: list[_Written] = []
+    for spec in specs:
+        with steps.step(spec.step):
+            written.append(_build_artifact(spec, inputs, options, ckpt, ref))
+    return written
+
+
+def _build_artifact(
+    spec: ArtifactSpec, inputs: BuildInputs, options: ExportOptions, ckpt: LoadedCheckpoint, ref: _Reference
+) -> _Written:
+    main = inputs.folder / spec.main_file
+    output = spec.build(inputs, main)
+    runner: LogitsRunner = (
+        OpenVinoRunner(main) if spec.format == ArtifactFormat.OPENVINO else OnnxRuntimeRunner(main)
+    )
+    cmp = compare(ref.logits, runner, ref.batches, ckpt.task, ckpt.problem_type)
+    verdict = spec.check(spec.main_file, cmp, options)
+    artifact = Artifact(
+        format=spec.format,
+        precision=spec.precision,
+        files=_files(inputs.folder, spec.listed_files(inputs.folder)),
+        opset=None if spec.format == ArtifactFormat.OPENVINO else ref.graph.opset,
+    )
+    result = ArtifactResult(
+        format=spec.format,
+        precision=spec.precision,
+        path=spec.main_file,
+        check=verdict.check,
+        max_abs_diff=cmp.max_abs_diff,
+        agreement=cmp.agreement,
+        decisions=cmp.decisions,
+        passed=verdict.passed,
+        tolerance=verdict.tolerance,
+    )
+    return _Written(artifact=artifact, result=result, runner=runner, output=output)
+
+
+def _calibration(path: Path | None, ckpt: LoadedCheckpoint, inputs: tuple[str, ...]) -> Calibration:
+    texts, source = _calibration_texts(path)
+    samples = [encode(ckpt.tokenizer, [t], inputs, ckpt.max_length) for t in texts]
+    return Calibration(samples=samples, source=source)
 
 
 def _check_compatible(existing: ModelConfig, ckpt: LoadedCheckpoint, inputs: tuple[str, ...]) -> None:

@@ -1,4 +1,4 @@
-"""Portable ONNX -> OpenVINO IR (model.xml + model.bin)."""
+"""Portable ONNX -> OpenVINO IR (an .xml graph and its .bin weights)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,6 @@ from pathlib import Path
 import openvino as ov
 
 from bertserve.export.errors import ExportError
-
-IR_XML = "model.xml"
-IR_BIN = "model.bin"
 
 
 def convert_to_openvino(onnx_path: Path) -> ov.Model:
@@ -20,10 +17,8 @@ def convert_to_openvino(onnx_path: Path) -> ov.Model:
         raise ExportError(f"OpenVINO conversion failed: {type(exc).__name__}: {exc}") from exc
 
 
-def save_ir(model: ov.Model, folder: Path, *, compress_to_fp16: bool) -> tuple[Path, Path]:
-    """Write model.xml/.bin. NOTE: openvino.save_model compresses to fp16 unless told otherwise,
-    so fp32 IR must pass compress_to_fp16=False explicitly."""
-    folder.mkdir(parents=True, exist_ok=True)
-    xml = folder / IR_XML
+def save_ir(model: ov.Model, xml: Path, *, compress_to_fp16: bool) -> None:
+    """Write `xml` and the weights beside it (same name, .bin). NOTE: openvino.save_model
+    compresses to fp16 unless told otherwise, so fp32 IR must pass compress_to_fp16=False."""
+    xml.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
-    return xml, folder / IR_BIN

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -67,7 +67,7 @@ def quantize_onnx_dynamic(source: Path, output: Path) -> None:
 
 
 def quantize_openvino_int8(
-    model: ov.Model, calibration: Sequence[dict[str, npt.NDArray[np.int64]]]
+    model: ov.Model, calibration: Sequence[Mapping[str, npt.NDArray[np.int64]]]
 ) -> ov.Model:
     """NNCF post-training static quantization with transformer-aware patterns.
 

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from bertserve.cli import app
 from bertserve.export.errors import ExportError
-from bertserve.export.exporter import ExportOptions, run_export
+from bertserve.export.exporter import ExportOptions, planned_steps, run_export
+from bertserve.export.specs import applicable
 from bertserve.modelrepo import Precision, TagScheme, load_model_config, sha256_file
 from tests.helpers.checkpoints import (
     TinyCheckpoint,
@@ -202,6 +203,19 @@ def test_failed_validation_leaves_nothing_behind(bert_cls_checkpoint, tmp_path: 
         run_export(_quick(bert_cls_checkpoint.path, tmp_path, fp32_atol=0.0))
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "model.yaml"]
     assert load_model_config(tmp_path, "m").default_version == 1
+
+
+def test_steps_are_the_planned_ones(bert_cls_checkpoint, tmp_path: Path):
+    """The progress bar's length comes from the spec list: every planned step runs, in order."""
+    eval_file = tmp_path / "dev.tsv"
+    eval_file.write_text("the movie was great\t1\nboring\t0\n", encoding="utf-8")
+    options = _quick(bert_cls_checkpoint.path, tmp_path / "repo", int8=True, eval_file=eval_file)
+    result = run_export(options)
+    planned = planned_steps(options, applicable(options, options.formats))
+    # the report is written inside the last step, so it times every step before it
+    assert [s.name for s in result.report.steps] == list(planned[:-1])
+    assert planned[-1] == "write repository files"
+    assert {a.key for a in result.report.artifacts} == {s.key for s in applicable(options, options.formats)}
 
 
 # --------------------------------------------------------------------------------------------- int8 gate

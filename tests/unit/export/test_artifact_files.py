@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pytest
 
-from bertserve.export.exporter import onnx_artifact_files
+from bertserve.export.specs import onnx_artifact_files
 from bertserve.modelrepo import RepositoryError
 from bertserve.runtime.onnx_files import check_external_data
 
