@@ -1,4 +1,4 @@
-"""Unit tests of the validation helpers: inputs, decisions, eval files, entity spans."""
+"""Unit tests of the validation helpers: inputs, decisions, comparison, eval files."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bertserve.evaluation.metrics import decisions
 from bertserve.export.errors import ExportError
 from bertserve.export.validate import (
     build_validation_batches,
     compare,
-    decisions,
-    extract_entities,
     load_eval_file,
     random_sequences,
 )
@@ -82,7 +81,7 @@ class _Shifted:
     def __init__(self, offset: float) -> None:
         self.offset = offset
 
-    def run(self, feeds):
+    def infer(self, feeds):
         mask = feeds["attention_mask"].astype(np.float32)
         base = np.stack([mask, -mask], axis=-1)
         return (base + self.offset + (1 - mask)[..., None] * 100.0).astype(np.float32)
@@ -91,7 +90,7 @@ class _Shifted:
 def test_compare_ignores_padding_positions_for_token_classification():
     tok = bert_tokenizer()
     batches = build_validation_batches(tok, Task.TOKEN_CLASSIFICATION, ["input_ids", "attention_mask"], 32)
-    reference = [_Shifted(0.0).run(b.feeds) for b in batches]
+    reference = [_Shifted(0.0).infer(b.feeds) for b in batches]
     # reference and artifact both carry +100 on padding; remove it from the reference only
     reference = [r - (1 - b.mask)[..., None] * 100.0 for r, b in zip(reference, batches, strict=True)]
     result = compare(reference, _Shifted(1e-5), batches, Task.TOKEN_CLASSIFICATION, None)
@@ -104,16 +103,16 @@ def test_tsv_eval_file_with_header_pairs_and_label_ids(tmp_path: Path):
     path = tmp_path / "dev.tsv"
     path.write_text("sentence\tlabel\ngood film\t1\nbad film\tNEGATIVE\n", encoding="utf-8")
     data = load_eval_file(path, Task.TEXT_CLASSIFICATION, ["NEGATIVE", "POSITIVE"])
-    assert [(e.text, e.gold) for e in data.classification] == [
-        ("good film", frozenset({1})),
-        ("bad film", frozenset({0})),
+    # gold label sets by name: "1" is class id 1 (POSITIVE)
+    assert [(e.text, gold) for e, gold in zip(data.examples, data.gold, strict=True)] == [
+        ("good film", frozenset({"POSITIVE"})),
+        ("bad film", frozenset({"NEGATIVE"})),
     ]
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("a cat\ta dog\tsports,travel\n", encoding="utf-8")
-    (example,) = load_eval_file(
-        pairs, Task.TEXT_CLASSIFICATION, ["sports", "politics", "travel"]
-    ).classification
-    assert example.pair == "a dog" and example.gold == frozenset({0, 2})
+    data = load_eval_file(pairs, Task.TEXT_CLASSIFICATION, ["sports", "politics", "travel"])
+    ((example,), (gold,)) = data.examples, data.gold
+    assert example.pair == "a dog" and gold == frozenset({"sports", "travel"})
 
 
 def test_tsv_eval_file_with_unknown_label_is_an_error(tmp_path: Path):
@@ -128,22 +127,7 @@ def test_conll_eval_file(tmp_path: Path):
     path.write_text("-DOCSTART- O\n\nJohn B-PER\nSmith I-PER\nsings O\n\nParis B-LOC\n", encoding="utf-8")
     data = load_eval_file(path, Task.TOKEN_CLASSIFICATION, list(NER_LABELS_IOB2))
     assert data.metric == "entity_f1"
-    assert [s.words for s in data.tagged] == [("John", "Smith", "sings"), ("Paris",)]
+    assert [s.words for s in data.sentences] == [("John", "Smith", "sings"), ("Paris",)]
     path.write_text("John B-person\n", encoding="utf-8")
     with pytest.raises(ExportError, match="unknown tag 'B-person'"):
         load_eval_file(path, Task.TOKEN_CLASSIFICATION, list(NER_LABELS_IOB2))
-
-
-@pytest.mark.parametrize(
-    ("tags", "expected"),
-    [
-        (["B-PER", "I-PER", "O", "B-LOC"], {(0, 2, "PER"), (3, 4, "LOC")}),
-        (["I-PER", "I-PER", "I-LOC"], {(0, 2, "PER"), (2, 3, "LOC")}),  # IOB1 / lenient
-        (["B-PER", "B-PER"], {(0, 1, "PER"), (1, 2, "PER")}),
-        (["S-LOC", "B-ORG", "I-ORG", "E-ORG", "O"], {(0, 1, "LOC"), (1, 4, "ORG")}),
-        (["U-LOC", "B-ORG", "L-ORG"], {(0, 1, "LOC"), (1, 3, "ORG")}),  # BILOU
-        (["O", "O"], set()),
-    ],
-)
-def test_extract_entities(tags, expected):
-    assert extract_entities(tags) == expected
