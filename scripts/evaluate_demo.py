@@ -1,19 +1,24 @@
 """Evaluate the exported demo models (`sentiment`, `ner`) on their held-out splits and on public data.
 
     python scripts/evaluate_demo.py --repo models [--data ../shared/data] [--precision fp32|int8]
+        [--backend onnxruntime-cpu|openvino-cpu]
 
-It runs the exported ONNX graph the service would run on ONNX Runtime CPU (the model's default
-precision unless --precision says otherwise) through onnxruntime and the `tokenizers` library, so
-no server and no torch are needed. Reported:
+Each model is scored through the served pipeline (`bertserve.evaluation.scoring`): the artifact
+`bertserve serve --backend ... --precision ...` would open (the model's default precision unless
+--precision says otherwise), the service's tokenizer, batcher and heads, texts sent as a client
+sends them, answers read as the API returns them. No server, no HTTP, no torch. The held-out
+figures are computed by the same code as the export's int8 gate, so for an int8 artifact they
+equal the `eval.scores` of the model's export_report.json. Reported:
 
 - sentiment: accuracy on the demo's held-out split and, when `<data>/sst2/dev.tsv` exists, on
   SST-2 dev (GLUE validation, 872 lower-cased film-review sentences the model never saw);
-- ner: entity-level micro F1 (first sub-token of each word, conlleval spans) on the held-out split
-  and, when `<data>/wnut17/emerging.test.annotated` exists, span F1 on WNUT-17 test for `person`
-  and `location` mapped to PER and LOC (the demo's ORG and MISC predictions are not scored there:
+- ner: entity-level micro F1 (and per type) of the entities the API returns (aggregation
+  ``simple``, the model's segmentation) for each held-out sentence, its words joined by spaces,
+  against the gold spans at the same character offsets; when
+  `<data>/wnut17/emerging.test.annotated` exists, span F1 on WNUT-17 test for `person` and
+  `location` mapped to PER and LOC (the demo's ORG and MISC predictions are not scored there:
   WNUT's corporation/product/group/creative-work types do not match them);
-- the acceptance sentences with the model's answers, NER spans decoded by the service's own
-  `aggregate` (strategy ``simple``).
+- the acceptance sentences with the model's answers.
 
 Public data is only read, never copied; without it those lines are skipped.
 """
@@ -21,33 +26,26 @@ Public data is only read, never copied; without it those lines are skipped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
+from bertserve.evaluation.datasets import read_conll
+from bertserve.evaluation.metrics import Span, entity_scores
+from bertserve.evaluation.scoring import (
+    ServedModel,
+    load_eval_set,
+    predicted_labels,
+    score,
+    tagger_spans,
+)
+from bertserve.modelrepo import Precision, load_model_config, version_dir
+from bertserve.runtime.base import BackendKind
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # the checkout-only folders (loadtest/); bertserve itself is installed
-    sys.path.append(str(ROOT))
-
-import onnxruntime as ort  # noqa: E402
-from tokenizers import Encoding, Tokenizer  # noqa: E402
-
-from bertserve.modelrepo import (  # noqa: E402
-    ArtifactFormat,
-    ModelConfig,
-    Precision,
-    load_model_config,
-    verify_files,
-    version_dir,
-)
-from bertserve.service.heads.token_classification import aggregate, softmax  # noqa: E402
-
 DEMO_DATA = ROOT / "models" / "demo" / "data"
 CLASSIFY_EXAMPLES = (
     "I absolutely loved this movie, the acting was superb.",
@@ -55,236 +53,86 @@ CLASSIFY_EXAMPLES = (
 )
 NER_EXAMPLE = "Angela Merkel met Emmanuel Macron in Paris to talk about Airbus."
 WNUT_TYPES = {"person": "PER", "location": "LOC"}
-BATCH = 32
-
-Spans = set[tuple[int, int, str]]
 
 
-@dataclass(frozen=True)
-class OnnxModel:
-    """An exported model as the service would run it on ONNX Runtime CPU."""
+def open_model(repo: Path, name: str, backend: BackendKind, precision: str | None) -> ServedModel:
+    config = load_model_config(repo, name)
+    folder = version_dir(repo, name, config.default_version)
+    return ServedModel(config, folder, backend=backend, precision=Precision(precision) if precision else None)
 
-    config: ModelConfig
-    session: ort.InferenceSession
-    tokenizer: Tokenizer
-    artifact: str
 
-    @classmethod
-    def load(cls, repo: Path, name: str, precision: str | None) -> OnnxModel:
-        config = load_model_config(repo, name)
-        folder = version_dir(repo, name, config.default_version)
-        wanted = Precision(precision) if precision else config.version.default_precision
-        candidates = (
-            [(ArtifactFormat.ONNX, Precision.INT8)]
-            if wanted == Precision.INT8
-            else [(ArtifactFormat.ONNX_OPTIMIZED, Precision.FP32), (ArtifactFormat.ONNX, Precision.FP32)]
-        )
-        artifact = next((a for f, p in candidates if (a := config.version.find(f, p)) is not None), None)
-        if artifact is None:
-            raise SystemExit(f"{name}: no ONNX artifact with precision {wanted.value}")
-        verify_files(folder, {**config.version.tokenizer_files, **artifact.files})
-        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        tokenizer.enable_truncation(config.max_length)
-        tokenizer.no_padding()
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(
-            str(folder / artifact.main_file), options, providers=["CPUExecutionProvider"]
-        )
-        return cls(config, session, tokenizer, f"{artifact.main_file} ({artifact.precision.value})")
-
-    def logits(self, encodings: Sequence[Encoding]) -> list[npt.NDArray[np.float32]]:
-        """Per-encoding logits, unpadded ([labels] or [tokens, labels])."""
-        width = max(len(e.ids) for e in encodings)
-        ids = np.full((len(encodings), width), self.config.pad_token_id, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        types = np.zeros_like(ids)
-        for row, enc in enumerate(encodings):
-            ids[row, : len(enc.ids)] = enc.ids
-            mask[row, : len(enc.ids)] = 1
-            types[row, : len(enc.ids)] = enc.type_ids
-        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        (out,) = self.session.run(["logits"], {k: v for k, v in feeds.items() if k in self.config.inputs})
-        if out.ndim == 2:
-            return list(out)
-        return [out[row, : len(enc.ids)] for row, enc in enumerate(encodings)]
+def _scores(value: Any) -> dict[str, Any]:
+    return dataclasses.asdict(value)
 
 
 # ----------------------------------------------------------------------------------------- sentiment
 
 
-def read_labelled_texts(path: Path, labels: Sequence[str]) -> tuple[list[str], list[int]]:
-    """`text<TAB>label` with a header; labels by name or by id (SST-2's 0/1)."""
-    texts, gold = [], []
-    for line in path.read_text(encoding="utf-8").splitlines()[1:]:
-        if not line.strip():
-            continue
-        text, label = line.rsplit("\t", 1)
-        label = label.strip()
-        texts.append(text.strip())
-        gold.append(labels.index(label) if label in labels else int(label))
-    return texts, gold
-
-
-def classify(model: OnnxModel, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-    rows: list[npt.NDArray[np.float32]] = []
-    for start in range(0, len(texts), BATCH):
-        rows.extend(model.logits(model.tokenizer.encode_batch(list(texts[start : start + BATCH]))))
-    return softmax(np.stack(rows))
-
-
-def accuracy(model: OnnxModel, path: Path) -> float:
-    texts, gold = read_labelled_texts(path, model.config.labels)
-    predicted = classify(model, texts).argmax(-1)
-    return float(np.mean(predicted == np.array(gold)))
+def evaluate_sentiment(model: ServedModel, data: Path) -> dict[str, Any]:
+    labels = model.config.labels
+    section: dict[str, Any] = {"artifact": model.artifact}
+    heldout = load_eval_set(DEMO_DATA / "sentiment" / "heldout.tsv", model.config.task, labels)
+    section["heldout_accuracy"] = score(model, heldout).value
+    sst2 = data / "sst2" / "dev.tsv"
+    if sst2.is_file():
+        section["sst2_dev_accuracy"] = score(model, load_eval_set(sst2, model.config.task, labels)).value
+    answers = model.classify(CLASSIFY_EXAMPLES)
+    section["examples"] = [
+        {
+            "text": text,
+            "label": next(iter(predicted_labels(row, model.config.problem_type))),
+            "score": round(row[0].score, 4),
+        }
+        for text, row in zip(CLASSIFY_EXAMPLES, answers, strict=True)
+    ]
+    return section
 
 
 # ----------------------------------------------------------------------------------------------- NER
 
 
-def read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
-    """Sentences of (tokens, tags); a break is any line that is blank after stripping."""
-    sentences: list[tuple[list[str], list[str]]] = []
-    tokens: list[str] = []
-    tags: list[str] = []
-    for line in [*path.read_text(encoding="utf-8").splitlines(), ""]:
-        cols = line.strip().split("\t") if line.strip() else []
-        if len(cols) < 2:
-            if tokens:
-                sentences.append((tokens, tags))
-                tokens, tags = [], []
-            continue
-        tokens.append(cols[0])
-        tags.append(cols[-1])
-    return sentences
+def _keep(spans: Sequence[set[Span]], types: dict[str, str]) -> list[set[Span]]:
+    """Spans whose type is in `types`, renamed to its value."""
+    return [{(types[k], s, e) for k, s, e in row if k in types} for row in spans]
 
 
-def spans(tags: Sequence[str], keep: dict[str, str] | None = None) -> Spans:
-    """IOB2 spans (start, end, type), lenient like conlleval; `keep` maps and filters types."""
-    found: Spans = set()
-    start: int | None = None
-    kind = ""
-    for i, tag in enumerate([*tags, "O"]):
-        prefix, _, raw = tag.partition("-")
-        label = (keep.get(raw) if keep is not None else raw) if tag != "O" else None
-        continues = label is not None and prefix == "I" and start is not None and label == kind
-        if start is not None and not continues:
-            found.add((start, i, kind))
-            start = None
-        if label is not None and not continues:
-            start, kind = i, label
-    return found
-
-
-def tag_words(model: OnnxModel, sentences: Sequence[Sequence[str]]) -> list[list[str]]:
-    """The label of each word's first sub-token (words past max_length get O)."""
-    labels = model.config.labels
-    predicted: list[list[str]] = []
-    for start in range(0, len(sentences), BATCH):
-        chunk = [list(s) for s in sentences[start : start + BATCH]]
-        encodings = model.tokenizer.encode_batch(chunk, is_pretokenized=True)
-        for words, enc, logits in zip(chunk, encodings, model.logits(encodings), strict=True):
-            tags = ["O"] * len(words)
-            seen: set[int] = set()
-            for pos, word in enumerate(enc.word_ids):
-                if word is not None and word not in seen:
-                    seen.add(word)
-                    tags[word] = labels[int(logits[pos].argmax())]
-            predicted.append(tags)
-    return predicted
-
-
-@dataclass(frozen=True)
-class SpanScores:
-    precision: float
-    recall: float
-    f1: float
-    gold: int
-
-
-def span_scores(gold: Sequence[Spans], pred: Sequence[Spans], kind: str | None = None) -> SpanScores:
-    tp = n_gold = n_pred = 0
-    for g, p in zip(gold, pred, strict=True):
-        if kind is not None:
-            g, p = {s for s in g if s[2] == kind}, {s for s in p if s[2] == kind}
-        tp += len(g & p)
-        n_gold += len(g)
-        n_pred += len(p)
-    precision = tp / n_pred if n_pred else 0.0
-    recall = tp / n_gold if n_gold else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
-    return SpanScores(round(precision, 4), round(recall, 4), round(f1, 4), n_gold)
-
-
-def ner_entities(model: OnnxModel, text: str) -> list[dict[str, Any]]:
-    enc = model.tokenizer.encode(text)
-    scores = softmax(model.logits([enc])[0])
-    assert model.config.tag_scheme is not None
-    entities = aggregate(
-        text,
-        enc.offsets,
-        enc.word_ids,
-        enc.special_tokens_mask,
-        scores,
-        model.config.labels,
-        model.config.tag_scheme,
-    )
-    return [{**e.as_dict(), "score": round(e.score, 3)} for e in entities]
+def evaluate_ner(model: ServedModel, data: Path) -> dict[str, Any]:
+    section: dict[str, Any] = {"artifact": model.artifact}
+    heldout = load_eval_set(DEMO_DATA / "ner" / "heldout.conll", model.config.task, model.config.labels)
+    result = score(model, heldout)
+    assert result.entities is not None
+    section["heldout_f1"] = _scores(result.entities)
+    section["heldout_f1_per_type"] = {kind: s.f1 for kind, s in result.by_type.items()}
+    wnut = data / "wnut17" / "emerging.test.annotated"
+    if wnut.is_file():
+        gold, predicted = tagger_spans(model, read_conll(wnut))
+        gold = _keep(gold, WNUT_TYPES)
+        predicted = _keep(predicted, {"PER": "PER", "LOC": "LOC"})
+        section["wnut17_test"] = {
+            "PER": _scores(entity_scores(gold, predicted, "PER")),
+            "LOC": _scores(entity_scores(gold, predicted, "LOC")),
+            "PER+LOC": _scores(entity_scores(gold, predicted)),
+        }
+    (entities,) = model.recognize([NER_EXAMPLE])
+    section["example"] = {
+        "text": NER_EXAMPLE,
+        "entities": [{**e.as_dict(), "score": round(e.score, 3)} for e in entities],
+    }
+    return section
 
 
 # ---------------------------------------------------------------------------------------------- main
 
 
-def evaluate(repo: Path, data: Path, precision: str | None, models: Sequence[str]) -> dict[str, Any]:
+def evaluate(
+    repo: Path, data: Path, precision: str | None, models: Sequence[str], backend: BackendKind
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    if "sentiment" in models:
-        results["sentiment"] = evaluate_sentiment(OnnxModel.load(repo, "sentiment", precision), data)
-    if "ner" in models:
-        results["ner"] = evaluate_ner(OnnxModel.load(repo, "ner", precision), data)
+    for name, run in (("sentiment", evaluate_sentiment), ("ner", evaluate_ner)):
+        if name in models:
+            with open_model(repo, name, backend, precision) as model:
+                results[name] = run(model, data)
     return results
-
-
-def evaluate_sentiment(sentiment: OnnxModel, data: Path) -> dict[str, Any]:
-    section: dict[str, Any] = {"artifact": sentiment.artifact}
-    section["heldout_accuracy"] = round(accuracy(sentiment, DEMO_DATA / "sentiment" / "heldout.tsv"), 4)
-    sst2 = data / "sst2" / "dev.tsv"
-    if sst2.is_file():
-        section["sst2_dev_accuracy"] = round(accuracy(sentiment, sst2), 4)
-    probabilities = classify(sentiment, CLASSIFY_EXAMPLES)
-    section["examples"] = [
-        {
-            "text": text,
-            "label": sentiment.config.labels[int(row.argmax())],
-            "score": round(float(row.max()), 4),
-        }
-        for text, row in zip(CLASSIFY_EXAMPLES, probabilities, strict=True)
-    ]
-    return section
-
-
-def evaluate_ner(ner: OnnxModel, data: Path) -> dict[str, Any]:
-    section: dict[str, Any] = {"artifact": ner.artifact}
-    heldout = read_conll(DEMO_DATA / "ner" / "heldout.conll")
-    predicted = tag_words(ner, [tokens for tokens, _ in heldout])
-    gold_spans = [spans(tags) for _, tags in heldout]
-    pred_spans = [spans(tags) for tags in predicted]
-    section["heldout_f1"] = span_scores(gold_spans, pred_spans).__dict__
-    section["heldout_f1_per_type"] = {
-        kind: span_scores(gold_spans, pred_spans, kind).f1 for kind in ("PER", "ORG", "LOC", "MISC")
-    }
-    wnut = data / "wnut17" / "emerging.test.annotated"
-    if wnut.is_file():
-        sentences = read_conll(wnut)
-        predicted = tag_words(ner, [tokens for tokens, _ in sentences])
-        gold_spans = [spans(tags, WNUT_TYPES) for _, tags in sentences]
-        pred_spans = [spans(tags, {"PER": "PER", "LOC": "LOC"}) for tags in predicted]
-        section["wnut17_test"] = {
-            "PER": span_scores(gold_spans, pred_spans, "PER").__dict__,
-            "LOC": span_scores(gold_spans, pred_spans, "LOC").__dict__,
-            "PER+LOC": span_scores(gold_spans, pred_spans).__dict__,
-        }
-    section["example"] = {"text": NER_EXAMPLE, "entities": ner_entities(ner, NER_EXAMPLE)}
-    return section
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--precision", choices=["fp32", "int8"], help="default: each model's default precision"
     )
+    parser.add_argument(
+        "--backend",
+        choices=[BackendKind.ORT_CPU.value, BackendKind.OPENVINO_CPU.value],
+        default=BackendKind.ORT_CPU.value,
+        help="the CPU backend to score (the export gates both)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument(
         "--model", action="append", choices=["sentiment", "ner"], help="evaluate only this model (repeatable)"
@@ -303,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         print(f"note: {args.data} not found; only the held-out figures are reported", file=sys.stderr)
-    results = evaluate(args.repo, args.data, args.precision, args.model or ["sentiment", "ner"])
+    results = evaluate(
+        args.repo, args.data, args.precision, args.model or ["sentiment", "ner"], BackendKind(args.backend)
+    )
     text = json.dumps(results, indent=2, ensure_ascii=False)
     print(text)
     if args.json:
