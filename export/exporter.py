@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from bertserve.evaluation.scoring import EvalSet
 from bertserve.export.checkpoint import LoadedCheckpoint, load_checkpoint, parse_task
 from bertserve.export.errors import ExportError
 from bertserve.export.options import KNOWN_FORMATS, ExportOptions
@@ -35,19 +36,16 @@ from bertserve.export.specs import (
 from bertserve.export.validate import (
     PAIRS,
     SENTENCES,
-    EvalSet,
     FloatArray,
-    LogitsRunner,
-    OnnxRuntimeRunner,
-    OpenVinoRunner,
-    TorchRunner,
+    TorchBackend,
     ValidationBatch,
+    backend_kind,
     build_validation_batches,
     compare,
     compare_speed,
     encode,
-    evaluate,
     load_eval_file,
+    runtime_backend,
     speed_batch,
 )
 from bertserve.modelrepo import (
@@ -65,6 +63,7 @@ from bertserve.modelrepo import (
     save_model_config,
     sha256_file,
 )
+from bertserve.runtime.base import Backend
 
 if TYPE_CHECKING:
     from bertserve.export.onnx_export import OnnxGraphInfo
@@ -85,7 +84,7 @@ class _Built:
     """Artifacts written to the staging folder so far (mutable while the export runs)."""
 
     artifacts: list[Artifact] = field(default_factory=list)
-    runners: dict[str, LogitsRunner] = field(default_factory=dict)
+    runners: dict[str, Backend] = field(default_factory=dict)
     results: list[ArtifactResult] = field(default_factory=list)
 
 
@@ -230,7 +229,7 @@ class _Reference:
     graph: OnnxGraphInfo
     path: Path
     batches: list[ValidationBatch]
-    torch_runner: TorchRunner
+    torch_runner: TorchBackend
     logits: list[FloatArray]
 
 
@@ -240,7 +239,7 @@ class _Written:
 
     artifact: Artifact
     result: ArtifactResult
-    runner: LogitsRunner
+    runner: Backend
     output: BuildOutput
 
 
@@ -269,7 +268,8 @@ def _export_version(
     eval_summary = None
     if eval_set is not None:
         with steps.step(_eval_step(eval_set.path)):
-            eval_summary = _evaluate_int8(built, eval_set, ckpt, graph.inputs, torch_runner)
+            served = _served_config(options, ckpt, graph, version, existing, built, staging)
+            eval_summary = _evaluate_int8(built, eval_set, torch_runner, served, staging)
 
     gate = _int8_gate(built.results, options)
     default_precision = (
@@ -334,8 +334,8 @@ def _export_reference(ckpt: LoadedCheckpoint, portable: Path, existing: ModelCon
     if existing is not None:
         _check_compatible(existing, ckpt, graph.inputs)
     batches = build_validation_batches(ckpt.tokenizer, ckpt.task, graph.inputs, ckpt.max_length)
-    torch_runner = TorchRunner(ckpt.model)
-    logits = [torch_runner.run(b.feeds) for b in batches]
+    torch_runner = TorchBackend(ckpt.model, graph.inputs)
+    logits = [torch_runner.infer(b.feeds) for b in batches]
     return _Reference(graph=graph, path=portable, batches=batches, torch_runner=torch_runner, logits=logits)
 
 
@@ -367,9 +367,7 @@ def _build_artifact(
 ) -> _Written:
     main = inputs.folder / spec.main_file
     output = spec.build(inputs, main)
-    runner: LogitsRunner = (
-        OpenVinoRunner(main) if spec.format == ArtifactFormat.OPENVINO else OnnxRuntimeRunner(main)
-    )
+    runner = runtime_backend(main, spec.format, spec.precision, ref.graph.outputs[0])
     cmp = compare(ref.logits, runner, ref.batches, ckpt.task, ckpt.problem_type)
     verdict = spec.check(spec.main_file, cmp, options)
     artifact = Artifact(
@@ -475,31 +473,41 @@ def _int8_gate(results: Sequence[ArtifactResult], options: ExportOptions) -> Gat
     )
 
 
-def _evaluate_int8(
-    built: _Built,
-    eval_set: EvalSet,
+def _served_config(
+    options: ExportOptions,
     ckpt: LoadedCheckpoint,
-    inputs: tuple[str, ...],
-    torch_runner: TorchRunner,
-) -> dict[str, object]:
-    def score(runner: LogitsRunner) -> float:
-        return evaluate(
-            runner,
-            eval_set,
-            ckpt.tokenizer,
-            inputs,
-            ckpt.max_length,
-            ckpt.task,
-            ckpt.problem_type,
-            ckpt.labels,
-        )
+    graph: OnnxGraphInfo,
+    version: int,
+    existing: ModelConfig | None,
+    built: _Built,
+    staging: Path,
+) -> ModelConfig:
+    """The model.yaml this export is about to write, with the artifacts built so far and the
+    tokenizer saved to the staging folder: what the service would load, for the gate to score."""
+    version_config = VersionConfig(artifacts=built.artifacts, tokenizer_files=_save_tokenizer(ckpt, staging))
+    segmentation = Segmentation(options.segmentation) if options.segmentation else None
+    return _model_config(
+        options.name, ckpt, graph.inputs, graph.outputs, version, version_config, existing, segmentation
+    )
 
-    reference = score(torch_runner)
+
+def _evaluate_int8(
+    built: _Built, eval_set: EvalSet, torch_backend: TorchBackend, config: ModelConfig, staging: Path
+) -> dict[str, object]:
+    """Score PyTorch and every int8 artifact on the eval file through the served pipeline
+    (`bertserve.evaluation.scoring`): the figures `make demo-eval` measures on the written model."""
+    from bertserve.evaluation.scoring import ServedModel, score
+
+    with ServedModel(config, staging, factory=torch_backend.factory) as served:
+        reference = score(served, eval_set).value
     scores: dict[str, float] = {"pytorch/fp32": reference}
     for i, result in enumerate(built.results):
         if result.precision != Precision.INT8:
             continue
-        value = score(built.runners[result.key])
+        with ServedModel(
+            config, staging, backend=backend_kind(result.format), precision=Precision.INT8
+        ) as served:
+            value = score(served, eval_set).value
         scores[result.key] = value
         built.results[i] = _replace(
             result, eval_score=value, eval_delta_points=round((reference - value) * 100.0, 4)
@@ -513,11 +521,11 @@ def _evaluate_int8(
 
 
 def _measure_speed(
-    built: _Built, ckpt: LoadedCheckpoint, inputs: tuple[str, ...], torch_runner: TorchRunner
+    built: _Built, ckpt: LoadedCheckpoint, inputs: tuple[str, ...], torch_runner: TorchBackend
 ) -> dict[str, object]:
     batch_size, sequence_length = 8, min(128, ckpt.max_length)
     feeds = speed_batch(ckpt.tokenizer, inputs, ckpt.max_length, batch_size, sequence_length)
-    runners: dict[str, LogitsRunner] = {"pytorch/fp32": torch_runner, **built.runners}
+    runners: dict[str, Backend] = {"pytorch/fp32": torch_runner, **built.runners}
     timings = compare_speed(runners, feeds)
     for i, result in enumerate(built.results):
         built.results[i] = _replace(result, ms_per_batch=timings[result.key].median_ms)
