@@ -87,6 +87,13 @@ class BatchingConfig(BaseModel):
     )
     max_queue_size: int = Field(1024, ge=1, description="Queued sequences before requests get 429.")
 
+    def with_overrides(self, **values: float | None) -> BatchingConfig:
+        """A copy with every value that is not None replacing the field of that name."""
+        unknown = values.keys() - type(self).model_fields.keys()
+        if unknown:
+            raise TypeError(f"no batching field {sorted(unknown)}")
+        return self.model_copy(update={k: v for k, v in values.items() if v is not None})
+
 
 class Artifact(BaseModel):
     """One runnable graph. `files` maps paths relative to the version folder to sha256 hex digests;

@@ -292,14 +292,9 @@ class Settings(BaseSettings):
 
     def batching_for(self, model_default: BatchingConfig) -> BatchingConfig:
         """The model.yaml batching block with every BERTSERVE_* override applied."""
-        overrides = {
-            key: value
-            for key, value in (
-                ("max_batch_size", self.max_batch_size),
-                ("max_batch_tokens", self.max_batch_tokens),
-                ("max_queue_delay_ms", self.max_queue_delay_ms),
-                ("max_queue_size", self.max_queue_size),
-            )
-            if value is not None
-        }
-        return model_default.model_copy(update=overrides)
+        return model_default.with_overrides(
+            max_batch_size=self.max_batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+            max_queue_delay_ms=self.max_queue_delay_ms,
+            max_queue_size=self.max_queue_size,
+        )

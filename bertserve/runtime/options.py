@@ -42,12 +42,6 @@ class RuntimeOptions:
 
     def batching_for(self, model_default: BatchingConfig) -> BatchingConfig:
         """The model's batching block with the batch-shape overrides applied."""
-        overrides = {
-            key: value
-            for key, value in (
-                ("max_batch_size", self.max_batch_size),
-                ("max_batch_tokens", self.max_batch_tokens),
-            )
-            if value is not None
-        }
-        return model_default.model_copy(update=overrides)
+        return model_default.with_overrides(
+            max_batch_size=self.max_batch_size, max_batch_tokens=self.max_batch_tokens
+        )

@@ -13,6 +13,7 @@ import yaml
 
 from bertserve.modelrepo import (
     Artifact,
+    BatchingConfig,
     ModelConfig,
     ProblemType,
     RepositoryError,
@@ -177,3 +178,13 @@ def test_verify_files_checks_presence_and_checksums(tmp_path: Path) -> None:
 
 def test_task_values_are_the_hugging_face_pipeline_names() -> None:
     assert {t.value for t in Task} >= {"text-classification", "token-classification"}
+
+
+def test_batching_overrides_replace_only_what_is_set() -> None:
+    base = BatchingConfig()
+    assert base.with_overrides(max_batch_size=None) == base
+    changed = base.with_overrides(max_batch_size=4, max_queue_delay_ms=0.5, max_queue_size=None)
+    assert (changed.max_batch_size, changed.max_queue_delay_ms) == (4, 0.5)
+    assert (changed.max_batch_tokens, changed.max_queue_size) == (base.max_batch_tokens, base.max_queue_size)
+    with pytest.raises(TypeError, match="max_batch"):
+        base.with_overrides(max_batches=3)

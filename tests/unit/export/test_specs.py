@@ -23,7 +23,7 @@ from bertserve.export.specs import (
     parity,
 )
 from bertserve.modelrepo import Artifact, ArtifactFormat, Precision
-from tests.unit.export.test_artifact_files import save_graph
+from tests.unit.export.test_specs_external_data import save_graph
 
 BASE = ExportOptions(model="ckpt", task="text-classification", name="m")
 SWITCHES = ("int8", "fp16_ir")

@@ -1,4 +1,4 @@
-"""Fixtures for the fine-tuning and demo-recipe tests.
+"""Fixtures for the demo recipe tests (models/demo/compose.py, build.py).
 
 The demo recipe lives under `models/demo/` (beside the data it builds from), not in an import
 package, so its two modules are loaded from their files.

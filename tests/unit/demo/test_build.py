@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from bertserve.export.options import ExportOptions, described
 from tests.helpers.fake_repo import FakeModelSpec, write_fake_repo
-from tests.unit.finetune.conftest import DEMO_DIR
+from tests.unit.demo.conftest import DEMO_DIR
 
 
 @pytest.fixture

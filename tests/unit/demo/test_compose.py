@@ -12,7 +12,7 @@ import pytest
 
 from bertserve.evaluation.datasets import TaggedSentence, read_conll, read_labelled_texts
 from bertserve.training.finetune import check_iob2
-from tests.unit.finetune.conftest import DEMO_DIR
+from tests.unit.demo.conftest import DEMO_DIR
 
 DATA = DEMO_DIR / "data"
 
