@@ -31,6 +31,7 @@ from bertserve.evaluation.scoring import EvalSet, load_eval_set
 from bertserve.export.errors import ExportError
 from bertserve.modelrepo import ArtifactFormat, ModelConfig, Precision, ProblemType, Task
 from bertserve.runtime.base import Backend, BackendKind, Feeds, Logits
+from bertserve.runtime.selection import open_file
 from bertserve.service.settings import Settings
 
 FloatArray = npt.NDArray[np.float32]
@@ -131,23 +132,7 @@ def runtime_backend(path: Path, fmt: ArtifactFormat, precision: Precision, outpu
     """An exported file opened by the runtime's backend class, with the session / compile options
     `bertserve serve --backend <cpu kind>` would use (threads, providers, OpenVINO's f32 pin)."""
     kind = backend_kind(fmt)
-    options = Settings(backend=kind).runtime_options()
-    if kind == BackendKind.OPENVINO_CPU:
-        from bertserve.runtime.openvino import OpenVinoBackend, compile_config
-
-        config = compile_config(options.openvino_hint, options.intra_op_threads, options.openvino_streams)
-        return OpenVinoBackend(path, path.with_suffix(".bin"), precision, config, output)
-    from bertserve.runtime.onnxruntime import (
-        GpuOptions,
-        OnnxRuntimeBackend,
-        ShapeProfile,
-        provider_chain,
-        session_options,
-    )
-
-    providers = provider_chain(kind, GpuOptions(), (), ShapeProfile(1, 1, 1))
-    session = session_options(options.intra_op_threads, options.inter_op_threads)
-    return OnnxRuntimeBackend(path, kind, precision, providers, session, output)
+    return open_file(kind, path, precision, output, Settings(backend=kind).runtime_options())
 
 
 # ---------------------------------------------------------------------------------------------

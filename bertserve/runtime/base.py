@@ -49,6 +49,28 @@ def min_padding_efficiency(backend_name: str) -> float:
         return CPU_MIN_PADDING_EFFICIENCY
 
 
+class GraphBackend:
+    """What a backend over one exported graph reports (the `Backend` properties): its kind (the
+    `backend` metric label), the graph's real input names and the artifact's precision."""
+
+    def __init__(self, kind: BackendKind, precision: Precision, input_names: tuple[str, ...]) -> None:
+        self._kind = kind
+        self._precision = precision
+        self._inputs = input_names
+
+    @property
+    def name(self) -> str:
+        return str(self._kind)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self._inputs
+
+    @property
+    def precision(self) -> Precision:
+        return self._precision
+
+
 class Backend(Protocol):
     """Runs one padded batch. Called from a single dedicated thread per model, one batch at a time.
 

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bertserve.modelrepo import Precision
-from bertserve.runtime.base import BackendKind, Feeds, Logits
+from bertserve.runtime.base import BackendKind, Feeds, GraphBackend, Logits
 from bertserve.runtime.errors import BackendUnavailableError
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.Session
     return opts
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(GraphBackend):
     def __init__(
         self,
         path: Path,
@@ -167,24 +167,10 @@ class OnnxRuntimeBackend:
                 f"{kind}: onnxruntime could not initialise {wanted} (active providers: {active}); "
                 "check the CUDA/TensorRT libraries or choose another --backend"
             )
-        self._kind = kind
-        self._precision = precision
-        self._inputs = tuple(i.name for i in self._session.get_inputs())
+        super().__init__(kind, precision, tuple(i.name for i in self._session.get_inputs()))
         self._dtypes = {i.name: _NUMPY_OF_ONNX.get(i.type, np.int64) for i in self._session.get_inputs()}
         outputs = [o.name for o in self._session.get_outputs()]
         self._output = output_name if output_name in outputs else outputs[0]
-
-    @property
-    def name(self) -> str:
-        return str(self._kind)
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return self._inputs
-
-    @property
-    def precision(self) -> Precision:
-        return self._precision
 
     def infer(self, feeds: Feeds) -> Logits:
         # astype(copy=False) is free when the graph takes int64, as optimum exports do.

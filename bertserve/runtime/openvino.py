@@ -12,7 +12,7 @@ import openvino.properties as props
 import openvino.properties.hint as hints
 
 from bertserve.modelrepo import Precision
-from bertserve.runtime.base import BackendKind, Feeds, Logits
+from bertserve.runtime.base import BackendKind, Feeds, GraphBackend, Logits
 
 _HINTS = {
     "LATENCY": hints.PerformanceMode.LATENCY,
@@ -50,7 +50,7 @@ def compile_config(hint: str, threads: int, streams: int | None) -> dict[str, An
     return config
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(GraphBackend):
     def __init__(
         self, xml: Path, weights: Path, precision: Precision, config: dict[str, Any], output_name: str
     ) -> None:
@@ -60,24 +60,13 @@ class OpenVinoBackend:
         core = ov.Core()
         model = core.read_model(str(xml), str(weights))
         self._compiled = core.compile_model(model, "CPU", config)
-        self._inputs = tuple(port.get_any_name() for port in self._compiled.inputs)
+        super().__init__(
+            BackendKind.OPENVINO_CPU, precision, tuple(port.get_any_name() for port in self._compiled.inputs)
+        )
         outputs = list(self._compiled.outputs)
         self._output = next((o for o in outputs if output_name in o.get_names()), outputs[0])
         # One request suffices: the batcher's single worker thread runs batches one at a time.
         self._request = self._compiled.create_infer_request()
-        self._precision = precision
-
-    @property
-    def name(self) -> str:
-        return str(BackendKind.OPENVINO_CPU)
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return self._inputs
-
-    @property
-    def precision(self) -> Precision:
-        return self._precision
 
     def infer(self, feeds: Feeds) -> Logits:
         inputs = {name: feeds[name] for name in self._inputs}

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bertserve.modelrepo import (
     Artifact,
@@ -29,6 +29,9 @@ from bertserve.modelrepo import (
 from bertserve.runtime.base import Backend, BackendKind
 from bertserve.runtime.errors import ArtifactError, BackendUnavailableError
 from bertserve.runtime.options import RuntimeOptions
+
+if TYPE_CHECKING:
+    from bertserve.runtime.onnxruntime import GpuOptions, ShapeProfile
 
 log = logging.getLogger(__name__)
 
@@ -248,38 +251,64 @@ class BackendLoader:
                 check_external_data(version_dir, artifact.main_file, artifact.files)
         except RepositoryError as exc:
             raise ArtifactError(f"model {model.name!r}: {exc}") from exc
-        path = version_dir / artifact.main_file
-        output = model.outputs[0]
         batching = o.batching_for(model.batching)
-        if choice.kind == BackendKind.OPENVINO_CPU:
-            from bertserve.runtime.openvino import OpenVinoBackend, compile_config
+        gpu = profile = None
+        if choice.kind in _GPU_KINDS:
+            from bertserve.runtime.onnxruntime import EngineKey, GpuOptions, ShapeProfile
 
-            config = compile_config(o.openvino_hint, o.intra_op_threads, o.openvino_streams)
-            # The weights are passed by their listed (and just verified) path, not left for
-            # OpenVINO to find beside the .xml.
-            weights = version_dir / artifact.ir_weights
-            backend: Backend = OpenVinoBackend(path, weights, artifact.precision, config, output)
-            reserve_peak_memory(backend, model, batching)
-            return backend
-        from bertserve.runtime.onnxruntime import (
-            EngineKey,
-            GpuOptions,
-            OnnxRuntimeBackend,
-            ShapeProfile,
-            provider_chain,
-            session_options,
+            profile = ShapeProfile.for_batching(
+                batching.max_batch_size, batching.max_batch_tokens, model.max_length
+            )
+            engine = EngineKey(model.name, model.default_version, artifact.digest)
+            gpu = GpuOptions(o.cuda_device_id, o.tensorrt_fp16, o.tensorrt_cache_dir, engine)
+        backend = open_file(
+            choice.kind,
+            version_dir / artifact.main_file,
+            artifact.precision,
+            model.outputs[0],
+            o,
+            # The IR's weights by their listed (and just verified) path, not found beside the .xml.
+            weights=version_dir / artifact.ir_weights if artifact.format == ArtifactFormat.OPENVINO else None,
+            input_names=tuple(model.inputs),
+            gpu=gpu,
+            profile=profile,
         )
-
-        profile = ShapeProfile.for_batching(
-            batching.max_batch_size, batching.max_batch_tokens, model.max_length
-        )
-        engine = EngineKey(model.name, model.default_version, artifact.digest)
-        gpu = GpuOptions(o.cuda_device_id, o.tensorrt_fp16, o.tensorrt_cache_dir, engine)
-        providers = provider_chain(choice.kind, gpu, tuple(model.inputs), profile)
-        options = session_options(o.intra_op_threads, o.inter_op_threads)
-        backend = OnnxRuntimeBackend(path, choice.kind, artifact.precision, providers, options, output)
         reserve_peak_memory(backend, model, batching)
         return backend
+
+
+def open_file(
+    kind: BackendKind,
+    path: Path,
+    precision: Precision,
+    output: str,
+    options: RuntimeOptions,
+    *,
+    weights: Path | None = None,
+    input_names: tuple[str, ...] = (),
+    gpu: GpuOptions | None = None,
+    profile: ShapeProfile | None = None,
+) -> Backend:
+    """One graph file opened by `kind`'s backend class with `options` (threads, OpenVINO hint and
+    streams) — the one construction the service (through `BackendLoader`) and the export's
+    validation share. `weights`: an IR's .bin (default beside the .xml); `gpu`/`profile`: the
+    CUDA/TensorRT provider options (default: none cached, a 1x1 profile)."""
+    if kind == BackendKind.OPENVINO_CPU:
+        from bertserve.runtime.openvino import OpenVinoBackend, compile_config
+
+        config = compile_config(options.openvino_hint, options.intra_op_threads, options.openvino_streams)
+        return OpenVinoBackend(path, weights or path.with_suffix(".bin"), precision, config, output)
+    from bertserve.runtime.onnxruntime import (
+        GpuOptions,
+        OnnxRuntimeBackend,
+        ShapeProfile,
+        provider_chain,
+        session_options,
+    )
+
+    providers = provider_chain(kind, gpu or GpuOptions(), input_names, profile or ShapeProfile(1, 1, 1))
+    session = session_options(options.intra_op_threads, options.inter_op_threads)
+    return OnnxRuntimeBackend(path, kind, precision, providers, session, output)
 
 
 def peak_batch_shape(batching: BatchingConfig, max_length: int) -> tuple[int, int]:
