@@ -44,6 +44,7 @@ from bertserve.evaluation.scoring import (
 )
 from bertserve.modelrepo import Precision, load_model_config, version_dir
 from bertserve.runtime.base import BackendKind
+from bertserve.service.heads.token_classification import AggregationStrategy
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_DATA = ROOT / "models" / "demo" / "data"
@@ -55,10 +56,17 @@ NER_EXAMPLE = "Angela Merkel met Emmanuel Macron in Paris to talk about Airbus."
 WNUT_TYPES = {"person": "PER", "location": "LOC"}
 
 
-def open_model(repo: Path, name: str, backend: BackendKind, precision: str | None) -> ServedModel:
+def open_model(
+    repo: Path,
+    name: str,
+    backend: BackendKind,
+    precision: str | None,
+    aggregation: AggregationStrategy = AggregationStrategy.SIMPLE,
+) -> ServedModel:
     config = load_model_config(repo, name)
     folder = version_dir(repo, name, config.default_version)
-    return ServedModel(config, folder, backend=backend, precision=Precision(precision) if precision else None)
+    chosen = Precision(precision) if precision else None
+    return ServedModel(config, folder, backend=backend, precision=chosen, aggregation=aggregation)
 
 
 def _scores(value: Any) -> dict[str, Any]:
@@ -125,12 +133,17 @@ def evaluate_ner(model: ServedModel, data: Path) -> dict[str, Any]:
 
 
 def evaluate(
-    repo: Path, data: Path, precision: str | None, models: Sequence[str], backend: BackendKind
+    repo: Path,
+    data: Path,
+    precision: str | None,
+    models: Sequence[str],
+    backend: BackendKind,
+    aggregation: AggregationStrategy = AggregationStrategy.SIMPLE,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, run in (("sentiment", evaluate_sentiment), ("ner", evaluate_ner)):
         if name in models:
-            with open_model(repo, name, backend, precision) as model:
+            with open_model(repo, name, backend, precision, aggregation) as model:
                 results[name] = run(model, data)
     return results
 
@@ -150,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         default=BackendKind.ORT_CPU.value,
         help="the CPU backend to score (the export gates both)",
     )
+    parser.add_argument(
+        "--aggregation",
+        choices=[s.value for s in AggregationStrategy if s != AggregationStrategy.NONE],
+        default=AggregationStrategy.SIMPLE.value,
+        help="the /ner aggregation to score (default simple, the API's default and the export gate's)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument(
         "--model", action="append", choices=["sentiment", "ner"], help="evaluate only this model (repeatable)"
@@ -158,7 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.is_dir():
         print(f"note: {args.data} not found; only the held-out figures are reported", file=sys.stderr)
     results = evaluate(
-        args.repo, args.data, args.precision, args.model or ["sentiment", "ner"], BackendKind(args.backend)
+        args.repo,
+        args.data,
+        args.precision,
+        args.model or ["sentiment", "ner"],
+        BackendKind(args.backend),
+        AggregationStrategy(args.aggregation),
     )
     text = json.dumps(results, indent=2, ensure_ascii=False)
     print(text)

@@ -37,7 +37,7 @@ from bertserve.modelrepo import ModelConfig, Precision, ProblemType, TagScheme, 
 from bertserve.runtime.base import BackendKind
 from bertserve.runtime.selection import BackendFactory, BackendLoader
 from bertserve.service.heads.classification import LabelScore
-from bertserve.service.heads.token_classification import Entity
+from bertserve.service.heads.token_classification import AggregationStrategy, Entity
 from bertserve.service.metrics import Metrics
 from bertserve.service.pipeline import ClassificationPipeline, Pipeline, TokenClassificationPipeline
 from bertserve.service.registry import open_pipeline
@@ -68,7 +68,9 @@ class ServedModel:
     """One model version opened exactly as `bertserve serve` opens it, answering without HTTP.
 
     `backend` and `precision` choose the artifact as `--backend`/`--precision` do; `factory`
-    replaces the runtime's loader (the export scores PyTorch through the same pipeline)."""
+    replaces the runtime's loader (the export scores PyTorch through the same pipeline);
+    `aggregation` is the NER request's ``aggregation`` (the API's default unless a caller asks
+    what another strategy would answer)."""
 
     def __init__(
         self,
@@ -78,7 +80,9 @@ class ServedModel:
         backend: BackendKind = BackendKind.ORT_CPU,
         precision: Precision | None = None,
         factory: BackendFactory | None = None,
+        aggregation: AggregationStrategy = AggregationStrategy.SIMPLE,
     ) -> None:
+        self.aggregation = aggregation
         self.settings = Settings(
             repo=version_dir.parent.parent,
             models=[config.name],
@@ -121,13 +125,15 @@ class ServedModel:
         return results
 
     def recognize(self, texts: Sequence[str]) -> list[list[Entity]]:
-        """Entities per text with the API's defaults (``simple``, the model's segmentation)."""
+        """Entities per text as /ner answers them: `aggregation` (default ``simple``, the API's),
+        the model's segmentation."""
         pipeline = self.pipeline
         if not isinstance(pipeline, TokenClassificationPipeline):
             raise TypeError(f"model {self.config.name!r} is a {self.config.task} model")
         results: list[list[Entity]] = []
         for request in self._requests(texts):
-            results.extend(self._runner.run(pipeline.recognize([str(t) for t in request])))
+            texts_ = [str(t) for t in request]
+            results.extend(self._runner.run(pipeline.recognize(texts_, strategy=self.aggregation)))
         return results
 
     def close(self) -> None:
