@@ -265,10 +265,14 @@ def _export_version(
     notes = [*ckpt.notes, *(note for w in written for note in w.output.notes)]
     graph, torch_runner = ref.graph, ref.torch_runner
 
+    tokenizer_files = _save_tokenizer(ckpt, staging)
     eval_summary = None
     if eval_set is not None:
         with steps.step(_eval_step(eval_set.path)):
-            served = _served_config(options, ckpt, graph, version, existing, built, staging)
+            # the model.yaml about to be written, with the artifacts built: what the service
+            # would load, for the gate to score
+            scored = VersionConfig(artifacts=built.artifacts, tokenizer_files=tokenizer_files)
+            served = _config_of(options, ckpt, graph, version, existing, scored)
             eval_summary = _evaluate_int8(built, eval_set, torch_runner, served, staging)
 
     gate = _int8_gate(built.results, options)
@@ -288,19 +292,10 @@ def _export_version(
         version_config = VersionConfig(
             artifacts=built.artifacts,
             default_precision=default_precision,
-            tokenizer_files=_save_tokenizer(ckpt, staging),
+            tokenizer_files=tokenizer_files,
             created=created,
         )
-        config = _model_config(
-            options.name,
-            ckpt,
-            graph.inputs,
-            graph.outputs,
-            version,
-            version_config,
-            existing,
-            Segmentation(options.segmentation) if options.segmentation else None,
-        )
+        config = _config_of(options, ckpt, graph, version, existing, version_config)
         report = ExportReport(
             model=options.name,
             version=version,
@@ -412,38 +407,6 @@ def _check_compatible(existing: ModelConfig, ckpt: LoadedCheckpoint, inputs: tup
         )
 
 
-def _model_config(
-    name: str,
-    ckpt: LoadedCheckpoint,
-    inputs: tuple[str, ...],
-    outputs: tuple[str, ...],
-    version: int,
-    version_config: VersionConfig,
-    existing: ModelConfig | None,
-    segmentation: Segmentation | None = None,
-) -> ModelConfig:
-    versions = dict(existing.versions) if existing else {}
-    versions[version] = version_config
-    return ModelConfig(
-        name=name,
-        task=ckpt.task,
-        architecture=ckpt.architecture,
-        problem_type=ckpt.problem_type,
-        labels=list(ckpt.labels),
-        tag_scheme=ckpt.tag_scheme,
-        segmentation=segmentation or (existing.segmentation if existing else Segmentation.NONE),
-        language=existing.language if existing else "en",
-        max_length=ckpt.max_length,
-        inputs=list(inputs),
-        outputs=list(outputs),
-        pad_token_id=int(ckpt.tokenizer.pad_token_id or 0),
-        # keep batching a user tuned in an earlier version's model.yaml
-        batching=existing.batching if existing else BatchingConfig.model_validate({}),
-        default_version=version,
-        versions=dict(sorted(versions.items())),
-    )
-
-
 def _save_tokenizer(ckpt: LoadedCheckpoint, folder: Path) -> dict[str, str]:
     written = ckpt.tokenizer.save_pretrained(str(folder), legacy_format=None)
     rels = sorted({Path(p).name for p in written if (folder / Path(p).name).is_file()})
@@ -473,21 +436,35 @@ def _int8_gate(results: Sequence[ArtifactResult], options: ExportOptions) -> Gat
     )
 
 
-def _served_config(
+def _config_of(
     options: ExportOptions,
     ckpt: LoadedCheckpoint,
     graph: OnnxGraphInfo,
     version: int,
     existing: ModelConfig | None,
-    built: _Built,
-    staging: Path,
+    version_config: VersionConfig,
 ) -> ModelConfig:
-    """The model.yaml this export is about to write, with the artifacts built so far and the
-    tokenizer saved to the staging folder: what the service would load, for the gate to score."""
-    version_config = VersionConfig(artifacts=built.artifacts, tokenizer_files=_save_tokenizer(ckpt, staging))
+    """The model.yaml of this export with `version_config` as its new default version."""
+    versions = dict(existing.versions) if existing else {}
+    versions[version] = version_config
     segmentation = Segmentation(options.segmentation) if options.segmentation else None
-    return _model_config(
-        options.name, ckpt, graph.inputs, graph.outputs, version, version_config, existing, segmentation
+    return ModelConfig(
+        name=options.name,
+        task=ckpt.task,
+        architecture=ckpt.architecture,
+        problem_type=ckpt.problem_type,
+        labels=list(ckpt.labels),
+        tag_scheme=ckpt.tag_scheme,
+        segmentation=segmentation or (existing.segmentation if existing else Segmentation.NONE),
+        language=existing.language if existing else "en",
+        max_length=ckpt.max_length,
+        inputs=list(graph.inputs),
+        outputs=list(graph.outputs),
+        pad_token_id=int(ckpt.tokenizer.pad_token_id or 0),
+        # keep batching a user tuned in an earlier version's model.yaml
+        batching=existing.batching if existing else BatchingConfig.model_validate({}),
+        default_version=version,
+        versions=dict(sorted(versions.items())),
     )
 
 

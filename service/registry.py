@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from bertserve.modelrepo import (
+    TOKENIZER_FILE,
     ModelConfig,
     RepositoryError,
     list_models,
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 
 P = TypeVar("P", bound=Pipeline)
 
-TOKENIZER_FILE = "tokenizer.json"
 WARMUP_FIRST_BACKOFF_S = 0.5
 WARMUP_MAX_BACKOFF_S = 30.0
 
@@ -335,11 +335,10 @@ def open_pipeline(
     The registry serves what this returns; `bertserve.evaluation.scoring` scores it offline, so
     the export gates and `make demo-eval` measure the served pipeline itself."""
     pipeline_cls = PIPELINES[config.task]
+    # model.yaml must list tokenizer.json among the tokenizer files (VersionConfig), so this checks
+    # that it exists inside the folder and is the file that was exported.
     verify_files(vdir, config.version.tokenizer_files)
-    tokenizer_path = resolve_inside(vdir, TOKENIZER_FILE)
-    if not tokenizer_path.is_file():
-        raise RepositoryError(f"model {config.name!r}: {TOKENIZER_FILE} missing in {vdir}")
-    tokenizer = TextTokenizer(tokenizer_path, config.max_length)
+    tokenizer = TextTokenizer(resolve_inside(vdir, TOKENIZER_FILE), config.max_length)
     backend = factory(config, vdir)
     return pipeline_cls(model_parts(settings, metrics, config, tokenizer, backend, slots=slots))
 
