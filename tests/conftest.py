@@ -15,6 +15,7 @@ Export-stage fixtures (owned by the export tests, used by the service's integrat
   `distilbert-cls`    text-classification    labels NEGATIVE, POSITIVE; no token_type_ids input
   `bert-multilabel`   text-classification    multi_label_classification; 4 topic labels
   `bert-ner`          token-classification   IOB2: O, B-/I-PER, LOC, ORG, MISC
+  `bert-scorer`       text-classification    one logit (cross-encoder shape): sigmoid scores
   ==================  =====================  ===================================================
 
   Every version folder has tokenizer.json, model.onnx, model.ort.onnx, model.int8.onnx,
@@ -44,6 +45,7 @@ EXPORTED_MODELS: dict[str, tuple[str, str]] = {
     "distilbert-cls": ("distilbert_cls_checkpoint", "text-classification"),
     "bert-multilabel": ("bert_multilabel_checkpoint", "text-classification"),
     "bert-ner": ("bert_ner_checkpoint", "token-classification"),
+    "bert-scorer": ("bert_scorer_checkpoint", "text-classification"),  # one logit: sigmoid scores
 }
 
 
@@ -75,13 +77,18 @@ def bert_multilabel_checkpoint(checkpoints_dir: Path) -> TinyCheckpoint:
 
 
 @pytest.fixture(scope="session")
+def bert_scorer_checkpoint(checkpoints_dir: Path) -> TinyCheckpoint:
+    return _build(checkpoints_dir, "bert-scorer", "build_bert_scorer")
+
+
+@pytest.fixture(scope="session")
 def bert_ner_checkpoint(checkpoints_dir: Path) -> TinyCheckpoint:
     return _build(checkpoints_dir, "bert-ner", "build_bert_token_classifier")
 
 
 @pytest.fixture(scope="session")
 def exported_repo(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
-    """A model repository with bert-cls, distilbert-cls, bert-multilabel and bert-ner (see module doc)."""
+    """A model repository with the EXPORTED_MODELS above (see the module doc)."""
     from bertserve.export.exporter import ExportOptions, run_export
 
     repo = tmp_path_factory.mktemp("model-repo")

@@ -109,10 +109,13 @@ def decisions(
     task: Task,
     problem_type: ProblemType | None,
 ) -> npt.NDArray[np.int64]:
-    """The discrete outputs a user sees: class per row, label set per row, or tag per real token."""
+    """The discrete outputs a user sees: class per row, label set per row (also the one
+    thresholded score of a single-logit model, where an argmax would always agree), or tag per
+    real token."""
     if task == Task.TOKEN_CLASSIFICATION:
         return np.asarray(logits.argmax(-1)[mask.astype(bool)], dtype=np.int64)
-    if problem_type == ProblemType.MULTI_LABEL:
+    # NOTE: the sigmoid > 0.5 decision, written as logit > 0 (the head's rule: uses_sigmoid)
+    if problem_type == ProblemType.MULTI_LABEL or logits.shape[-1] == 1:
         return np.asarray((logits > 0).reshape(-1), dtype=np.int64)
     return np.asarray(logits.argmax(-1), dtype=np.int64)
 

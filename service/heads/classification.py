@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from bertserve.modelrepo import ProblemType
 from bertserve.service.heads.activations import sigmoid, softmax
 
-__all__ = ["ClassificationHead", "LabelScore", "sigmoid", "softmax"]
+__all__ = ["ClassificationHead", "LabelScore", "sigmoid", "softmax", "uses_sigmoid"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,13 +20,21 @@ class LabelScore:
     score: float
 
 
+def uses_sigmoid(num_labels: int, problem_type: ProblemType | None) -> bool:
+    """Whether scores are independent sigmoids: multi-label models, and models with one logit
+    (cross-encoders, binary scorers), whose softmax would always be 1.0. The transformers
+    text-classification pipeline and TEI decide the same way."""
+    return problem_type == ProblemType.MULTI_LABEL or num_labels == 1
+
+
 class ClassificationHead:
-    """Softmax for single-label models, independent sigmoids for multi-label ones."""
+    """Softmax for single-label models; independent sigmoids for multi-label models and for a
+    single logit (`uses_sigmoid`)."""
 
     def __init__(self, labels: Sequence[str], problem_type: ProblemType) -> None:
         self.labels = tuple(labels)
         self.problem_type = problem_type
-        self._activation = sigmoid if problem_type == ProblemType.MULTI_LABEL else softmax
+        self._activation = sigmoid if uses_sigmoid(len(self.labels), problem_type) else softmax
 
     def scores(self, logits: NDArray[np.float32]) -> NDArray[np.float32]:
         """`[inputs, labels]` logits -> probabilities of the same shape."""

@@ -87,6 +87,7 @@ NER_LABELS_BIOES: tuple[str, ...] = (
 )
 SENTIMENT_LABELS: tuple[str, ...] = ("NEGATIVE", "POSITIVE")
 TOPIC_LABELS: tuple[str, ...] = ("sports", "politics", "business", "travel")
+SCORER_LABELS: tuple[str, ...] = ("relevance",)
 
 # Small enough that building + exporting a model takes well under a second, big enough to have
 # real attention (several heads, two layers) for the ORT fusions to find.
@@ -194,6 +195,11 @@ def build_bert_classifier(
 
 def build_bert_multilabel(path: Path, labels: Sequence[str] = TOPIC_LABELS, seed: int = 0) -> TinyCheckpoint:
     return build_bert_classifier(path, labels, multi_label=True, seed=seed)
+
+
+def build_bert_scorer(path: Path, seed: int = 0) -> TinyCheckpoint:
+    """A cross-encoder-shaped BertForSequenceClassification with one logit (a relevance score)."""
+    return build_bert_classifier(path, SCORER_LABELS, seed=seed)
 
 
 def build_distilbert_classifier(

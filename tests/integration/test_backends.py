@@ -31,6 +31,7 @@ CHECKPOINT_OF = {
     "bert-cls": "bert_cls_checkpoint",
     "distilbert-cls": "distilbert_cls_checkpoint",
     "bert-multilabel": "bert_multilabel_checkpoint",
+    "bert-scorer": "bert_scorer_checkpoint",
 }
 BACKENDS = ["onnxruntime-cpu", "openvino-cpu"]
 
@@ -42,7 +43,8 @@ def torch_scores(checkpoint: Path, inputs: list[Any], max_length: int) -> list[d
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
-    multi = model.config.problem_type == "multi_label_classification"
+    # the transformers pipeline's rule: sigmoid for multi-label models and for a single logit
+    multi = model.config.problem_type == "multi_label_classification" or model.config.num_labels == 1
     out = []
     with torch.no_grad():
         for item in inputs:
@@ -131,6 +133,26 @@ def direct_int8_scores(repo: Path, backend: str, text: str) -> np.ndarray:
         logits = compiled(feeds)[compiled.output(0)]
     exp = np.exp(logits[0] - logits[0].max())
     return np.asarray(exp / exp.sum())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_one_logit_scorer_matches_the_transformers_pipelines_sigmoid(
+    serve: Callable[..., Any], exported_repo: Path, bert_scorer_checkpoint: Any, backend: str
+) -> None:
+    """A cross-encoder-shaped model (one logit) on query/document pairs and on single texts:
+    the score is transformers' sigmoid within 1e-4, never the constant 1.0 of a softmax."""
+    from transformers import pipeline
+
+    scorer = pipeline("text-classification", model=str(bert_scorer_checkpoint.path), device="cpu")
+    cut = {"truncation": True, "max_length": load_model_config(exported_repo, "bert-scorer").max_length}
+    client = await serve("bert-scorer", backend, "fp32")
+    pairs = [list(p) for p in PAIRS]
+    got = [row["relevance"] for row in await classify(client, "bert-scorer", pairs)]
+    want = [scorer({"text": a, "text_pair": b}, **cut)["score"] for a, b in PAIRS]
+    got += [row["relevance"] for row in await classify(client, "bert-scorer", SENTENCES)]
+    want += [scorer(text, **cut)[0]["score"] for text in SENTENCES]
+    assert np.abs(np.array(got) - np.array(want)).max() <= 1e-4, (got, want)
+    assert len({round(x, 6) for x in got}) > 1 and all(0.0 < x < 1.0 for x in got)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -8,11 +8,12 @@ import pytest
 from bertserve.evaluation.metrics import (
     accuracy,
     agreement,
+    decisions,
     decode_spans,
     entity_scores,
     entity_scores_by_type,
 )
-from bertserve.modelrepo import TagScheme
+from bertserve.modelrepo import ProblemType, TagScheme, Task
 
 
 @pytest.mark.parametrize(
@@ -80,3 +81,13 @@ def test_accuracy_and_agreement():
     assert agreement(np.array([1, 0, 2]), np.array([1, 1, 2])) == (2, 3)
     with pytest.raises(ValueError, match="differ"):
         agreement(np.array([1]), np.array([1, 2]))
+
+
+def test_a_single_logit_decides_by_its_sign_not_by_an_argmax_that_always_agrees() -> None:
+    # with one logit, argmax is 0 for every row: agreement with PyTorch could never fall
+    logits = np.array([[1.5], [-0.2], [0.3]], dtype=np.float32)
+    mask = np.ones((3, 4), dtype=np.int64)
+    got = decisions(logits, mask, Task.TEXT_CLASSIFICATION, ProblemType.SINGLE_LABEL)
+    assert got.tolist() == [1, 0, 1]
+    flipped = decisions(-logits, mask, Task.TEXT_CLASSIFICATION, ProblemType.SINGLE_LABEL)
+    assert agreement(got, flipped) == (0, 3)

@@ -56,3 +56,13 @@ def test_wrong_logit_shape_is_refused() -> None:
     head = ClassificationHead(LABELS, ProblemType.SINGLE_LABEL)
     with pytest.raises(ValueError, match=r"\[n, 3\]"):
         head.postprocess(np.zeros((2, 4), dtype=np.float32))
+
+
+def test_a_single_logit_gets_a_sigmoid_not_a_softmax_of_one() -> None:
+    # a cross-encoder or binary scorer: softmax over one logit would answer 1.0 for every input
+    head = ClassificationHead(("relevance",), ProblemType.SINGLE_LABEL)
+    results = head.postprocess(np.array([[2.0], [-3.0], [0.0]], dtype=np.float32))
+    assert [row[0].score for row in results] == pytest.approx(
+        [1 / (1 + math.exp(-2)), 1 / (1 + math.exp(3)), 0.5], rel=1e-6
+    )
+    assert all(row[0].label == "relevance" for row in results)
