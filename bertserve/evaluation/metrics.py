@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bertserve.modelrepo import ProblemType, TagScheme, Task, detect_tag_scheme
+from bertserve.service.heads.classification import uses_sigmoid
 from bertserve.service.heads.token_classification import DEFAULT_IGNORE_LABELS, group_units, split_tag
 
 __all__ = [
@@ -114,8 +115,7 @@ def decisions(
     real token."""
     if task == Task.TOKEN_CLASSIFICATION:
         return np.asarray(logits.argmax(-1)[mask.astype(bool)], dtype=np.int64)
-    # NOTE: the sigmoid > 0.5 decision, written as logit > 0 (the head's rule: uses_sigmoid)
-    if problem_type == ProblemType.MULTI_LABEL or logits.shape[-1] == 1:
+    if uses_sigmoid(logits.shape[-1], problem_type):  # the head's rule; sigmoid > 0.5 is logit > 0
         return np.asarray((logits > 0).reshape(-1), dtype=np.int64)
     return np.asarray(logits.argmax(-1), dtype=np.int64)
 
