@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The demo: fine-tune `sentiment` and `ner` from the packaged MiniLM-L6-H384 (offline), export them
+# The demo: fine-tune `sentiment` and `ner` from the packaged MiniLM-L6-H384 (offline), export them and
+# the MiniLM's own sentence embeddings (`embed`)
 # into $(REPO) unless they are already built from the current recipe (models/demo/), print example
-# curl calls, then serve both on 127.0.0.1:8000.
+# curl calls, then serve all three on 127.0.0.1:8000.
 DEMO_HOST ?= 127.0.0.1
 DEMO_PORT ?= 8000
 
@@ -30,7 +31,7 @@ demo-build: install
 	$(BIN)/python models/demo/build.py --repo $(REPO) --host $(DEMO_HOST) --port $(DEMO_PORT)
 
 demo: demo-build
-	$(BIN)/bertserve serve --repo $(REPO) --model sentiment --model ner --host $(DEMO_HOST) --port $(DEMO_PORT)
+	$(BIN)/bertserve serve --repo $(REPO) --model sentiment --model ner --model embed --host $(DEMO_HOST) --port $(DEMO_PORT)
 
 # Held-out figures, SST-2 dev accuracy and WNUT-17 PER/LOC F1 (with ../shared/data) of the built demo.
 demo-eval: install

@@ -38,6 +38,19 @@ IR_XML_SUFFIX, IR_BIN_SUFFIX = ".xml", ".bin"
 class Task(StrEnum):
     TEXT_CLASSIFICATION = "text-classification"
     TOKEN_CLASSIFICATION = "token-classification"
+    FEATURE_EXTRACTION = "feature-extraction"  # sentence embeddings: one pooled vector per text
+    RERANK = "rerank"  # a cross-encoder: (query, document) pairs -> one relevance logit
+
+
+class Pooling(StrEnum):
+    """How a sentence-embedding model turns its token states into one vector (sentence-transformers'
+    pooling modes): the mean of the real tokens, the first ([CLS]) token, the last real token, or
+    the element-wise maximum over the real tokens."""
+
+    MEAN = "mean"
+    CLS = "cls"
+    LAST_TOKEN = "lasttoken"
+    MAX = "max"
 
 
 class ProblemType(StrEnum):
@@ -93,6 +106,22 @@ class BatchingConfig(BaseModel):
         if unknown:
             raise TypeError(f"no batching field {sorted(unknown)}")
         return self.model_copy(update={k: v for k, v in values.items() if v is not None})
+
+
+class EmbeddingConfig(BaseModel):
+    """How a feature-extraction model's served graph pools, and what the head does after it.
+
+    The pooling runs inside the exported graph (its output is `[batch, dimensions]`), so the
+    batcher moves one vector per sequence; normalization and Matryoshka truncation run in the head,
+    per request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pooling: Pooling = Field(description="The pooling the graph applies (read from the checkpoint).")
+    normalize: bool = Field(
+        True, description="L2-normalize by default (the checkpoint's Normalize module); per request too."
+    )
+    dimensions: int = Field(ge=1, description="Width of the pooled vector.")
 
 
 class Artifact(BaseModel):
@@ -192,7 +221,10 @@ class ModelConfig(BaseModel):
     task: Task
     architecture: str = Field(description="Hugging Face model_type, e.g. bert, distilbert.")
     problem_type: ProblemType | None = None
-    labels: list[str] = Field(min_length=1, description="Label names in id order.")
+    labels: list[str] = Field(
+        default_factory=list,
+        description="Label names in id order (none for feature-extraction; one for rerank).",
+    )
     tag_scheme: TagScheme | None = None
     segmentation: Segmentation = Field(
         Segmentation.NONE,
@@ -205,6 +237,7 @@ class ModelConfig(BaseModel):
     inputs: list[str] = Field(description="The graph's actual input names, in order.")
     outputs: list[str] = Field(default_factory=lambda: ["logits"])
     pad_token_id: int = 0
+    embedding: EmbeddingConfig | None = Field(None, description="Feature extraction: pooling and width.")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     default_version: int = 1
     versions: dict[int, VersionConfig]
@@ -213,7 +246,23 @@ class ModelConfig(BaseModel):
     def _consistent(self) -> ModelConfig:
         if self.default_version not in self.versions:
             raise ValueError(f"default_version {self.default_version} has no entry under versions")
-        if self.task == Task.TEXT_CLASSIFICATION and self.problem_type is None:
+        if self.task == Task.FEATURE_EXTRACTION:
+            if self.embedding is None:
+                raise ValueError(
+                    "a feature-extraction model needs an `embedding` section (pooling, dimensions)"
+                )
+            if self.labels:
+                raise ValueError("a feature-extraction model has no labels")
+        elif self.embedding is not None:
+            raise ValueError(f"`embedding` belongs to feature-extraction models, not {self.task}")
+        elif not self.labels:
+            raise ValueError(f"a {self.task} model needs its labels")
+        if self.task == Task.RERANK:
+            if len(self.labels) != 1:
+                raise ValueError(f"a rerank model has one relevance logit, not {len(self.labels)} labels")
+            if self.problem_type not in (None, ProblemType.SINGLE_LABEL):
+                raise ValueError("a rerank model scores one logit with a sigmoid; problem_type must be unset")
+        if self.task in (Task.TEXT_CLASSIFICATION, Task.RERANK) and self.problem_type is None:
             self.problem_type = ProblemType.SINGLE_LABEL
         if self.task == Task.TOKEN_CLASSIFICATION and self.tag_scheme is None:
             self.tag_scheme = detect_tag_scheme(self.labels)
@@ -224,6 +273,11 @@ class ModelConfig(BaseModel):
     @property
     def version(self) -> VersionConfig:
         return self.versions[self.default_version]
+
+    @property
+    def output_width(self) -> int:
+        """Values per row of the graph's output: labels, or the embedding's dimensions."""
+        return self.embedding.dimensions if self.embedding is not None else len(self.labels)
 
 
 def detect_tag_scheme(labels: list[str]) -> TagScheme:

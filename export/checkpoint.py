@@ -17,6 +17,7 @@ from typing import Any
 
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -25,8 +26,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from bertserve.export.embedding import read_sentence_transformer
 from bertserve.export.errors import ExportError
-from bertserve.modelrepo import ProblemType, TagScheme, Task, detect_tag_scheme
+from bertserve.modelrepo import EmbeddingConfig, Pooling, ProblemType, TagScheme, Task, detect_tag_scheme
 
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -38,8 +40,19 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HEAD_SUFFIX = {
     Task.TEXT_CLASSIFICATION: "ForSequenceClassification",
     Task.TOKEN_CLASSIFICATION: "ForTokenClassification",
+    Task.RERANK: "ForSequenceClassification",  # a cross-encoder is a one-logit sequence classifier
 }
-_TASK_OF_SUFFIX = {suffix: task for task, suffix in _HEAD_SUFFIX.items()}
+_TASK_OF_SUFFIX = {
+    "ForSequenceClassification": Task.TEXT_CLASSIFICATION,
+    "ForTokenClassification": Task.TOKEN_CLASSIFICATION,
+}
+# The task optimum exports each of ours as (a cross-encoder's graph is a classifier's).
+OPTIMUM_TASK = {
+    Task.TEXT_CLASSIFICATION: "text-classification",
+    Task.TOKEN_CLASSIFICATION: "token-classification",
+    Task.FEATURE_EXTRACTION: "feature-extraction",
+    Task.RERANK: "text-classification",
+}
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,9 @@ class LoadedCheckpoint:
     num_heads: int
     hidden_size: int
     notes: tuple[str, ...] = ()
+    embedding: EmbeddingConfig | None = None  # feature extraction: pooling, normalize, width
+    # a sentence-transformers folder exported with its own pooling: its `encode` is a reference
+    is_sentence_transformer: bool = False
 
 
 def parse_task(value: str) -> Task:
@@ -109,6 +125,8 @@ def _check_head(config: PretrainedConfig, task: Task) -> None:
     if not architectures:
         return  # old or hand-written config: the missing-weights check below still catches a bare encoder
     arch = architectures[0]
+    if task == Task.FEATURE_EXTRACTION:
+        return  # the encoder's token states are pooled; a head, if any, is not loaded
     if arch.endswith(_HEAD_SUFFIX[task]):
         return
     for suffix, other in _TASK_OF_SUFFIX.items():
@@ -138,11 +156,12 @@ def _labels(config: PretrainedConfig) -> tuple[str, ...]:
 
 
 def _load_model(path: Path, task: Task, num_labels: int, *, allow_pickle: bool) -> PreTrainedModel:
-    loader = (
-        AutoModelForSequenceClassification
-        if task == Task.TEXT_CLASSIFICATION
-        else AutoModelForTokenClassification
-    )
+    loader: Any = {
+        Task.TEXT_CLASSIFICATION: AutoModelForSequenceClassification,
+        Task.RERANK: AutoModelForSequenceClassification,
+        Task.TOKEN_CLASSIFICATION: AutoModelForTokenClassification,
+        Task.FEATURE_EXTRACTION: AutoModel,
+    }[task]
     try:
         with warnings.catch_warnings():
             # "Some weights were newly initialized" is turned into an error below, not a warning.
@@ -166,6 +185,10 @@ def _load_model(path: Path, task: Task, num_labels: int, *, allow_pickle: bool) 
     except (OSError, ValueError, KeyError) as exc:
         raise ExportError(f"cannot load the checkpoint: {str(exc).strip().splitlines()[0]}") from exc
     missing = list(info.get("missing_keys", []))
+    if task == Task.FEATURE_EXTRACTION:
+        # the pooler (a dense layer over [CLS] for next-sentence prediction) is never used by
+        # sentence pooling; sentence-transformers checkpoints often leave it out
+        missing = [key for key in missing if not key.startswith("pooler.")]
     mismatched = list(info.get("mismatched_keys", []))
     if mismatched:
         raise ExportError(f"label count mismatch between config.json and the weights: {mismatched[0]}")
@@ -221,8 +244,39 @@ def _max_length(config: PretrainedConfig, tokenizer: PreTrainedTokenizerFast, re
     return min(candidates)
 
 
+def _embedding(
+    path: Path, hidden_size: int, requested: str | None
+) -> tuple[EmbeddingConfig, int | None, bool, list[str]]:
+    """Pooling (the checkpoint's, unless one is requested), normalization, the sentence-transformers
+    max length, whether the folder is a sentence-transformers model, and notes."""
+    info = read_sentence_transformer(path)
+    notes = []
+    if requested is not None:
+        try:
+            pooling = Pooling(requested)
+        except ValueError:
+            choices = ", ".join(p.value for p in Pooling)
+            raise ExportError(f"unknown pooling {requested!r}; choose one of: {choices}") from None
+        if info.pooling is not None and info.pooling != pooling:
+            notes.append(f"pooling {pooling.value} replaces the checkpoint's {info.pooling.value}")
+    elif info.pooling is not None:
+        pooling = info.pooling
+    else:
+        pooling = Pooling.MEAN
+        notes.append("no sentence-transformers pooling config (1_Pooling/config.json): mean pooling")
+    embedding = EmbeddingConfig(pooling=pooling, normalize=info.normalize, dimensions=hidden_size)
+    # sentence-transformers' own encode is the reference only for the pooling it was saved with
+    as_saved = info.is_sentence_transformer and pooling == info.pooling
+    return embedding, info.max_seq_length, as_saved, notes
+
+
 def load_checkpoint(
-    source: str, task: Task, *, allow_pickle: bool = False, max_length: int | None = None
+    source: str,
+    task: Task,
+    *,
+    allow_pickle: bool = False,
+    max_length: int | None = None,
+    pooling: str | None = None,
 ) -> LoadedCheckpoint:
     path = resolve_source(source, allow_pickle=allow_pickle)
     if not (path / "config.json").is_file():
@@ -241,29 +295,48 @@ def load_checkpoint(
         )
     except KeyError:
         supported = {}
-    if task.value not in supported:
+    if OPTIMUM_TASK[task] not in supported:
         raise ExportError(f"architecture {config.model_type!r} cannot be exported for {task.value}")
+    if pooling is not None and task != Task.FEATURE_EXTRACTION:
+        raise ExportError("--pooling applies to feature-extraction models only")
 
     notes = _check_weights(path, allow_pickle=allow_pickle)
     _check_head(config, task)
-    labels = _labels(config)
+    labels = () if task == Task.FEATURE_EXTRACTION else _labels(config)
+    if task == Task.RERANK and len(labels) != 1:
+        raise ExportError(
+            f"a rerank model (cross-encoder) has one relevance logit; this checkpoint has {len(labels)} "
+            "labels; export it with --task text-classification"
+        )
     tokenizer, tokenizer_notes = _load_tokenizer(path)
     model = _load_model(path, task, len(labels), allow_pickle=allow_pickle)
     notes += tokenizer_notes
-    if all(re.fullmatch(r"LABEL_\d+", label) for label in labels):
+    if task in (Task.TEXT_CLASSIFICATION, Task.TOKEN_CLASSIFICATION) and all(
+        re.fullmatch(r"LABEL_\d+", label) for label in labels
+    ):
         notes.append(
             "labels are the generic LABEL_<n> names; set id2label in config.json for readable output"
         )
 
     problem_type: ProblemType | None = None
     tag_scheme: TagScheme | None = None
+    embedding: EmbeddingConfig | None = None
+    is_st = False
     if task == Task.TEXT_CLASSIFICATION:
         raw = getattr(config, "problem_type", None)
         if raw == "regression":
             raise ExportError("regression heads are not supported (problem_type=regression)")
         problem_type = ProblemType(raw) if raw else ProblemType.SINGLE_LABEL
-    else:
+    elif task == Task.RERANK:
+        # cross-encoders are saved with problem_type regression or none: one logit, sigmoid score
+        problem_type = ProblemType.SINGLE_LABEL
+    elif task == Task.TOKEN_CLASSIFICATION:
         tag_scheme = detect_tag_scheme(list(labels))
+    else:
+        embedding, st_max_length, is_st, embedding_notes = _embedding(path, int(config.hidden_size), pooling)
+        notes += embedding_notes
+        if max_length is None and st_max_length is not None:
+            max_length = min(st_max_length, _max_length(config, tokenizer, None))
 
     return LoadedCheckpoint(
         source=source,
@@ -279,4 +352,6 @@ def load_checkpoint(
         num_heads=int(config.num_attention_heads),
         hidden_size=int(config.hidden_size),
         notes=tuple(notes),
+        embedding=embedding,
+        is_sentence_transformer=is_st,
     )

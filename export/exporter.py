@@ -99,6 +99,11 @@ def _check_options(options: ExportOptions) -> tuple[Task, tuple[str, ...]]:
     for path, what in ((options.calibration, "calibration"), (options.eval_file, "eval")):
         if path is not None and not path.is_file():
             raise ExportError(f"{what} file {path} does not exist")
+    if options.eval_file is not None and task in (Task.FEATURE_EXTRACTION, Task.RERANK):
+        raise ExportError(
+            f"--eval-file scores classifiers and taggers; a {task.value} model's low-precision "
+            "artifacts are gated by their agreement with PyTorch on the validation batches"
+        )
     if options.eval_file is not None and not options.int8:
         raise ExportError("--eval-file gates int8 artifacts; add --int8")
     if options.segmentation is not None:
@@ -196,7 +201,11 @@ def run_export(options: ExportOptions) -> ExportResult:
         with StepProgress(console, len(planned_steps(options, specs))) as steps:
             with steps.step(LOAD_STEP):
                 ckpt = load_checkpoint(
-                    options.model, task, allow_pickle=options.allow_pickle, max_length=options.max_length
+                    options.model,
+                    task,
+                    allow_pickle=options.allow_pickle,
+                    max_length=options.max_length,
+                    pooling=options.pooling,
                 )
                 eval_set = (
                     load_eval_file(options.eval_file, task, ckpt.labels)
@@ -263,6 +272,8 @@ def _export_version(
         results=[w.result for w in written],
     )
     notes = [*ckpt.notes, *(note for w in written for note in w.output.notes)]
+    if ckpt.is_sentence_transformer and ckpt.embedding is not None:
+        notes.append(_sentence_transformers_check(ckpt, ref))
     graph, torch_runner = ref.graph, ref.torch_runner
 
     tokenizer_files = _save_tokenizer(ckpt, staging)
@@ -325,13 +336,26 @@ def _export_version(
 def _export_reference(ckpt: LoadedCheckpoint, portable: Path, existing: ModelConfig | None) -> _Reference:
     from bertserve.export.onnx_export import export_portable_onnx
 
-    graph = export_portable_onnx(ckpt.model, ckpt.task, portable)
+    pooling = ckpt.embedding.pooling if ckpt.embedding is not None else None
+    graph = export_portable_onnx(ckpt.model, ckpt.task, portable, pooling)
     if existing is not None:
         _check_compatible(existing, ckpt, graph.inputs)
     batches = build_validation_batches(ckpt.tokenizer, ckpt.task, graph.inputs, ckpt.max_length)
-    torch_runner = TorchBackend(ckpt.model, graph.inputs)
+    torch_runner = TorchBackend(ckpt.model, graph.inputs, ckpt.embedding)
     logits = [torch_runner.infer(b.feeds) for b in batches]
     return _Reference(graph=graph, path=portable, batches=batches, torch_runner=torch_runner, logits=logits)
+
+
+def _sentence_transformers_check(ckpt: LoadedCheckpoint, ref: _Reference) -> str:
+    """The reference embeddings (encoder + pooling) against sentence-transformers' own encode."""
+    from bertserve.export.embedding import check_against_sentence_transformers
+
+    assert ckpt.embedding is not None
+    texts = list(SENTENCES)
+    feeds = encode(ckpt.tokenizer, texts, ref.graph.inputs, ckpt.max_length)
+    return check_against_sentence_transformers(
+        ckpt.path, texts, ref.torch_runner.infer(feeds), ckpt.embedding.normalize
+    )
 
 
 def _build_artifacts(
@@ -400,6 +424,8 @@ def _check_compatible(existing: ModelConfig, ckpt: LoadedCheckpoint, inputs: tup
         diffs.append(f"labels {existing.labels} -> {list(ckpt.labels)}")
     if tuple(existing.inputs) != inputs:
         diffs.append(f"inputs {existing.inputs} -> {list(inputs)}")
+    if existing.embedding != ckpt.embedding:
+        diffs.append(f"embedding {existing.embedding} -> {ckpt.embedding}")
     if diffs:
         raise ExportError(
             f"model {existing.name} already exists with a different contract ({'; '.join(diffs)}); "
@@ -455,6 +481,7 @@ def _config_of(
         problem_type=ckpt.problem_type,
         labels=list(ckpt.labels),
         tag_scheme=ckpt.tag_scheme,
+        embedding=ckpt.embedding,
         segmentation=segmentation or (existing.segmentation if existing else Segmentation.NONE),
         language=existing.language if existing else "en",
         max_length=ckpt.max_length,

@@ -11,7 +11,7 @@ import onnx
 from transformers import PreTrainedModel
 
 from bertserve.export.errors import ExportError
-from bertserve.modelrepo import Task
+from bertserve.modelrepo import Pooling, Task
 
 # Opset 17 brings LayerNormalization as a standard op, which OpenVINO and TensorRT map directly.
 MIN_OPSET = 17
@@ -35,13 +35,18 @@ def read_graph_info(path: Path) -> OnnxGraphInfo:
     )
 
 
-def export_portable_onnx(model: PreTrainedModel, task: Task, output: Path) -> OnnxGraphInfo:
-    """Standard ops only, dynamic batch and sequence axes, validated later against PyTorch."""
+def export_portable_onnx(
+    model: PreTrainedModel, task: Task, output: Path, pooling: Pooling | None = None
+) -> OnnxGraphInfo:
+    """Standard ops only, dynamic batch and sequence axes, validated later against PyTorch.
+    A feature-extraction graph gets `pooling` appended (`bertserve.export.embedding`)."""
     from optimum.exporters.onnx import export as onnx_export
     from optimum.exporters.tasks import TasksManager
 
+    from bertserve.export.checkpoint import OPTIMUM_TASK
+
     constructor = TasksManager.get_exporter_config_constructor(
-        "onnx", model=model, task=task.value, library_name="transformers"
+        "onnx", model=model, task=OPTIMUM_TASK[task], library_name="transformers"
     )
     onnx_config = constructor(model.config)
     opset = max(MIN_OPSET, int(onnx_config.DEFAULT_ONNX_OPSET))
@@ -52,6 +57,12 @@ def export_portable_onnx(model: PreTrainedModel, task: Task, output: Path) -> On
             onnx_export(model, onnx_config, output, opset=opset, device="cpu")
     except Exception as exc:  # the exporter raises many unrelated types; all mean "could not export"
         raise ExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
+    if task == Task.FEATURE_EXTRACTION:
+        from bertserve.export.embedding import append_pooling
+
+        if pooling is None:
+            raise ExportError("a feature-extraction export needs a pooling")
+        append_pooling(output, pooling)
     info = read_graph_info(output)
     _check_dynamic_axes(output, info)
     return info

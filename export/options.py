@@ -62,7 +62,9 @@ def option(help: str, *, flag: bool = True, shell: ShellForm | None = None) -> d
 @dataclass(frozen=True)
 class ExportOptions:
     model: str = field(metadata=option("Checkpoint folder or Hugging Face hub id."))
-    task: str = field(metadata=option("text-classification or token-classification."))
+    task: str = field(
+        metadata=option("text-classification, token-classification, feature-extraction or rerank.")
+    )
     name: str = field(metadata=option("Model name in the repository (URL path segment)."))
     repo: Path = field(default=Path("models"), metadata=option("Model repository folder."))
     formats: tuple[str, ...] = field(
@@ -106,6 +108,13 @@ class ExportOptions:
         metadata=option(
             "Token classification: how the service reads a text by default: none (whole, "
             "windowed when long), lines, or sentences (for taggers trained on single sentences)."
+        ),
+    )
+    pooling: str | None = field(
+        default=None,
+        metadata=option(
+            "Feature extraction: mean, cls, lasttoken or max (default: the checkpoint's "
+            "sentence-transformers 1_Pooling/config.json, else mean)."
         ),
     )
     measure_speed: bool = field(

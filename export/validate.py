@@ -26,10 +26,10 @@ import numpy.typing as npt
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from bertserve.evaluation.datasets import DatasetError
-from bertserve.evaluation.metrics import agreement, decisions
+from bertserve.evaluation.metrics import agreement, decisions, embedding_agreement
 from bertserve.evaluation.scoring import EvalSet, load_eval_set
 from bertserve.export.errors import ExportError
-from bertserve.modelrepo import ArtifactFormat, ModelConfig, Precision, ProblemType, Task
+from bertserve.modelrepo import ArtifactFormat, EmbeddingConfig, ModelConfig, Precision, ProblemType, Task
 from bertserve.runtime.base import Backend, BackendKind, Feeds, Logits
 from bertserve.runtime.selection import open_file
 from bertserve.service.settings import Settings
@@ -87,7 +87,9 @@ class Comparison:
     """How an artifact's outputs compare with PyTorch over every validation batch."""
 
     max_abs_diff: float
-    agreement: float  # fraction of decisions (argmax / thresholded label / token tag) that agree
+    # fraction of decisions (argmax / thresholded label / token tag) that agree; for embeddings,
+    # of rows whose cosine similarity to PyTorch's is at least EMBEDDING_AGREEMENT_COSINE
+    agreement: float
     decisions: int
 
 
@@ -103,15 +105,25 @@ class TorchBackend:
     name = "pytorch"
     precision = Precision.FP32
 
-    def __init__(self, model: PreTrainedModel, input_names: Sequence[str]) -> None:
+    def __init__(
+        self, model: PreTrainedModel, input_names: Sequence[str], embedding: EmbeddingConfig | None = None
+    ) -> None:
         self._model = model
         self.input_names = tuple(input_names)
+        # an embedding model answers sentence-transformers' pooled (unnormalized) vector
+        self._pooled = None
+        if embedding is not None:
+            from bertserve.export.embedding import PooledEncoder
+
+            self._pooled = PooledEncoder(model, embedding.pooling, embedding.dimensions)
 
     def infer(self, feeds: Feeds) -> Logits:
         import torch
 
         tensors = {k: torch.from_numpy(np.ascontiguousarray(feeds[k])) for k in self.input_names}
         with torch.inference_mode():
+            if self._pooled is not None:
+                return np.asarray(self._pooled(**tensors).float().numpy(), dtype=np.float32)
             out = self._model(**tensors)
         return np.asarray(out.logits.float().numpy(), dtype=np.float32)
 
@@ -234,7 +246,7 @@ def build_validation_batches(
             "random", random_sequences(tokenizer, [rng.randint(1, 48) for _ in range(6)], input_names, rng)
         )
     )
-    if task == Task.TEXT_CLASSIFICATION:
+    if task in (Task.TEXT_CLASSIFICATION, Task.RERANK):
         first, second = zip(*PAIRS, strict=True)
         batches.append(
             ValidationBatch("pairs", encode(tokenizer, first, input_names, max_length, pairs=second))
@@ -268,10 +280,13 @@ def compare(
             raise ExportError(f"artifact output shape {actual.shape} differs from PyTorch's {expected.shape}")
         diff = np.abs(real_positions(actual, batch.mask, task) - real_positions(expected, batch.mask, task))
         max_diff = max(max_diff, float(diff.max(initial=0.0)))
-        same, n = agreement(
-            decisions(expected, batch.mask, task, problem_type),
-            decisions(actual, batch.mask, task, problem_type),
-        )
+        if task == Task.FEATURE_EXTRACTION:
+            same, n = embedding_agreement(expected, actual)
+        else:
+            same, n = agreement(
+                decisions(expected, batch.mask, task, problem_type),
+                decisions(actual, batch.mask, task, problem_type),
+            )
         agree += same
         total += n
     return Comparison(max_abs_diff=max_diff, agreement=agree / total if total else 1.0, decisions=total)

@@ -13,6 +13,8 @@
    OpenVINO fp32/int8), each through its own service at 64 clients and raw at the best batch.
 5. Open loop: the highest constant arrival rate with p95 under `--slo-ms` (loadtest/slo.py).
 6. Padding efficiency (real / padded tokens) from the service's own /metrics counters.
+7. Embeddings (`--embed-model`, default the demo's `embed`): raw backend vs `/embed`, in this run
+   (loadtest/embed_bench.py).
 
 Noise control: the machine is shared, so every ratio is computed from two measurements taken back
 to back (raw best batch then service at 64 clients; raw batch 1 then service at 1 client; service
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import os
 import platform
 import random
@@ -167,6 +170,13 @@ class RawBench:
         with_types = "token_type_ids" in backend.input_names
         self._inputs = [e.model_input(with_types) for e in tokenizer.encode(list(sentences), truncate=True)]
         self._collator = Collator(backend.input_names, config.pad_token_id)
+
+    def sorted_by_length(self) -> RawBench:
+        """The same backend and sentences in length order: batches of near-equal lengths, the
+        ceiling a length-sorting batcher can reach."""
+        twin = copy.copy(self)
+        twin._inputs = sorted(self._inputs, key=lambda x: x.length)
+        return twin
 
     def measure(self, batch_size: int, seconds: float) -> RawPoint:
         inputs = self._inputs
@@ -437,7 +447,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--sentences", type=int, default=872)
     ap.add_argument("--concurrency", default="1,4,16,64,128")
     ap.add_argument("--slo-ms", type=float, default=100.0, help="p95 target of the open-loop rate search")
-    ap.add_argument("--skip", default="", help="phases to leave out, comma-separated: naive,backends,slo")
+    ap.add_argument(
+        "--skip", default="", help="phases to leave out, comma-separated: naive,backends,slo,embed"
+    )
+    ap.add_argument("--embed-model", default="embed", help="the feature-extraction model of phase 7")
     ap.add_argument("--quick", action="store_true", help="short phases for development (figures are rough)")
     ap.add_argument(
         "--profile", action="store_true", help="py-spy the service under 64 clients (needs py-spy)"
@@ -483,10 +496,31 @@ def main(argv: list[str] | None = None) -> int:
         if "slo" not in skip:
             run = search_slo(run, target, args, model, budget)
     raw_bench.backend.close()
+    if "embed" not in skip:
+        run.meta["embeddings"] = measure_embed_model(args, sentences, budget)
 
     run.meta["elapsed_s"] = round(time.perf_counter() - started, 1)
     print_summary(write_results(out, run), run, budget, args.slo_ms, out)
     return 0
+
+
+def measure_embed_model(args: argparse.Namespace, sentences: list[str], budget: Budget) -> object:
+    """Phase 7 (loadtest/embed_bench.py) on `--embed-model` when the repository has it."""
+    from bertserve.modelrepo import RepositoryError, Task, load_model_config
+    from loadtest.embed_bench import measure_embeddings
+
+    try:
+        config = load_model_config(args.repo, args.embed_model)
+    except RepositoryError:
+        print(
+            f"7. embeddings: SKIPPED, no model {args.embed_model!r} in {args.repo} "
+            "(make demo-build makes one)"
+        )
+        return None
+    if config.task != Task.FEATURE_EXTRACTION:
+        print(f"7. embeddings: SKIPPED, {args.embed_model!r} is not a feature-extraction model")
+        return None
+    return measure_embeddings(args.repo, args.embed_model, args.backend, sentences, budget).summary()
 
 
 def run_meta(

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import ClassVar, TypeVar
+from typing import ClassVar, TypeVar, cast
 
 import numpy as np
 
@@ -25,8 +25,9 @@ from bertserve.modelrepo import ModelConfig, ProblemType, Segmentation, Task
 from bertserve.runtime.base import Backend, Logits
 from bertserve.runtime.collation import ModelInput
 from bertserve.service.batching import DynamicBatcher
-from bertserve.service.errors import DeadlineExceededError, PayloadTooLargeError
-from bertserve.service.heads.classification import ClassificationHead, LabelScore
+from bertserve.service.errors import DeadlineExceededError, PayloadTooLargeError, UnsupportedTaskError
+from bertserve.service.heads.classification import Activation, ClassificationHead, LabelScore
+from bertserve.service.heads.embedding import EmbeddingHead, cosine_scores
 from bertserve.service.heads.token_classification import (
     DEFAULT_IGNORE_LABELS,
     AggregationStrategy,
@@ -165,6 +166,27 @@ class Pipeline:
             sequences, announced=announced, timeout_s=deadline - time.monotonic()
         )
 
+    async def tokenize(
+        self, texts: Sequence[str], *, add_special_tokens: bool = True, truncate: bool = False
+    ) -> list[Encoded]:
+        """The model's tokens for each text (the `/tokenize` routes), within the request's limits,
+        tokenized in the model's pool (off the event loop) and bounded by the request's deadline."""
+        budget = self.budget(self.deadline())
+        self.refuse_too_large(budget, len(texts))
+
+        def work(b: WorkBudget) -> list[Encoded]:
+            encodings = self.tokenizer.tokenize(
+                texts, add_special_tokens=add_special_tokens, truncate=truncate
+            )
+            b.add_tokens(sum(e.length for e in encodings))
+            return encodings
+
+        try:
+            return await self.finish(work, budget)
+        except PayloadTooLargeError:
+            self._m_rejected_large.inc()
+            raise
+
     def deadline(self, timeout_s: float | None = None) -> float:
         """The request's deadline: the service's timeout, or the client's when that is shorter."""
         limit = self.parts.request_timeout_s
@@ -206,16 +228,154 @@ class ClassificationPipeline(Pipeline):
         top_k: int | None = None,
         truncate: bool = True,
         timeout_s: float | None = None,
+        function: Activation | None = None,
     ) -> Classification:
         deadline = self.deadline(timeout_s)
         budget = self.budget(deadline)
         self.refuse_too_large(budget, len(inputs))  # one sequence per input, known before any work
         sequences, truncated = await self.prepare(lambda b: self._encode(inputs, truncate, b), budget)
         rows = await self.submit_sequences(sequences, deadline, announced=True)
-        return Classification(self.head.postprocess(np.stack(rows), top_k), truncated)
+        return Classification(self.head.postprocess(np.stack(rows), top_k, function), truncated)
 
     async def warm_up(self) -> None:
         await self.classify(["warm-up"], top_k=1)
+
+    async def rerank(
+        self,
+        query: str,
+        texts: Sequence[str],
+        *,
+        raw_scores: bool = False,
+        truncate: bool = True,
+        timeout_s: float | None = None,
+    ) -> Reranking:
+        """Relevance of each text to the query: the model's one logit on the (query, text) pair,
+        through a sigmoid unless `raw_scores` (as TEI's /rerank)."""
+        if len(self.config.labels) != 1:
+            raise UnsupportedTaskError(
+                f"model {self.name!r} has {len(self.config.labels)} labels; reranking needs a model "
+                "with one relevance logit (a cross-encoder)"
+            )
+        deadline = self.deadline(timeout_s)
+        budget = self.budget(deadline)
+        self.refuse_too_large(budget, len(texts))
+        pairs: list[TextInput] = [(query, text) for text in texts]
+        sequences, truncated = await self.prepare(lambda b: self._encode(pairs, truncate, b), budget)
+        rows = await self.submit_sequences(sequences, deadline, announced=True)
+        logits = np.stack(rows)[:, 0]
+        scores = logits if raw_scores else self.head.scores(logits[:, None])[:, 0]
+        return Reranking([float(x) for x in scores], truncated)
+
+
+@dataclass(frozen=True, slots=True)
+class Reranking:
+    scores: list[float]  # per text, in request order
+    truncated: list[int]
+
+
+class RerankPipeline(ClassificationPipeline):
+    """A cross-encoder exported as `rerank`: a one-logit classifier whose inputs are (query,
+    document) pairs. It answers /rerank, and /classify for pairs as any classifier."""
+
+    task = Task.RERANK
+
+    async def warm_up(self) -> None:
+        await self.rerank("warm-up", ["warm-up"])
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    vectors: np.ndarray  # [n, dimensions] float32, in input order
+    tokens: int  # tokens the model read, special tokens included (usage)
+    truncated: list[int]
+
+
+class EmbeddingPipeline(Pipeline):
+    """Feature extraction: the graph pools (model.yaml `embedding`), the head truncates and
+    normalizes; texts batch like any sequence."""
+
+    task = Task.FEATURE_EXTRACTION
+
+    def __init__(self, parts: ModelParts) -> None:
+        super().__init__(parts)
+        if self.config.embedding is None:  # ModelConfig refuses this; a guard for hand-made configs
+            raise ValueError(f"model {self.name}: feature-extraction without an embedding section")
+        self.head = EmbeddingHead(self.config.embedding)
+        self._type_ids = "token_type_ids" in self.backend.input_names
+
+    @property
+    def dimensions(self) -> int:
+        return self.head.dimensions
+
+    def _encode(
+        self, inputs: Sequence[TextInput], truncate: bool, budget: WorkBudget
+    ) -> tuple[list[ModelInput], list[int], int]:
+        encoded = self.tokenizer.encode(inputs, truncate=truncate)
+        tokens = sum(e.length for e in encoded)
+        budget.add_tokens(tokens)
+        return (
+            [e.model_input(self._type_ids) for e in encoded],
+            [i for i, e in enumerate(encoded) if e.truncated],
+            tokens,
+        )
+
+    def _encode_ids(
+        self, token_ids: Sequence[Sequence[int]], truncate: bool, budget: WorkBudget
+    ) -> tuple[list[ModelInput], list[int], int]:
+        encoded = self.tokenizer.frame_ids(token_ids, truncate=truncate)
+        tokens = sum(e.length for e in encoded)
+        budget.add_tokens(tokens)
+        return (
+            [e.model_input(self._type_ids) for e in encoded],
+            [i for i, e in enumerate(encoded) if e.truncated],
+            tokens,
+        )
+
+    async def embed(
+        self,
+        inputs: Sequence[str] | Sequence[Sequence[int]],
+        *,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+        truncate: bool = True,
+        timeout_s: float | None = None,
+    ) -> Embeddings:
+        width = self.head.check_dimensions(dimensions)  # 422 before any work
+        deadline = self.deadline(timeout_s)
+        budget = self.budget(deadline)
+        self.refuse_too_large(budget, len(inputs))
+        if inputs and not isinstance(inputs[0], str):  # token ids, already tokenized by the client
+            ids = cast(Sequence[Sequence[int]], inputs)
+            sequences, truncated, tokens = await self.prepare(
+                lambda b: self._encode_ids(ids, truncate, b), budget
+            )
+        else:
+            texts = cast(Sequence[str], inputs)
+            sequences, truncated, tokens = await self.prepare(
+                lambda b: self._encode(texts, truncate, b), budget
+            )
+        rows = await self.submit_sequences(sequences, deadline, announced=True)
+        vectors = self.head.postprocess(np.stack(rows), normalize=normalize, dimensions=width)
+        return Embeddings(vectors, tokens, truncated)
+
+    async def rerank(
+        self,
+        query: str,
+        texts: Sequence[str],
+        *,
+        raw_scores: bool = False,
+        truncate: bool = True,
+        timeout_s: float | None = None,
+    ) -> Reranking:
+        """Bi-encoder reranking: the cosine similarity of each text's embedding with the query's
+        (`raw_scores` changes nothing: a cosine has no activation)."""
+        out = await self.embed([query, *texts], normalize=True, truncate=truncate, timeout_s=timeout_s)
+        scores = cosine_scores(out.vectors[0], out.vectors[1:])
+        truncated = [i - 1 for i in out.truncated if i > 0]
+        return Reranking([float(x) for x in scores], truncated)
+
+    async def warm_up(self) -> None:
+        await self.embed(["warm-up"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,4 +509,8 @@ def _chunks(pieces: list[tuple[int, int, int]]) -> Iterator[list[tuple[int, int,
 PIPELINES: dict[Task, type[Pipeline]] = {
     Task.TEXT_CLASSIFICATION: ClassificationPipeline,
     Task.TOKEN_CLASSIFICATION: TokenClassificationPipeline,
+    Task.FEATURE_EXTRACTION: EmbeddingPipeline,
+    Task.RERANK: RerankPipeline,
 }
+# Pipelines that answer /rerank: cross-encoders (and one-logit classifiers) and embedding models.
+Reranker = ClassificationPipeline | EmbeddingPipeline

@@ -19,6 +19,7 @@ from bertserve.modelrepo import (
     TOKENIZER_FILE,
     ModelConfig,
     RepositoryError,
+    Task,
     list_models,
     load_model_config,
     resolve_inside,
@@ -45,6 +46,22 @@ from bertserve.service.tokenization import TextTokenizer
 log = logging.getLogger(__name__)
 
 P = TypeVar("P", bound=Pipeline)
+
+# Routes without a model in their path (TEI's, OpenAI's): role -> (setting, the tasks whose one
+# served model is the default, the tasks a model named in the setting may have)
+DEFAULT_ROLES: dict[str, tuple[str, tuple[Task, ...], tuple[Task, ...]]] = {
+    "embedding": ("default_embedding_model", (Task.FEATURE_EXTRACTION,), (Task.FEATURE_EXTRACTION,)),
+    "classification": (
+        "default_classification_model",
+        (Task.TEXT_CLASSIFICATION,),
+        (Task.TEXT_CLASSIFICATION, Task.RERANK),
+    ),
+    "rerank": (
+        "default_rerank_model",
+        (Task.RERANK,),
+        (Task.RERANK, Task.FEATURE_EXTRACTION, Task.TEXT_CLASSIFICATION),
+    ),
+}
 
 WARMUP_FIRST_BACKOFF_S = 0.5
 WARMUP_MAX_BACKOFF_S = 30.0
@@ -114,7 +131,40 @@ class ModelRegistry:
             raise
         if not self._pipelines:
             raise StartupError(f"no servable model in {self.settings.repo}")
+        self._check_defaults()
         self._loaded = True
+
+    def _check_defaults(self) -> None:
+        """A default model named in the settings must be served and able to do its routes' work."""
+        for setting, _, tasks in DEFAULT_ROLES.values():
+            name = getattr(self.settings, setting)
+            if name is None:
+                continue
+            pipeline = self._pipelines.get(name)
+            if pipeline is None or pipeline.config.task not in tasks:
+                served = ", ".join(f"{n} ({p.config.task})" for n, p in self._pipelines.items())
+                raise StartupError(
+                    f"{setting} is {name!r}, which is not a served {' or '.join(tasks)} model "
+                    f"(served: {served}); name one of those or leave it unset"
+                )
+
+    def default_model(self, role: str) -> str:
+        """The model a route without a model in its path uses for `role` (`DEFAULT_ROLES`): the
+        setting's, else the one served model of the role's tasks (404 when none or several)."""
+        setting, tasks, _ = DEFAULT_ROLES[role]
+        name = getattr(self.settings, setting)
+        if name is not None:
+            return str(name)
+        candidates = [n for n, p in self._pipelines.items() if p.config.task in tasks]
+        if role == "rerank" and not candidates:
+            return self.default_model("embedding")  # a bi-encoder ranks by cosine
+        if len(candidates) == 1:
+            return candidates[0]
+        what = "no" if not candidates else f"{len(candidates)}"
+        raise ModelNotFoundError(
+            f"{what} served {' or '.join(tasks)} models for this route; set BERTSERVE_{setting.upper()} "
+            "to choose one"
+        )
 
     def _model_names(self) -> list[str]:
         repo = self.settings.repo
@@ -304,12 +354,14 @@ class ModelRegistry:
             raise ModelNotFoundError("no such model is served; GET /v1/models lists the served ones")
         return pipeline
 
-    def get(self, name: str, kind: type[P]) -> P:
-        """A served model of the given pipeline kind, ready for inference."""
+    def get(self, name: str, kind: type[P], *others: type[P]) -> P:
+        """A served model of the given pipeline kind (or one of `others`), ready for inference."""
         pipeline = self.describe(name)
-        if not isinstance(pipeline, kind):
+        kinds = (kind, *others)
+        if not isinstance(pipeline, kinds):
+            wanted = " or ".join(str(k.task) for k in kinds)
             raise UnsupportedTaskError(
-                f"model {name!r} is a {pipeline.config.task} model; this endpoint needs {kind.task}"
+                f"model {name!r} is a {pipeline.config.task} model; this endpoint needs {wanted}"
             )
         if not self._ready.is_set():
             raise NotReadyError("the service is not ready: " + "; ".join(self.readiness_problems()))

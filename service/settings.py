@@ -233,6 +233,24 @@ class Settings(BaseSettings):
         "token is seen with context on both sides.",
     )
 
+    # --- the routes other servers' clients speak (TEI, OpenAI, HF Inference API) ---------------
+    default_embedding_model: str | None = Field(
+        None,
+        description="The model TEI's /embed and /rerank, /tokenize and /info and OpenAI's "
+        "/v1/embeddings (when its `model` is not a served name) answer with. Default: the one "
+        "served feature-extraction model, if there is exactly one.",
+    )
+    default_classification_model: str | None = Field(
+        None,
+        description="The model TEI's /predict answers with. Default: the one served "
+        "text-classification model, if there is exactly one.",
+    )
+    default_rerank_model: str | None = Field(
+        None,
+        description="The model TEI's /rerank answers with. Default: the one served rerank "
+        "(cross-encoder) model, else the default embedding model (cosine ranking).",
+    )
+
     @field_validator("models", "cors_origins", mode="before")
     @classmethod
     def _split_names(cls, value: object) -> object:

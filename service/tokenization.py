@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from tokenizers import Encoding, Tokenizer
 
 from bertserve.runtime.collation import ModelInput
-from bertserve.service.errors import PayloadTooLargeError
+from bertserve.service.errors import InvalidInputError, PayloadTooLargeError
 
 TextInput = str | tuple[str, str]
 
@@ -172,6 +172,13 @@ class TextTokenizer:
             raise ValueError(f"{path}: tokenizer adds no [CLS]/[SEP]-style special tokens")
         self.num_special_tokens = len(frame)  # per single-text sequence, e.g. [CLS] + [SEP]
         self._pair_frame = _PairFrame.probe(self._full)
+        self.vocab_size = self._full.get_vocab_size(with_added_tokens=True)
+        probe = self._full.encode("a")
+        content = [i for i, special in enumerate(probe.special_tokens_mask) if not special]
+        first, last = content[0], content[-1]
+        self._single_prefix = (probe.ids[:first], probe.type_ids[:first])
+        self._single_suffix = (probe.ids[last + 1 :], probe.type_ids[last + 1 :])
+        self._single_type = probe.type_ids[first]
 
     def encode(self, inputs: Sequence[TextInput], *, truncate: bool) -> list[Encoded | EncodedPair]:
         """Encode a request's inputs (texts or text pairs) with special tokens, in one call.
@@ -223,3 +230,40 @@ class TextTokenizer:
         """Whole texts with special tokens and offsets, never truncated: NER's documents, which
         `bertserve.service.windowing.plan_windows` cuts into windows that fit the model."""
         return [Encoded(e, False) for e in self._full.encode_batch(list(texts))]
+
+    def frame_ids(self, token_ids: Sequence[Sequence[int]], *, truncate: bool) -> list[EncodedPair]:
+        """Sequences given as token ids (clients that tokenize themselves, e.g. OpenAI's
+        `input: [[ids]]`): each is framed by the special tokens a text gets, and cut to
+        `max_length` (or refused with 413 when `truncate` is off). Ids outside the vocabulary
+        are refused."""
+        (pre, pre_t), (suf, suf_t) = self._single_prefix, self._single_suffix
+        room = self.max_length - len(pre) - len(suf)
+        out = []
+        for index, ids in enumerate(token_ids):
+            bad = next((x for x in ids if not 0 <= x < self.vocab_size), None)
+            if bad is not None:
+                raise InvalidInputError(
+                    f"input {index}: token id {bad} is outside the model's vocabulary "
+                    f"(0..{self.vocab_size - 1})"
+                )
+            if len(ids) > room and not truncate:
+                raise PayloadTooLargeError(
+                    f"input {index} has {len(ids) + len(pre) + len(suf)} tokens, more than the "
+                    f"model's maximum of {self.max_length}; shorten it or send truncate=true"
+                )
+            kept = list(ids[:room])
+            out.append(
+                EncodedPair(
+                    np.array([*pre, *kept, *suf], dtype=np.int64),
+                    np.array([*pre_t, *([self._single_type] * len(kept)), *suf_t], dtype=np.int64),
+                    len(kept) < len(ids),
+                )
+            )
+        return out
+
+    def tokenize(self, texts: Sequence[str], *, add_special_tokens: bool, truncate: bool) -> list[Encoded]:
+        """What `/tokenize` shows: every token with its id, text and character offsets, as the
+        model would read it (`truncate`: cut at `max_length`, as the inference routes do)."""
+        tokenizer = self._truncating if truncate else self._full
+        encodings = tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        return [Encoded(e, bool(e.overflowing)) for e in encodings]

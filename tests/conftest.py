@@ -16,6 +16,8 @@ Export-stage fixtures (owned by the export tests, used by the service's integrat
   `bert-multilabel`   text-classification    multi_label_classification; 4 topic labels
   `bert-ner`          token-classification   IOB2: O, B-/I-PER, LOC, ORG, MISC
   `bert-scorer`       text-classification    one logit (cross-encoder shape): sigmoid scores
+  `bert-rerank`       rerank                 `bert-scorer`'s checkpoint exported as a cross-encoder
+  `bert-embed`        feature-extraction     a sentence-transformers folder: mean pooling, Normalize
   ==================  =====================  ===================================================
 
   Every version folder has tokenizer.json, model.onnx, model.ort.onnx, model.int8.onnx,
@@ -46,6 +48,8 @@ EXPORTED_MODELS: dict[str, tuple[str, str]] = {
     "bert-multilabel": ("bert_multilabel_checkpoint", "text-classification"),
     "bert-ner": ("bert_ner_checkpoint", "token-classification"),
     "bert-scorer": ("bert_scorer_checkpoint", "text-classification"),  # one logit: sigmoid scores
+    "bert-rerank": ("bert_scorer_checkpoint", "rerank"),  # the same weights as a cross-encoder
+    "bert-embed": ("sentence_transformer_checkpoint", "feature-extraction"),  # mean + normalize
 }
 
 
@@ -79,6 +83,11 @@ def bert_multilabel_checkpoint(checkpoints_dir: Path) -> TinyCheckpoint:
 @pytest.fixture(scope="session")
 def bert_scorer_checkpoint(checkpoints_dir: Path) -> TinyCheckpoint:
     return _build(checkpoints_dir, "bert-scorer", "build_bert_scorer")
+
+
+@pytest.fixture(scope="session")
+def sentence_transformer_checkpoint(checkpoints_dir: Path) -> TinyCheckpoint:
+    return _build(checkpoints_dir, "sentence-transformer", "build_sentence_transformer")
 
 
 @pytest.fixture(scope="session")

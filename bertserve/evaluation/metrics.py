@@ -25,17 +25,23 @@ from bertserve.service.heads.classification import uses_sigmoid
 from bertserve.service.heads.token_classification import DEFAULT_IGNORE_LABELS, group_units, split_tag
 
 __all__ = [
+    "EMBEDDING_AGREEMENT_COSINE",
     "Span",
     "SpanScores",
     "accuracy",
     "agreement",
+    "cosine_similarity",
     "decisions",
     "decode_spans",
+    "embedding_agreement",
     "entity_scores",
     "entity_scores_by_type",
 ]
 
 Span = tuple[str, int, int]  # (entity type, start, end exclusive)
+# An embedding "agrees" with the reference when their cosine similarity is at least this: the
+# low-precision gate's counterpart of a classifier's same argmax.
+EMBEDDING_AGREEMENT_COSINE = 0.99
 
 
 def decode_spans(
@@ -125,3 +131,23 @@ def agreement(reference: npt.NDArray[np.int64], candidate: npt.NDArray[np.int64]
     if reference.shape != candidate.shape:
         raise ValueError(f"decisions of shape {reference.shape} and {candidate.shape} differ")
     return int((reference == candidate).sum()), int(reference.size)
+
+
+def cosine_similarity(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    """Row-wise cosine similarity of two `[n, d]` arrays (0 where a row is all zeros)."""
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"embeddings of shape {a.shape} and {b.shape} cannot be compared row by row")
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+    dots = (x * y).sum(axis=1)
+    return np.asarray(np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0), dtype=np.float64)
+
+
+def embedding_agreement(
+    reference: npt.NDArray[np.float32],
+    candidate: npt.NDArray[np.float32],
+    min_cosine: float = EMBEDDING_AGREEMENT_COSINE,
+) -> tuple[int, int]:
+    """(rows whose cosine similarity to the reference is at least `min_cosine`, rows)."""
+    cos = cosine_similarity(reference, candidate)
+    return int((cos >= min_cosine).sum()), int(cos.size)

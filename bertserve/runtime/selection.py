@@ -228,7 +228,7 @@ class BackendLoader:
             from bertserve.runtime.fake import FakeBackend
 
             return FakeBackend(
-                num_labels=len(model.labels),
+                num_labels=model.output_width,
                 token_level=model.task == Task.TOKEN_CLASSIFICATION,
                 input_names=tuple(model.inputs),
             )

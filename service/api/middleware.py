@@ -43,7 +43,7 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         error = UnauthorizedError("missing or invalid API key; send `Authorization: Bearer <key>`")
-        await service_error_response(error)(scope, receive, send)
+        await service_error_response(error, scope.get("path", ""))(scope, receive, send)
 
     def _authorized(self, scope: Scope) -> bool:
         header = Headers(scope=scope).get("authorization", "")
@@ -68,7 +68,9 @@ class BodyLimitMiddleware:
         limit = self.max_bytes
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await service_error_response(BodyTooLargeError(limit))(scope, receive, send)
+            await service_error_response(BodyTooLargeError(limit), scope.get("path", ""))(
+                scope, receive, send
+            )
             return
         received = 0
 
@@ -126,7 +128,7 @@ class AdmissionMiddleware:
                 "retry later",
                 retry_after_s=1,
             )
-            await service_error_response(error)(scope, receive, send)
+            await service_error_response(error, scope.get("path", ""))(scope, receive, send)
             return
         self.inflight += 1
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Final, Generic, TypeVar, cast
@@ -25,11 +25,19 @@ from bertserve.service.api.errors import openapi_error_responses, status_for
 from bertserve.service.api.schemas import (
     ClassifyRequest,
     ClassifyResponse,
+    EmbedRequest,
+    EmbedResponse,
     HealthOut,
     ModelInfo,
     ModelList,
     NerRequest,
     NerResponse,
+    RankedOut,
+    RerankRequest,
+    RerankResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+    TokenOut,
 )
 from bertserve.service.errors import (
     ClientClosedError,
@@ -49,18 +57,38 @@ from bertserve.service.metrics import UNKNOWN_MODEL, Metrics
 from bertserve.service.pipeline import (
     Classification,
     ClassificationPipeline,
+    EmbeddingPipeline,
+    Embeddings,
     Pipeline,
+    Reranker,
+    Reranking,
     TokenClassificationPipeline,
 )
 from bertserve.service.registry import ModelRegistry
 from bertserve.service.settings import Settings
-from bertserve.service.tokenization import TextInput
+from bertserve.service.tokenization import Encoded, TextInput
 
 T = TypeVar("T")
 B = TypeVar("B")
 JSON = "application/json"
 CLIENT_CLOSED = 499  # nginx's convention for "client went away before the answer"
-INFERENCE_ENDPOINTS: Final = ("classify", "ner")  # route names = `endpoint` label values
+INFERENCE_ENDPOINTS: Final = (
+    "classify",
+    "ner",
+    "embed",
+    "rerank",
+    "tokenize",
+)  # route names = `endpoint` label values
+# the routes other servers' clients speak (service/api/compat.py), by route name
+COMPAT_ENDPOINTS: Final = (
+    "tei_embed",
+    "tei_predict",
+    "tei_rerank",
+    "tei_tokenize",
+    "hf_inference",
+    "hf_feature_extraction",
+    "openai_embeddings",
+)
 _OBSERVED = "bertserve.observed"  # scope key: this request was counted by observe_request
 
 RequestTimeoutHeader = Annotated[
@@ -133,7 +161,7 @@ def count_unobserved_error(request: Request, status: int) -> None:
     413 for a body over the limit), so bertserve_requests_total sees every answer it gave."""
     route = request.scope.get("route")
     endpoint = getattr(route, "name", None)
-    if request.scope.get(_OBSERVED) or endpoint not in INFERENCE_ENDPOINTS:
+    if request.scope.get(_OBSERVED) or endpoint not in (*INFERENCE_ENDPOINTS, *COMPAT_ENDPOINTS):
         return
     state = app_state(request)
     model = request.path_params.get("model")
@@ -183,7 +211,7 @@ def timeout_s(header_ms: float | None) -> float | None:
     return None if header_ms is None else header_ms / 1000
 
 
-def normalize_inputs(raw: str | list[str] | list[tuple[str, str]], settings: Settings) -> list[TextInput]:
+def normalize_inputs(raw: str | Sequence[TextInput], settings: Settings) -> list[TextInput]:
     inputs: list[TextInput] = [raw] if isinstance(raw, str) else list(raw)
     if len(inputs) > settings.max_inputs:
         raise PayloadTooLargeError(f"{len(inputs)} inputs in one request; at most {settings.max_inputs}")
@@ -209,6 +237,58 @@ def ner_body(model: str, results: list[list[Entity]]) -> NerResponse:
     return {"model": model, "results": [[e.as_dict() for e in row] for row in results]}
 
 
+def embed_body(model: str, out: Embeddings) -> EmbedResponse:
+    return {
+        "model": model,
+        "dimensions": int(out.vectors.shape[1]),
+        "embeddings": out.vectors.tolist(),
+        "usage": {"tokens": out.tokens},
+        "truncated": out.truncated,
+    }
+
+
+def ranked(out: Reranking, texts: list[str], top_n: int | None, return_text: bool) -> list[RankedOut]:
+    """Documents by descending score (ties keep request order), the best `top_n`."""
+    order = sorted(range(len(out.scores)), key=lambda i: -out.scores[i])[:top_n]
+    if return_text:
+        return [{"index": i, "score": out.scores[i], "text": texts[i]} for i in order]
+    return [{"index": i, "score": out.scores[i]} for i in order]
+
+
+def rerank_body(model: str, out: Reranking, body: RerankRequest) -> RerankResponse:
+    return {
+        "model": model,
+        "results": ranked(out, list(body.texts), body.top_n, body.return_text),
+        "truncated": out.truncated,
+    }
+
+
+def tokens_of(enc: Encoded, text: str) -> list[TokenOut]:
+    e = enc.encoding
+    return [
+        {
+            "id": token_id,
+            "text": text[a:b] if not special else token,
+            "special": bool(special),
+            "start": a,
+            "end": b,
+        }
+        for token_id, token, special, (a, b) in zip(
+            e.ids, e.tokens, e.special_tokens_mask, e.offsets, strict=True
+        )
+    ]
+
+
+def tokenize_body(model: str, texts: list[str], encodings: list[Encoded]) -> TokenizeResponse:
+    return {
+        "model": model,
+        "results": [
+            {"tokens": tokens_of(enc, text), "count": enc.length, "truncated": enc.truncated}
+            for text, enc in zip(texts, encodings, strict=True)
+        ],
+    }
+
+
 def health_ok() -> HealthOut:
     return {"status": "ok", "reasons": []}
 
@@ -223,6 +303,15 @@ def model_info(pipeline: Pipeline, ready: bool, settings: Settings) -> ModelInfo
         "labels": list(config.labels),
         "tag_scheme": str(config.tag_scheme) if config.tag_scheme else None,
         "segmentation": str(config.segmentation) if config.task == Task.TOKEN_CLASSIFICATION else None,
+        "embedding": (
+            {
+                "pooling": str(config.embedding.pooling),
+                "normalize": config.embedding.normalize,
+                "dimensions": config.embedding.dimensions,
+            }
+            if config.embedding is not None
+            else None
+        ),
         "backend": pipeline.backend.name,
         "precision": str(pipeline.backend.precision),
         "max_length": config.max_length,
@@ -305,6 +394,99 @@ async def ner(
             ),
         )
         return JsonBody(ner_body(model, results))
+
+
+@router.post(
+    "/v1/models/{model}/embed",
+    response_model=EmbedResponse,
+    responses=_INFERENCE_ERRORS,
+    tags=["inference"],
+    summary="Sentence embeddings (feature-extraction models)",
+)
+async def embed(
+    model: str, body: EmbedRequest, request: Request, timeout_ms: RequestTimeoutHeader = None
+) -> JsonBody[EmbedResponse]:
+    state = app_state(request)
+    with observe_request(request, model, "embed"):
+        pipeline = state.registry.get(model, EmbeddingPipeline)
+        texts = cast(list[str], normalize_inputs(body.inputs, state.settings))
+        out = await unless_disconnected(
+            request,
+            pipeline.embed(
+                texts,
+                normalize=body.normalize,
+                dimensions=body.dimensions,
+                truncate=body.truncate,
+                timeout_s=timeout_s(timeout_ms),
+            ),
+        )
+        return JsonBody(embed_body(model, out))
+
+
+async def rerank_scores(
+    request: Request,
+    state: AppState,
+    model: str,
+    query: str,
+    texts: list[str],
+    *,
+    raw_scores: bool,
+    truncate: bool,
+    timeout_ms: float | None,
+) -> Reranking:
+    """A rerank on a cross-encoder (or one-logit classifier) or on an embedding model (cosine)."""
+    # NOTE: `get` checked the kind; mypy sees only the common base of the two
+    pipeline = cast(Reranker, state.registry.get(model, ClassificationPipeline, EmbeddingPipeline))
+    normalize_inputs([query, *texts], state.settings)  # the same input limits as every route
+    return await unless_disconnected(
+        request,
+        pipeline.rerank(
+            query, texts, raw_scores=raw_scores, truncate=truncate, timeout_s=timeout_s(timeout_ms)
+        ),
+    )
+
+
+@router.post(
+    "/v1/models/{model}/rerank",
+    response_model=RerankResponse,
+    responses=_INFERENCE_ERRORS,
+    tags=["inference"],
+    summary="Rank documents by relevance to a query (cross-encoder, or cosine on an embedding model)",
+)
+async def rerank(
+    model: str, body: RerankRequest, request: Request, timeout_ms: RequestTimeoutHeader = None
+) -> JsonBody[RerankResponse]:
+    state = app_state(request)
+    with observe_request(request, model, "rerank"):
+        out = await rerank_scores(
+            request,
+            state,
+            model,
+            body.query,
+            list(body.texts),
+            raw_scores=body.raw_scores,
+            truncate=body.truncate,
+            timeout_ms=timeout_ms,
+        )
+        return JsonBody(rerank_body(model, out, body))
+
+
+@router.post(
+    "/v1/models/{model}/tokenize",
+    response_model=TokenizeResponse,
+    responses=_INFERENCE_ERRORS,
+    tags=["inference"],
+    summary="The model's tokens for each text: ids, token texts, character offsets, count",
+)
+async def tokenize(model: str, body: TokenizeRequest, request: Request) -> JsonBody[TokenizeResponse]:
+    state = app_state(request)
+    with observe_request(request, model, "tokenize"):
+        pipeline = state.registry.get(model, Pipeline)
+        texts = cast(list[str], normalize_inputs(body.inputs, state.settings))
+        encodings = await pipeline.tokenize(
+            texts, add_special_tokens=body.add_special_tokens, truncate=body.truncate
+        )
+        return JsonBody(tokenize_body(model, texts, encodings))
 
 
 @router.get(

@@ -119,6 +119,74 @@ class NerRequest(RequestBody):
     )
 
 
+class EmbedRequest(RequestBody):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"inputs": "A man is playing a guitar."},
+                {"inputs": ["first text", "second text"], "dimensions": 128},
+            ]
+        },
+    )
+
+    inputs: Text | Annotated[list[Text], Field(min_length=1)] = Field(
+        description="One text or a list of texts."
+    )
+    normalize: bool | None = Field(
+        None, description="L2-normalize each vector. Default: the model's setting (model.yaml)."
+    )
+    dimensions: int | None = Field(
+        None,
+        ge=1,
+        description="Keep the first this many dimensions (Matryoshka models), normalized after the cut.",
+    )
+    truncate: bool = Field(
+        True,
+        description="Cut inputs longer than the model's max_length (the response lists them); "
+        "false = answer 413 instead.",
+    )
+
+
+class RerankRequest(RequestBody):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "query": "What is the capital of France?",
+                    "texts": ["Paris is the capital of France.", "Berlin is in Germany."],
+                    "return_text": True,
+                }
+            ]
+        },
+    )
+
+    query: Text
+    texts: Annotated[list[Text], Field(min_length=1)] = Field(description="The documents to rank.")
+    top_n: int | None = Field(None, ge=1, description="Keep the best this many; null = all.")
+    raw_scores: bool = Field(
+        False, description="Cross-encoders: the raw logit instead of its sigmoid (no effect on cosine)."
+    )
+    return_text: bool = Field(False, description="Echo each document's text in its result.")
+    truncate: bool = Field(True, description="Cut (query, text) inputs longer than the model's max_length.")
+
+
+class TokenizeRequest(RequestBody):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"inputs": "Tokenize me, please."}]},
+    )
+
+    inputs: Text | Annotated[list[Text], Field(min_length=1)] = Field(
+        description="One text or a list of texts."
+    )
+    add_special_tokens: bool = Field(
+        True, description="Include [CLS]/[SEP]-style tokens, as the model reads."
+    )
+    truncate: bool = Field(False, description="Cut at the model's max_length, as the inference routes do.")
+
+
 # --- response bodies ---------------------------------------------------------------------------
 # NOTE: each body has one definition, a TypedDict: the routes (and `Entity.as_dict` for entities)
 # build exactly these types, so mypy checks every key and value type of every body, and FastAPI
@@ -184,6 +252,92 @@ class ClassifyResponse(TypedDict):
     truncated: NotRequired[
         Annotated[list[int], Field(description="Indices of inputs that were cut to the model's max_length.")]
     ]
+
+
+class UsageOut(TypedDict):
+    tokens: Annotated[int, Field(description="Tokens the model read, special tokens included.")]
+
+
+@with_config(
+    ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "embed",
+                    "dimensions": 4,
+                    "embeddings": [[0.12, -0.5, 0.33, 0.79]],
+                    "usage": {"tokens": 9},
+                    "truncated": [],
+                }
+            ]
+        }
+    )
+)
+class EmbedResponse(TypedDict):
+    model: str
+    dimensions: int
+    embeddings: Annotated[list[list[float]], Field(description="One vector per input, in input order.")]
+    usage: UsageOut
+    truncated: NotRequired[
+        Annotated[list[int], Field(description="Indices of inputs that were cut to the model's max_length.")]
+    ]
+
+
+class RankedOut(TypedDict):
+    index: Annotated[int, Field(description="Position of the document in the request's texts.")]
+    score: float
+    text: NotRequired[str]
+
+
+@with_config(
+    ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "embed",
+                    "results": [
+                        {"index": 0, "score": 0.82, "text": "Paris is the capital of France."},
+                        {"index": 1, "score": 0.11, "text": "Berlin is in Germany."},
+                    ],
+                    "truncated": [],
+                }
+            ]
+        }
+    )
+)
+class RerankResponse(TypedDict):
+    model: str
+    results: Annotated[list[RankedOut], Field(description="Documents, most relevant first.")]
+    truncated: NotRequired[
+        Annotated[list[int], Field(description="Indices of texts whose input was cut to max_length.")]
+    ]
+
+
+class TokenOut(TypedDict):
+    id: int
+    text: str
+    special: bool
+    start: Annotated[int, Field(description="First character in the input (0 for special tokens).")]
+    end: Annotated[int, Field(description="Character after the last (0 for special tokens).")]
+
+
+class TokenizedOut(TypedDict):
+    tokens: list[TokenOut]
+    count: int
+    truncated: bool
+
+
+class TokenizeResponse(TypedDict):
+    model: str
+    results: Annotated[list[TokenizedOut], Field(description="One entry per input, in input order.")]
+
+
+class EmbeddingOut(TypedDict):
+    """Feature extraction: how the graph pools and the vector's width."""
+
+    pooling: str
+    normalize: bool
+    dimensions: int
 
 
 class BatchingOut(TypedDict):
@@ -254,6 +408,7 @@ class ModelInfo(TypedDict):
             ),
         ]
     ]
+    embedding: NotRequired[Annotated[EmbeddingOut | None, Field(description="Feature extraction only.")]]
     backend: str
     precision: str
     max_length: int
@@ -292,3 +447,23 @@ class ErrorEnvelope(TypedDict):
 def error_envelope(error_type: str, message: str) -> ErrorEnvelope:
     """The body of every non-2xx answer, `{"error": {"type": ..., "message": ...}}`."""
     return {"error": {"type": error_type, "message": message}}
+
+
+class TeiError(TypedDict):
+    """The error body of the TEI-compatible routes, as TEI answers."""
+
+    error: str
+    error_type: Annotated[str, Field(description="Validation, Overloaded, Unhealthy, Backend, ...")]
+
+
+class OpenAiErrorBody(TypedDict):
+    message: str
+    type: Annotated[str, Field(description="invalid_request_error, rate_limit_error, server_error, ...")]
+    param: str | None
+    code: Annotated[str | None, Field(description="bertserve's stable error type.")]
+
+
+class OpenAiError(TypedDict):
+    """The error body of the OpenAI-compatible route, as OpenAI answers."""
+
+    error: OpenAiErrorBody

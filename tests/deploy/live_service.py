@@ -87,7 +87,7 @@ def run_service(repo: Path, *, ready_timeout_s: float = 30.0) -> Iterator[LiveSe
     )
 
     def factory(model: ModelConfig, version_dir: Path) -> FakeBackend:
-        return FakeBackend(num_labels=len(model.labels), input_names=tuple(model.inputs), faults=faults)
+        return FakeBackend(num_labels=model.output_width, input_names=tuple(model.inputs), faults=faults)
 
     app = create_app(settings, backend_factory=factory)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

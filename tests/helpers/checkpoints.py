@@ -286,3 +286,37 @@ def build_pickle_classifier(path: Path, seed: int = 0) -> TinyCheckpoint:
     return TinyCheckpoint(
         path, "bert", "text-classification", SENTIMENT_LABELS, "single_label_classification"
     )
+
+
+def build_sentence_transformer(
+    path: Path, *, pooling: str = "mean", normalize: bool = True, max_seq_length: int = 48, seed: int = 0
+) -> TinyCheckpoint:
+    """A sentence-transformers folder as `SentenceTransformer.save` writes it: a tiny BertModel
+    with its tokenizer at the top, `modules.json` (Transformer, Pooling[, Normalize]),
+    `1_Pooling/config.json` with one pooling mode (mean, cls, lasttoken, max) and
+    `sentence_bert_config.json` with the max length."""
+    import json
+
+    torch.manual_seed(seed)
+    tokenizer = bert_tokenizer()
+    model = BertModel(_bert_config(tokenizer, SENTIMENT_LABELS), add_pooling_layer=False).eval()
+    _save(model, tokenizer, path)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append(
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+        )
+        (path / "2_Normalize").mkdir()
+    (path / "modules.json").write_text(json.dumps(modules), encoding="utf-8")
+    modes = {"mean": "mean_tokens", "cls": "cls_token", "max": "max_tokens", "lasttoken": "lasttoken"}
+    pool_config: dict[str, Any] = {"word_embedding_dimension": TINY_DIMS["hidden"]}
+    pool_config.update({f"pooling_mode_{mode}": mode == modes[pooling] for mode in modes.values()})
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(pool_config), encoding="utf-8")
+    (path / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}), encoding="utf-8"
+    )
+    return TinyCheckpoint(path, "bert", "feature-extraction", ())

@@ -15,6 +15,7 @@ from bertserve.modelrepo import (
     Artifact,
     ArtifactFormat,
     BatchingConfig,
+    EmbeddingConfig,
     ModelConfig,
     Precision,
     ProblemType,
@@ -65,6 +66,7 @@ class FakeModelSpec:
     max_length: int = 32
     segmentation: Segmentation = Segmentation.NONE  # token classification: the unit the model reads
     batching: BatchingConfig = field(default_factory=lambda: BatchingConfig(max_queue_delay_ms=5.0))
+    embedding: EmbeddingConfig | None = None  # feature extraction: pooling and width
 
 
 DEFAULT_SPECS = (
@@ -89,6 +91,7 @@ def write_fake_repo(root: Path, specs: tuple[FakeModelSpec, ...] = DEFAULT_SPECS
             problem_type=spec.problem_type,
             labels=list(spec.labels),
             segmentation=spec.segmentation,
+            embedding=spec.embedding,
             max_length=spec.max_length,
             inputs=list(spec.inputs),
             batching=spec.batching,
@@ -128,7 +131,7 @@ class FakeBackends:
 
     def __call__(self, model: ModelConfig, version_dir: Path) -> Backend:
         backend = FakeBackend(
-            len(model.labels),
+            model.output_width,
             token_level=model.task == Task.TOKEN_CLASSIFICATION,
             input_names=tuple(model.inputs),
             faults=self.faults_for(model.name),

@@ -124,7 +124,7 @@ def _main() -> int:
 
     def factory(model: ModelConfig, version_dir: Path) -> Backend:
         return FakeBackend(
-            len(model.labels),
+            model.output_width,
             token_level=model.task == Task.TOKEN_CLASSIFICATION,
             input_names=tuple(model.inputs),
             faults=faults,

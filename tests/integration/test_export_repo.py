@@ -13,7 +13,7 @@ import openvino as ov
 import pytest
 import torch
 from tokenizers import Tokenizer
-from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
 from bertserve.modelrepo import (
     ArtifactFormat,
@@ -51,14 +51,24 @@ def _encode(version_dir: Path, inputs: list[str], pairs: bool) -> dict[str, np.n
 
 
 def _torch_logits(checkpoint: Path, task: Task, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """The checkpoint's logits; for an embedding model its masked mean of token states (the tiny
+    sentence-transformers fixture pools by mean), written out here rather than taken from the
+    export code or sentence-transformers."""
+    tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
+    if task == Task.FEATURE_EXTRACTION:
+        encoder = AutoModel.from_pretrained(checkpoint).eval()
+        with torch.inference_mode():
+            states = encoder(**tensors).last_hidden_state
+        mask = tensors["attention_mask"].unsqueeze(-1).float()
+        return ((states * mask).sum(1) / mask.sum(1)).numpy()
     cls = (
-        AutoModelForSequenceClassification
-        if task == Task.TEXT_CLASSIFICATION
-        else AutoModelForTokenClassification
+        AutoModelForTokenClassification
+        if task == Task.TOKEN_CLASSIFICATION
+        else AutoModelForSequenceClassification
     )
     model = cls.from_pretrained(checkpoint).eval()
     with torch.inference_mode():
-        return model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+        return model(**tensors).logits.numpy()
 
 
 def _real(logits: np.ndarray, mask: np.ndarray, task: Task) -> np.ndarray:
@@ -66,7 +76,7 @@ def _real(logits: np.ndarray, mask: np.ndarray, task: Task) -> np.ndarray:
 
 
 PARITY_CASES = [(name, False) for name in EXPORTED_MODELS] + [
-    (name, True) for name, (_, task) in EXPORTED_MODELS.items() if task == "text-classification"
+    (name, True) for name, (_, task) in EXPORTED_MODELS.items() if task in ("text-classification", "rerank")
 ]
 
 
@@ -86,10 +96,10 @@ def test_fp32_artifacts_match_pytorch_independently(exported_repo: Path, request
         path = version_dir / artifact.main_file
         if artifact.format == ArtifactFormat.OPENVINO:
             compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-            actual = compiled(feeds)[compiled.output("logits")]
+            actual = compiled(feeds)[compiled.output(config.outputs[0])]
         else:
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            (actual,) = session.run(["logits"], feeds)
+            (actual,) = session.run(config.outputs[:1], feeds)
         assert actual.shape == expected.shape
         if artifact.precision == Precision.FP32:
             diff = np.abs(_real(actual, mask, config.task) - _real(expected, mask, config.task)).max()
@@ -135,6 +145,19 @@ def test_model_yaml_describes_task_labels_and_graph_inputs(exported_repo: Path, 
     ner = load_model_config(exported_repo, "bert-ner")
     assert ner.task == Task.TOKEN_CLASSIFICATION and ner.tag_scheme == TagScheme.IOB2
     assert ner.labels[:3] == ["O", "B-PER", "I-PER"] and len(ner.labels) == 9
+    rerank = load_model_config(exported_repo, "bert-rerank")
+    assert rerank.task == Task.RERANK and rerank.labels == ["relevance"] and rerank.outputs == ["logits"]
+    embed = load_model_config(exported_repo, "bert-embed")
+    assert (
+        embed.task == Task.FEATURE_EXTRACTION
+        and embed.labels == []
+        and embed.outputs == ["sentence_embedding"]
+    )
+    assert embed.embedding is not None and (embed.embedding.pooling, embed.embedding.normalize) == (
+        "mean",
+        True,
+    )
+    assert embed.embedding.dimensions == 32 and embed.max_length == 48  # sentence_bert_config.json
 
 
 @pytest.mark.parametrize("name", list(EXPORTED_MODELS))
@@ -159,7 +182,7 @@ def test_export_report_contents(exported_repo: Path, name: str):
     validation = report["validation"]
     assert validation["fp32_atol"] == 1e-4
     assert {"sentences", "random", "long"} <= set(validation["kinds"])
-    assert ("pairs" in validation["kinds"]) == (config.task == Task.TEXT_CLASSIFICATION)
+    assert ("pairs" in validation["kinds"]) == (config.task in (Task.TEXT_CLASSIFICATION, Task.RERANK))
     assert max(shape[1] for shape in validation["shapes"]) == config.max_length
     assert report["fusions"].get("Attention", 0) >= 1  # the ORT graph really is fused
     assert {"torch", "onnxruntime", "openvino"} <= set(report["libraries"])

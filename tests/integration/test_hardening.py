@@ -97,6 +97,18 @@ EXPECTED_ROUTES = {
     ("GET", "/v1/models/{model}"),
     ("POST", "/v1/models/{model}/classify"),
     ("POST", "/v1/models/{model}/ner"),
+    ("POST", "/v1/models/{model}/embed"),
+    ("POST", "/v1/models/{model}/rerank"),
+    ("POST", "/v1/models/{model}/tokenize"),
+    # the routes TEI's, the HF Inference API's and OpenAI's clients speak (service/api/compat.py)
+    ("POST", "/embed"),
+    ("POST", "/predict"),
+    ("POST", "/rerank"),
+    ("POST", "/tokenize"),
+    ("GET", "/info"),
+    ("POST", "/models/{model}"),
+    ("POST", "/models/{model}/pipeline/feature-extraction"),
+    ("POST", "/v1/embeddings"),
 }
 
 

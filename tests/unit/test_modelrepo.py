@@ -89,6 +89,19 @@ def test_tag_scheme_detection(labels: list[str], scheme: TagScheme) -> None:
         ({"default_version": 2}, "default_version 2 has no entry"),
         ({"name": "../etc"}, "name"),
         ({"unknown_key": 1}, "unknown_key"),
+        ({"labels": []}, "needs its labels"),
+        ({"task": "feature-extraction"}, "needs an `embedding` section"),
+        ({"embedding": {"pooling": "mean", "dimensions": 8}}, "belongs to feature-extraction"),
+        (
+            {"task": "feature-extraction", "embedding": {"pooling": "mean", "dimensions": 8}},
+            "has no labels",
+        ),
+        ({"task": "rerank"}, "one relevance logit, not 2"),
+        ({"task": "rerank", "labels": ["s"], "problem_type": "multi_label_classification"}, "sigmoid"),
+        (
+            {"task": "feature-extraction", "labels": [], "embedding": {"pooling": "sum", "dimensions": 8}},
+            "pooling",
+        ),
     ],
 )
 def test_inconsistent_configs_are_refused(changes: dict[str, Any], message: str) -> None:
@@ -177,7 +190,7 @@ def test_verify_files_checks_presence_and_checksums(tmp_path: Path) -> None:
 
 
 def test_task_values_are_the_hugging_face_pipeline_names() -> None:
-    assert {t.value for t in Task} >= {"text-classification", "token-classification"}
+    assert {t.value for t in Task} >= {"text-classification", "token-classification", "feature-extraction"}
 
 
 def test_batching_overrides_replace_only_what_is_set() -> None:
@@ -188,3 +201,14 @@ def test_batching_overrides_replace_only_what_is_set() -> None:
     assert (changed.max_batch_tokens, changed.max_queue_size) == (base.max_batch_tokens, base.max_queue_size)
     with pytest.raises(TypeError, match="max_batch"):
         base.with_overrides(max_batches=3)
+
+
+def test_embedding_and_rerank_models_and_their_output_width() -> None:
+    embed = ModelConfig.model_validate(
+        _raw(task="feature-extraction", labels=[], embedding={"pooling": "lasttoken", "dimensions": 384})
+    )
+    assert embed.embedding is not None and embed.embedding.normalize  # normalized unless told not to
+    assert embed.output_width == 384 and embed.problem_type is None
+    rerank = ModelConfig.model_validate(_raw(task="rerank", labels=["relevance"]))
+    assert rerank.output_width == 1 and rerank.problem_type == ProblemType.SINGLE_LABEL
+    assert ModelConfig.model_validate(_raw()).output_width == 2

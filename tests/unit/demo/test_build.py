@@ -32,9 +32,13 @@ def _hash(build: ModuleType, root: Path, name: str) -> str:
     return str(build.recipe_hash(config, name, root=root, code=(root / "build.py",)))
 
 
-def test_demo_config_declares_both_models(build: ModuleType) -> None:
+def test_demo_config_declares_its_three_models(build: ModuleType) -> None:
     config = build.load_config()
-    assert set(config.models) == {"sentiment", "ner"}
+    assert set(config.models) == {"sentiment", "ner", "embed"}
+    assert set(config.trained()) == {"sentiment", "ner"}
+    embed = config.models["embed"]
+    assert (embed.task, embed.source) == ("feature-extraction", "packaged-minilm")
+    assert (DEMO_DIR / embed.calibration).is_file()
     assert config.models["sentiment"].labels == ["NEGATIVE", "POSITIVE"]
     assert {label.partition("-")[2] for label in config.models["ner"].labels} - {""} == {
         "PER",
@@ -42,7 +46,7 @@ def test_demo_config_declares_both_models(build: ModuleType) -> None:
         "LOC",
         "MISC",
     }
-    for section in config.models.values():
+    for section in config.trained().values():
         assert (DEMO_DIR / section.train).is_file() and (DEMO_DIR / section.heldout).is_file()
 
 
@@ -113,6 +117,11 @@ def test_curl_examples_are_valid_requests(build: ModuleType) -> None:
     payloads = [json.loads(body) for body in bodies]
     assert payloads[0] == {"inputs": list(build.CLASSIFY_EXAMPLE)}
     assert payloads[1] == {"inputs": build.NER_EXAMPLE, "aggregation": "simple"}
+    assert "http://127.0.0.1:8000/v1/models/embed/embed" in text
+    assert "http://127.0.0.1:8000/v1/models/embed/rerank" in text
+    assert payloads[2] == {"inputs": list(build.EMBED_EXAMPLE)}
+    assert payloads[3]["query"] == build.RERANK_QUERY and payloads[3]["texts"] == list(build.RERANK_TEXTS)
+    assert payloads[4] == {"model": "embed", "input": build.EMBED_EXAMPLE[0]}
 
 
 def test_export_section_reuses_the_export_options(build: ModuleType) -> None:
@@ -137,3 +146,15 @@ def test_export_section_reuses_the_export_options(build: ModuleType) -> None:
         model="ckpt", task="text-classification", name="m", **build.ExportSection().export_options()
     )
     assert (options.formats, options.int8, options.max_length) == (("onnx", "openvino"), True, 128)
+
+
+def test_the_packaged_models_hash_follows_its_calibration_data_only(
+    build: ModuleType, recipe_dir: Path
+) -> None:
+    before = _hash(build, recipe_dir, "embed")
+    with (recipe_dir / "data/ner/train.conll").open("a", encoding="utf-8") as fh:
+        fh.write("\n")
+    assert _hash(build, recipe_dir, "embed") == before
+    with (recipe_dir / "data/sentiment/train.tsv").open("a", encoding="utf-8") as fh:
+        fh.write("\n")
+    assert _hash(build, recipe_dir, "embed") != before

@@ -91,3 +91,16 @@ def test_a_single_logit_decides_by_its_sign_not_by_an_argmax_that_always_agrees(
     assert got.tolist() == [1, 0, 1]
     flipped = decisions(-logits, mask, Task.TEXT_CLASSIFICATION, ProblemType.SINGLE_LABEL)
     assert agreement(got, flipped) == (0, 3)
+
+
+def test_embeddings_agree_by_cosine_similarity_not_by_equality() -> None:
+    from bertserve.evaluation.metrics import cosine_similarity, embedding_agreement
+
+    reference = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]], dtype=np.float32)
+    candidate = np.array([[2.0, 0.01], [1.0, 0.0], [1.0, 1.1], [0.0, 0.0]], dtype=np.float32)
+    cos = cosine_similarity(reference, candidate)
+    assert cos[0] > 0.999 and cos[1] == 0.0 and 0.99 < cos[2] < 1.0 and cos[3] == 0.0
+    assert embedding_agreement(reference, candidate) == (2, 4)  # scale does not matter; direction does
+    assert embedding_agreement(reference, candidate, min_cosine=0.9999) == (1, 4)
+    with pytest.raises(ValueError):
+        cosine_similarity(reference, candidate[:, :1])

@@ -29,6 +29,7 @@ EXPECTED_FLAGS = {
     "--allow-pickle": False,
     "--force": False,
     "--segmentation": None,
+    "--pooling": None,  # feature extraction (#17)
 }
 API_ONLY = {"min_int8_agreement", "max_int8_drop_points", "fp32_atol", "measure_speed", "quiet"}
 

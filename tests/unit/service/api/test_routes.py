@@ -26,10 +26,13 @@ from bertserve.service.api.routes import (
 )
 from bertserve.service.api.schemas import (
     ClassifyResponse,
+    EmbedResponse,
     HealthOut,
     ModelInfo,
     ModelList,
     NerResponse,
+    RerankResponse,
+    TokenizeResponse,
 )
 from bertserve.service.batching import BatchLimits
 from bertserve.service.heads.classification import LabelScore
@@ -72,6 +75,9 @@ def test_every_json_route_documents_the_body_type_its_handler_returns() -> None:
     assert typed == {
         "classify": ClassifyResponse,
         "ner": NerResponse,
+        "embed": EmbedResponse,
+        "rerank": RerankResponse,
+        "tokenize": TokenizeResponse,
         "list_models": ModelList,
         "get_model": ModelInfo,
         "live": HealthOut,
@@ -131,11 +137,17 @@ def test_health_ok() -> None:
 
 
 def fake_pipeline(task: Task, labels: list[str]) -> Pipeline:
+    from bertserve.modelrepo import EmbeddingConfig, Pooling
+
+    embedding = (
+        EmbeddingConfig(pooling=Pooling.MEAN, dimensions=8) if task == Task.FEATURE_EXTRACTION else None
+    )
     config = ModelConfig(
         name="m",
         task=task,
         architecture="bert",
         labels=labels,
+        embedding=embedding,
         max_length=128,
         inputs=["input_ids", "attention_mask"],
         versions={1: VersionConfig(artifacts=[])},
@@ -172,3 +184,64 @@ def test_model_info_and_model_list(task: Task, labels: list[str], tmp_path: Path
             None,
         )
     json.dumps(info, allow_nan=False)
+
+
+def test_embed_body() -> None:
+    import numpy as np
+
+    from bertserve.service.api.routes import embed_body
+    from bertserve.service.pipeline import Embeddings
+
+    body = embed_body("e", Embeddings(np.array([[0.6, 0.8], [1.0, 0.0]], dtype=np.float32), 7, [1]))
+    assert_valid(EmbedResponse, body)
+    assert body["dimensions"] == 2 and body["usage"] == {"tokens": 7} and body["truncated"] == [1]
+    assert body["embeddings"][0] == pytest.approx([0.6, 0.8])
+
+
+def test_rerank_body_ranks_best_first_keeps_ties_in_request_order_and_cuts_to_top_n() -> None:
+    from bertserve.service.api.routes import rerank_body
+    from bertserve.service.api.schemas import RerankRequest
+    from bertserve.service.pipeline import Reranking
+
+    out = Reranking([0.1, 0.9, 0.5, 0.9], truncated=[])
+    request = RerankRequest(query="q", texts=["a", "b", "c", "d"], top_n=3, return_text=True)
+    body = rerank_body("r", out, request)
+    assert_valid(RerankResponse, body)
+    assert body["results"] == [
+        {"index": 1, "score": 0.9, "text": "b"},
+        {"index": 3, "score": 0.9, "text": "d"},
+        {"index": 2, "score": 0.5, "text": "c"},
+    ]
+    plain = rerank_body("r", out, RerankRequest(query="q", texts=["a", "b", "c", "d"]))
+    assert [r["index"] for r in plain["results"]] == [1, 3, 2, 0] and "text" not in plain["results"][0]
+
+
+def test_tokenize_body(tmp_path: Path) -> None:
+    from bertserve.service.api.routes import tokenize_body
+    from bertserve.service.tokenization import TextTokenizer
+    from tests.helpers.checkpoints import bert_tokenizer
+
+    bert_tokenizer().save_pretrained(tmp_path)
+    tokenizer = TextTokenizer(tmp_path / "tokenizer.json", 16)
+    texts = ["Paris is nice", "the movie was great " * 5]
+    body = tokenize_body("m", texts, tokenizer.tokenize(texts, add_special_tokens=True, truncate=True))
+    assert_valid(TokenizeResponse, body)
+    first, second = body["results"]
+    assert first["tokens"][0]["special"] and first["tokens"][-1]["special"]
+    assert all(texts[0][t["start"] : t["end"]] == t["text"] for t in first["tokens"] if not t["special"])
+    assert first["count"] == len(first["tokens"]) > 2
+    assert not first["truncated"] and second["truncated"] and second["count"] == 16
+
+
+def test_model_info_of_an_embedding_model(tmp_path: Path) -> None:
+    from bertserve.modelrepo import EmbeddingConfig, Pooling
+
+    pipeline = fake_pipeline(Task.FEATURE_EXTRACTION, [])
+    info = model_info(pipeline, True, Settings(repo=tmp_path))
+    assert_valid(ModelInfo, info)
+    assert info["labels"] == [] and info["embedding"] == {
+        "pooling": "mean",
+        "normalize": True,
+        "dimensions": 8,
+    }
+    assert EmbeddingConfig(pooling=Pooling.MEAN, dimensions=8).normalize
