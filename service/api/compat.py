@@ -29,6 +29,7 @@ from typing_extensions import TypedDict
 
 from bertserve.service.api.errors import ErrorStyle, openapi_error_responses
 from bertserve.service.api.routes import (
+    INFERENCE_ERROR_TYPES,
     AppState,
     JsonBody,
     RequestTimeoutHeader,
@@ -41,13 +42,9 @@ from bertserve.service.api.routes import (
 )
 from bertserve.service.api.schemas import RequestBody, Text, TextPair
 from bertserve.service.errors import (
-    DeadlineExceededError,
-    InferenceError,
     InvalidInputError,
     ModelNotFoundError,
-    NotReadyError,
     PayloadTooLargeError,
-    QueueFullError,
     UnauthorizedError,
     UnsupportedTaskError,
 )
@@ -60,19 +57,8 @@ from bertserve.service.pipeline import (
 )
 from bertserve.service.tokenization import Encoded, TextInput
 
-_ROUTE_ERRORS = (
-    UnauthorizedError,
-    InvalidInputError,
-    PayloadTooLargeError,
-    ModelNotFoundError,
-    UnsupportedTaskError,
-    QueueFullError,
-    NotReadyError,
-    DeadlineExceededError,
-    InferenceError,
-)
-_ERRORS = openapi_error_responses(*_ROUTE_ERRORS, style=ErrorStyle.TEI)
-_OPENAI_ERRORS = openapi_error_responses(*_ROUTE_ERRORS, style=ErrorStyle.OPENAI)
+_ERRORS = openapi_error_responses(*INFERENCE_ERROR_TYPES, style=ErrorStyle.TEI)
+_OPENAI_ERRORS = openapi_error_responses(*INFERENCE_ERROR_TYPES, style=ErrorStyle.OPENAI)
 router = APIRouter()
 
 

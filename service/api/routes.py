@@ -333,7 +333,8 @@ def model_info(pipeline: Pipeline, ready: bool, settings: Settings) -> ModelInfo
 
 router = APIRouter()
 
-_INFERENCE_ERRORS = openapi_error_responses(
+# what an inference route may answer, on every protocol (the compatible routes document it too)
+INFERENCE_ERROR_TYPES: Final = (
     UnauthorizedError,
     InvalidInputError,
     PayloadTooLargeError,
@@ -344,6 +345,7 @@ _INFERENCE_ERRORS = openapi_error_responses(
     DeadlineExceededError,
     InferenceError,
 )
+_INFERENCE_ERRORS = openapi_error_responses(*INFERENCE_ERROR_TYPES)
 
 
 @router.post(
