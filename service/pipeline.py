@@ -37,7 +37,7 @@ from bertserve.service.heads.token_classification import (
 from bertserve.service.limits import RequestLimits, WorkBudget
 from bertserve.service.metrics import Metrics
 from bertserve.service.segmentation import iter_segments
-from bertserve.service.tokenization import Encoded, TextInput, TextTokenizer
+from bertserve.service.tokenization import Encoded, EncodedPair, TextInput, TextTokenizer
 from bertserve.service.windowing import WindowPlan, plan_windows
 
 T = TypeVar("T")
@@ -308,21 +308,15 @@ class EmbeddingPipeline(Pipeline):
         return self.head.dimensions
 
     def _encode(
-        self, inputs: Sequence[TextInput], truncate: bool, budget: WorkBudget
+        self, inputs: Sequence[str] | Sequence[Sequence[int]], truncate: bool, budget: WorkBudget
     ) -> tuple[list[ModelInput], list[int], int]:
-        encoded = self.tokenizer.encode(inputs, truncate=truncate)
-        tokens = sum(e.length for e in encoded)
-        budget.add_tokens(tokens)
-        return (
-            [e.model_input(self._type_ids) for e in encoded],
-            [i for i, e in enumerate(encoded) if e.truncated],
-            tokens,
-        )
-
-    def _encode_ids(
-        self, token_ids: Sequence[Sequence[int]], truncate: bool, budget: WorkBudget
-    ) -> tuple[list[ModelInput], list[int], int]:
-        encoded = self.tokenizer.frame_ids(token_ids, truncate=truncate)
+        """(sequences, indices of truncated inputs, tokens) of texts, or of token-id lists that a
+        client tokenized itself (framed by the model's special tokens as a text would be)."""
+        encoded: Sequence[Encoded | EncodedPair]
+        if inputs and not isinstance(inputs[0], str):
+            encoded = self.tokenizer.frame_ids(cast(Sequence[Sequence[int]], inputs), truncate=truncate)
+        else:
+            encoded = self.tokenizer.encode(cast(Sequence[str], inputs), truncate=truncate)
         tokens = sum(e.length for e in encoded)
         budget.add_tokens(tokens)
         return (
@@ -344,16 +338,7 @@ class EmbeddingPipeline(Pipeline):
         deadline = self.deadline(timeout_s)
         budget = self.budget(deadline)
         self.refuse_too_large(budget, len(inputs))
-        if inputs and not isinstance(inputs[0], str):  # token ids, already tokenized by the client
-            ids = cast(Sequence[Sequence[int]], inputs)
-            sequences, truncated, tokens = await self.prepare(
-                lambda b: self._encode_ids(ids, truncate, b), budget
-            )
-        else:
-            texts = cast(Sequence[str], inputs)
-            sequences, truncated, tokens = await self.prepare(
-                lambda b: self._encode(texts, truncate, b), budget
-            )
+        sequences, truncated, tokens = await self.prepare(lambda b: self._encode(inputs, truncate, b), budget)
         rows = await self.submit_sequences(sequences, deadline, announced=True)
         vectors = self.head.postprocess(np.stack(rows), normalize=normalize, dimensions=width)
         return Embeddings(vectors, tokens, truncated)

@@ -457,8 +457,10 @@ _PARAMETERS_OF = {
 }
 
 
-def _refuse_foreign_parameters(params: HfParameters, pipeline: object) -> None:
+def _refuse_foreign_parameters(body: HfRequest, pipeline: object) -> None:
     """A parameter of another task would be ignored: refused instead (422)."""
+    top_level = body.model_fields_set & _PARAMETERS_OF["embedding"]  # huggingface_hub's placement
+    given = body.parameters.model_fields_set | top_level
     kind = (
         "embedding"
         if isinstance(pipeline, EmbeddingPipeline)
@@ -466,7 +468,7 @@ def _refuse_foreign_parameters(params: HfParameters, pipeline: object) -> None:
         if isinstance(pipeline, TokenClassificationPipeline)
         else "classification"
     )
-    foreign = sorted(params.model_fields_set - _PARAMETERS_OF[kind])
+    foreign = sorted(given - _PARAMETERS_OF[kind])
     if foreign:
         raise InvalidInputError(f"parameters {foreign} do not apply to this model's task")
 
@@ -477,7 +479,7 @@ async def _hf_answer(model: str, body: HfRequest, request: Request, timeout_ms: 
     pipeline = state.registry.describe(model)
     texts = cast(list[str], normalize_inputs(body.inputs, state.settings))
     single = isinstance(body.inputs, str)
-    _refuse_foreign_parameters(params, pipeline)
+    _refuse_foreign_parameters(body, pipeline)
     if isinstance(pipeline, EmbeddingPipeline):
         normalize = body.normalize if body.normalize is not None else params.normalize
         truncate = body.truncate if body.truncate is not None else params.truncate

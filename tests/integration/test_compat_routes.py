@@ -183,6 +183,10 @@ async def test_hf_inference_shape_answers_by_task(start: Callable[..., Any]) -> 
     assert entities.status_code == 200 and isinstance(entities.json(), list)
     for entity in entities.json():
         assert set(entity) == {"entity_group", "score", "word", "start", "end"}
+    foreign = await client.post("/models/cls", json={"inputs": "a", "normalize": False})
+    assert foreign.status_code == 422 and "normalize" in foreign.json()["error"]
+    foreign = await client.post("/models/emb", json={"inputs": "a", "parameters": {"top_k": 2}})
+    assert foreign.status_code == 422 and "top_k" in foreign.json()["error"]
     stride = await client.post("/models/ner", json={"inputs": "a", "parameters": {"stride": 16}})
     assert stride.status_code == 422 and "BERTSERVE_NER_STRIDE" in stride.json()["error"]
     wrong = await client.post("/models/cls/pipeline/feature-extraction", json={"inputs": "a"})
