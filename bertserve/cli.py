@@ -126,36 +126,33 @@ def finetune(
         raise typer.Exit(code=2) from None
 
 
+def _serve_flags() -> list[CliFlag]:
+    """`bertserve serve`'s flags: one per setting (bertserve/service/settings.py), none given = None
+    (so the environment, then the dotenv file, then the default decide), plus --env-file."""
+    from bertserve.service.settings import DEFAULT_ENV_FILE, setting_flags
+
+    flags = [
+        CliFlag(name=f.name, flag=f.flag, type=f.type | None, default=None, help=f.help)
+        for f in setting_flags()
+    ]
+    env_file_help = (
+        "Dotenv file whose BERTSERVE_* lines are read (other lines are ignored); flags beat "
+        "environment variables, which beat this file, which beats the defaults."
+    )
+    flags.append(CliFlag("env_file", "--env-file", Path, DEFAULT_ENV_FILE, env_file_help))
+    return flags
+
+
 @app.command()
-def serve(
-    repo: Annotated[Path | None, typer.Option(help="Model repository [env BERTSERVE_REPO].")] = None,
-    model: Annotated[
-        list[str] | None, typer.Option(help="Model(s) to serve; default all [env BERTSERVE_MODELS].")
-    ] = None,
-    backend: Annotated[
-        str | None,
-        typer.Option(
-            help="auto|onnxruntime-cpu|onnxruntime-cuda|tensorrt|openvino-cpu [env BERTSERVE_BACKEND]."
-        ),
-    ] = None,
-    precision: Annotated[
-        str | None, typer.Option(help="fp32|int8; default: the model's [env BERTSERVE_PRECISION].")
-    ] = None,
-    host: Annotated[str | None, typer.Option(help="Bind address [env BERTSERVE_HOST].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [env BERTSERVE_PORT].")] = None,
-) -> None:
-    """Serve models from the repository (flags override BERTSERVE_* environment variables)."""
+@_with_flags(_serve_flags())  # every Settings field (bertserve/service/settings.py) is a flag
+def serve(**values: Any) -> None:
+    """Serve models from the repository. Every setting is a flag; flags override BERTSERVE_*
+    environment variables, which override the dotenv file (--env-file, default .env)."""
     from bertserve.service.api.server import run_server
 
-    overrides = {
-        "repo": repo,
-        "models": model or None,
-        "backend": backend,
-        "precision": precision,
-        "host": host,
-        "port": port,
-    }
-    code = run_server({k: v for k, v in overrides.items() if v is not None})
+    env_file = values.pop("env_file")
+    flags = {k: v for k, v in values.items() if v is not None and v != []}
+    code = run_server(flags, env_file=env_file)
     raise typer.Exit(code=code)
 
 

@@ -8,8 +8,13 @@ init arguments and therefore win over the environment. Nothing is read at import
 from __future__ import annotations
 
 import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -18,7 +23,9 @@ from bertserve.modelrepo import BatchingConfig, Precision
 from bertserve.runtime.base import BackendKind, min_padding_efficiency
 from bertserve.runtime.options import OpenVinoHint, RuntimeOptions, default_tensorrt_cache_dir
 
-__all__ = ["BackendKind", "Settings", "available_cpus"]  # BackendKind: the runtime's, re-used here
+__all__ = ["DEFAULT_ENV_FILE", "BackendKind", "SettingFlag", "Settings", "available_cpus", "setting_flags"]
+
+DEFAULT_ENV_FILE = Path(".env")  # BackendKind: the runtime's, re-used here
 
 
 def available_cpus() -> int:
@@ -30,7 +37,13 @@ def available_cpus() -> int:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="BERTSERVE_", extra="forbid", frozen=True)
+    # NOTE: a dotenv file is read only when one is passed (`bertserve serve` passes `.env` unless
+    # told otherwise: `Settings.for_serve`); of its lines only BERTSERVE_* ones are read, so a file
+    # shared with docker compose or other tools may hold other keys, while a misspelt BERTSERVE_
+    # key is refused like a misspelt environment variable.
+    model_config = SettingsConfigDict(
+        env_prefix="BERTSERVE_", extra="forbid", frozen=True, dotenv_filtering="match_prefix"
+    )
 
     # --- what to serve -------------------------------------------------------------------------
     repo: Path = Field(Path("models"), description="Model repository written by `bertserve export`.")
@@ -236,9 +249,8 @@ class Settings(BaseSettings):
     # --- the routes other servers' clients speak (TEI, OpenAI, HF Inference API) ---------------
     default_embedding_model: str | None = Field(
         None,
-        description="The model TEI's /embed and /rerank, /tokenize and /info and OpenAI's "
-        "/v1/embeddings (when its `model` is not a served name) answer with. Default: the one "
-        "served feature-extraction model, if there is exactly one.",
+        description="The model TEI's /embed (and /rerank without a cross-encoder, /tokenize, /info) "
+        "answers with. Default: the one served feature-extraction model, if there is exactly one.",
     )
     default_classification_model: str | None = Field(
         None,
@@ -274,6 +286,12 @@ class Settings(BaseSettings):
         if value == Precision.FP16:
             raise ValueError("precision must be fp32 or int8 (fp16 is chosen per backend)")
         return value
+
+    @classmethod
+    def for_serve(cls, flags: Mapping[str, Any], env_file: Path | None = DEFAULT_ENV_FILE) -> Settings:
+        """The settings of `bertserve serve`: its flags, then BERTSERVE_* environment variables,
+        then the BERTSERVE_* lines of `env_file` (when it exists), then the defaults."""
+        return cls(_env_file=env_file, **flags)
 
     def padding_efficiency_for(self, backend: str) -> float:
         """`min_padding_efficiency` if set, else what the backend (named by its kind) says."""
@@ -316,3 +334,60 @@ class Settings(BaseSettings):
             max_queue_delay_ms=self.max_queue_delay_ms,
             max_queue_size=self.max_queue_size,
         )
+
+
+@dataclass(frozen=True)
+class SettingFlag:
+    """One `bertserve serve` flag, derived from a `Settings` field (its one definition)."""
+
+    name: str  # the Settings field
+    flag: str  # "--max-batch-size"; "--access-log/--no-access-log" for a switch
+    type: Any  # what the shell value is parsed as (bool for a switch, list[str] when repeatable)
+    help: str
+
+
+# flags that keep the names they had before every setting was a flag
+_FLAG_NAMES = {"models": "--model", "cors_origins": "--cors-origin"}
+
+
+def _flag_type(annotation: Any) -> tuple[Any, str | None]:
+    """(shell type, choices to list in the help) of a field's annotation, Optional removed."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _flag_type(typing.get_args(annotation)[0])
+    if origin is list:
+        return list[str], None
+    if origin is Literal:
+        return str, "|".join(str(a) for a in typing.get_args(annotation))
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return str, "|".join(str(m.value) for m in annotation)
+    if annotation in (bool, int, float, Path):
+        return annotation, None
+    return str, None  # str, SecretStr
+
+
+def setting_flags() -> tuple[SettingFlag, ...]:
+    """A flag for every setting, in field order, with the field's description, its environment
+    variable and its default in the help."""
+    flags = []
+    for name, field in Settings.model_fields.items():
+        shell, choices = _flag_type(field.annotation)
+        flag = _FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+        if shell is bool:
+            flag = f"{flag}/--no-{flag[2:]}"
+        default = "none" if field.default is None else str(field.default)
+        if isinstance(field.default, Enum):
+            default = str(field.default.value)
+        parts = [str(field.description or "").rstrip(".") + "."]
+        if choices:
+            parts.append(f"One of {choices}.")
+        if shell == list[str]:
+            parts.append("Repeat the flag for several.")
+        if "SecretStr" in str(field.annotation):
+            parts.append("A flag shows in the process list: prefer the environment variable.")
+        parts.append(f"[env BERTSERVE_{name.upper()}; default {default}]")
+        flags.append(SettingFlag(name, flag, shell, " ".join(parts)))
+    return tuple(flags)

@@ -25,10 +25,13 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
+
+from bertserve.service.settings import DEFAULT_ENV_FILE
 
 if TYPE_CHECKING:
     import uvicorn
@@ -146,9 +149,15 @@ def _draining_server(
     return DrainingServer(config)
 
 
-def run_server(overrides: dict[str, Any], *, backend_factory: BackendFactory | None = None) -> int:
-    """Serve until stopped; returns the process exit code. `overrides` (CLI flags) beat env vars;
-    `backend_factory` replaces the real backends (load tests with a fake backend of known speed)."""
+def run_server(
+    overrides: dict[str, Any],
+    *,
+    backend_factory: BackendFactory | None = None,
+    env_file: Path | None = DEFAULT_ENV_FILE,
+) -> int:
+    """Serve until stopped; returns the process exit code. `overrides` (CLI flags) beat env vars,
+    which beat the BERTSERVE_* lines of `env_file`; `backend_factory` replaces the real backends
+    (load tests with a fake backend of known speed)."""
     import uvicorn
 
     from bertserve.service.api.app import create_app
@@ -158,7 +167,7 @@ def run_server(overrides: dict[str, Any], *, backend_factory: BackendFactory | N
     from bertserve.service.settings import Settings
 
     try:
-        settings = Settings(**overrides)
+        settings = Settings.for_serve(overrides, env_file)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         print(f"error: invalid settings: {problems}", file=sys.stderr)

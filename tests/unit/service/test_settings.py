@@ -115,3 +115,101 @@ def test_backend_kind_is_the_runtimes() -> None:
     from bertserve.runtime.base import BackendKind as RuntimeKind
 
     assert BackendKind is RuntimeKind
+
+
+# --- flags > environment > dotenv file > defaults (`bertserve serve`) ------------------------------
+
+
+def _serve_flags(args: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, dict[str, object]]:
+    """What `bertserve serve ARGS` hands to run_server (flags given, and the dotenv file)."""
+    from typer.testing import CliRunner
+
+    import bertserve.service.api.server as server
+    from bertserve.cli import app
+
+    seen: dict[str, object] = {}
+
+    def capture(flags: dict[str, object], env_file: Path | None = None, **_: object) -> int:
+        seen.update(flags, _env_file=env_file)
+        return 0
+
+    monkeypatch.setattr(server, "run_server", capture)
+    result = CliRunner().invoke(app, ["serve", *args])
+    assert result.exit_code == 0, result.output
+    return result.exit_code, seen
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "dotenv", "want"),
+    [
+        ("1003", "1002", "1001", 1003),
+        (None, "1002", "1001", 1002),
+        (None, None, "1001", 1001),
+        (None, None, None, 8000),
+    ],
+)
+def test_a_setting_resolves_flag_then_environment_then_dotenv_then_default(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flag: str | None,
+    env: str | None,
+    dotenv: str | None,
+    want: int,
+) -> None:
+    env_file = tmp_path / "serve.env"
+    lines = ["COMPOSE_PROJECT_NAME=other-tool  # not ours: ignored", "BERTSERVE_MAX_INPUTS=7"]
+    if dotenv is not None:
+        lines.append(f"BERTSERVE_PORT={dotenv}")
+    env_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    monkeypatch.delenv("BERTSERVE_PORT", raising=False)
+    if env is not None:
+        monkeypatch.setenv("BERTSERVE_PORT", env)
+    args = ["--env-file", str(env_file), *(["--port", flag] if flag is not None else [])]
+    _, seen = _serve_flags(args, monkeypatch)
+    assert seen["_env_file"] == env_file
+    flags = {k: v for k, v in seen.items() if k != "_env_file"}
+    settings = Settings.for_serve(flags, env_file)
+    assert settings.port == want
+    assert settings.max_inputs == 7  # the file's other setting, whatever the port's source
+
+
+def test_a_misspelt_setting_in_the_dotenv_file_is_refused_and_a_missing_file_is_no_error(
+    tmp_path: Path,
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("BERTSERVE_PORTT=9000\n", encoding="utf-8")
+    with pytest.raises(ValidationError, match="portt"):
+        Settings.for_serve({}, env_file)
+    assert Settings.for_serve({}, tmp_path / "absent.env").port == 8000
+
+
+def test_serve_help_lists_every_setting_with_its_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from bertserve.cli import app
+    from bertserve.service.settings import setting_flags
+
+    monkeypatch.setenv("COLUMNS", "400")
+    result = CliRunner().invoke(app, ["serve", "--help"], terminal_width=400)
+    assert result.exit_code == 0
+    flags = setting_flags()
+    assert {f.name for f in flags} == set(Settings.model_fields)
+    for f in flags:
+        assert f.flag.split("/")[0] in result.output, f.flag
+        assert f"BERTSERVE_{f.name.upper()}" in f.help
+    assert "--env-file" in result.output
+
+
+def test_every_kind_of_flag_reaches_the_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    args = ["--model", "a", "--model", "b", "--no-docs-public", "--access-log", "--backend", "fake"]
+    args += ["--max-queue-delay-ms", "0.5", "--cors-origin", "https://a.example", "--repo", str(tmp_path)]
+    args += ["--log-level", "debug", "--api-key", "k" * 16, "--precision", "int8"]
+    _, seen = _serve_flags(args, monkeypatch)
+    settings = Settings.for_serve({k: v for k, v in seen.items() if k != "_env_file"}, None)
+    assert settings.models == ["a", "b"] and settings.docs_public is False and settings.access_log is True
+    assert settings.backend == BackendKind.FAKE and settings.max_queue_delay_ms == 0.5
+    assert settings.cors_origins == ["https://a.example"] and settings.repo == tmp_path
+    assert settings.log_level == "debug" and settings.precision == Precision.INT8
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "k" * 16
