@@ -14,6 +14,7 @@ running to the end for nobody.
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from bertserve.service.errors import DeadlineExceededError, PayloadTooLargeError
@@ -38,6 +39,10 @@ class WorkAbandonedError(Exception):
     """The request no longer waits for this work (cancelled, or past its deadline)."""
 
 
+# The budgets of the request being served (for its access-log line), when something collects them.
+REQUEST_WORK: ContextVar[list[WorkBudget] | None] = ContextVar("bertserve_request_work", default=None)
+
+
 class WorkBudget:
     """Counts one request's sequences and tokens; thread-safe enough for its one writer (the
     tokenization thread) and one canceller (the event loop): `cancel` only sets a flag."""
@@ -50,6 +55,9 @@ class WorkBudget:
         self.sequences = 0
         self.tokens = 0
         self._cancelled = False
+        collected = REQUEST_WORK.get()
+        if collected is not None:
+            collected.append(self)
 
     def cancel(self) -> None:
         self._cancelled = True

@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from bertserve.modelrepo import BatchingConfig, Precision
 from bertserve.runtime.base import BackendKind, min_padding_efficiency
 from bertserve.runtime.options import OpenVinoHint, RuntimeOptions, default_tensorrt_cache_dir
+from bertserve.service.logs import LogFormat
 
 __all__ = ["DEFAULT_ENV_FILE", "BackendKind", "SettingFlag", "Settings", "available_cpus", "setting_flags"]
 
@@ -68,10 +69,18 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Bind address; loopback unless deliberately exposed.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port.")
     access_log: bool = Field(
-        False, description="Per-request access log lines; off by default because they cost throughput."
+        False,
+        description="One access-log line per request (method, path, status, duration, request id; "
+        "for inference also model, endpoint, sequences, tokens); off by default because it costs "
+        "throughput.",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of the service and uvicorn."
+    )
+    log_format: LogFormat = Field(
+        "text",
+        description="text (one line: time, level, logger, [request id], message) or json (one "
+        "object a line with the same fields, and the access log's as keys).",
     )
 
     # --- access control ------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 import bertserve
 from bertserve.runtime.selection import BackendFactory
@@ -33,6 +34,7 @@ from bertserve.service.api.middleware import (
     AdmissionMiddleware,
     ApiKeyMiddleware,
     BodyLimitMiddleware,
+    RequestIdMiddleware,
 )
 from bertserve.service.api.routes import AppState, count_overloaded, count_unobserved_error, router
 from bertserve.service.metrics import Metrics
@@ -40,6 +42,18 @@ from bertserve.service.registry import ModelRegistry
 from bertserve.service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class BertserveApp(FastAPI):
+    """FastAPI with `RequestIdMiddleware` outside Starlette's own stack, so that even the answers
+    of its outermost layer (the 500 of an unexpected error) carry the request id."""
+
+    def __init__(self, *args: Any, access_log: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._access_log = access_log
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestIdMiddleware(super().build_middleware_stack(), access_log=self._access_log)
 
 
 def create_app(
@@ -70,11 +84,12 @@ def create_app(
             # a call must not hold the exit beyond the drain budget.
             await reg.stop(timeout_s=settings.drain_timeout_s)
 
-    app = FastAPI(
+    app = BertserveApp(
         title="bertserve",
         version=bertserve.__version__,
         summary="Batched inference for fine-tuned BERT-family encoders.",
         lifespan=lifespan,
+        access_log=settings.access_log,
     )
     app.state.bertserve = AppState(settings=settings, registry=reg, metrics=reg.metrics)
     install_error_handlers(app, observe=count_unobserved_error)
@@ -99,7 +114,8 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-Timeout-Ms"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Timeout-Ms", "X-Request-Id"],
+            expose_headers=["X-Request-Id"],
             allow_credentials=False,  # a Bearer key is sent explicitly; no cookies are involved
             max_age=600,
         )

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal, NotRequired, cast
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StrictBool
 from typing_extensions import TypedDict
 
 from bertserve.service.api.errors import ErrorStyle, openapi_error_responses
@@ -88,8 +88,10 @@ class TeiEmbedRequest(RequestBody):
     inputs: Text | Annotated[list[Text], Field(min_length=1)] = Field(
         description="A text or a list of texts."
     )
-    normalize: bool = Field(True, description="L2-normalize (TEI's default: true).")
-    truncate: bool | None = Field(None, description="Cut texts over max_length (TEI's default: refuse, 413).")
+    normalize: StrictBool = Field(True, description="L2-normalize (TEI's default: true).")
+    truncate: StrictBool | None = Field(
+        None, description="Cut texts over max_length (TEI's default: refuse, 413)."
+    )
     truncation_direction: Direction = None
     dimensions: int | None = Field(None, ge=1, description="Matryoshka truncation to this many dimensions.")
 
@@ -111,13 +113,13 @@ class TeiPredictRequest(RequestBody):
         description="A text, a pair [a, b] (a list of exactly two texts is a pair, as in TEI), or a "
         "list of texts and pairs."
     )
-    raw_scores: bool = Field(False, description="Logits instead of probabilities.")
+    raw_scores: StrictBool = Field(False, description="Logits instead of probabilities.")
     parameters: PredictParameters | None = Field(
         None,
         description="The HF Inference API's shape: with it, every input answers a list (as that API "
         "does), `top_k` labels, `function_to_apply` instead of raw_scores.",
     )
-    truncate: bool | None = None
+    truncate: StrictBool | None = None
     truncation_direction: Direction = None
 
 
@@ -126,9 +128,9 @@ class TeiRerankRequest(RequestBody):
 
     query: Text
     texts: Annotated[list[Text], Field(min_length=1)]
-    raw_scores: bool = False
-    return_text: bool = False
-    truncate: bool | None = None
+    raw_scores: StrictBool = False
+    return_text: StrictBool = False
+    truncate: StrictBool | None = None
     truncation_direction: Direction = None
 
 
@@ -136,7 +138,7 @@ class TeiTokenizeRequest(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     inputs: Text | Annotated[list[Text], Field(min_length=1)]
-    add_special_tokens: bool = True
+    add_special_tokens: StrictBool = True
 
 
 # --- TEI response bodies ------------------------------------------------------------------------
@@ -416,8 +418,8 @@ class HfParameters(RequestBody):
     ignore_labels: list[str] | None = None
     stride: int | None = None
     # feature extraction (huggingface_hub sends these at the top level; accepted here as well)
-    normalize: bool | None = None
-    truncate: bool | None = None
+    normalize: StrictBool | None = None
+    truncate: StrictBool | None = None
     truncation_direction: Direction = None
 
 
@@ -430,8 +432,8 @@ class HfRequest(RequestBody):
         None, description="Hub client options (wait_for_model...): ignored."
     )
     # feature-extraction parameters at the top level (huggingface_hub's feature_extraction)
-    normalize: bool | None = None
-    truncate: bool | None = None
+    normalize: StrictBool | None = None
+    truncate: StrictBool | None = None
     truncation_direction: Direction = None
 
 

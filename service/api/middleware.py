@@ -1,4 +1,5 @@
-"""Pure ASGI middleware that refuses a request before any route, parser or model sees it.
+"""Pure ASGI middleware: the request id and access log around everything (`RequestIdMiddleware`),
+and the layers that refuse a request before any route, parser or model sees it.
 
 `ApiKeyMiddleware` runs first (an unauthenticated client costs a header comparison, nothing
 more), then `AdmissionMiddleware` (a global cap on requests in flight, and the drain's
@@ -9,7 +10,9 @@ answer in the one error envelope of `bertserve.service.api.errors`.
 from __future__ import annotations
 
 import hmac
+import re
 import time
+import uuid
 from collections.abc import Callable, Iterable
 
 from starlette.datastructures import Headers
@@ -17,6 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bertserve.service.api.errors import service_error_response
 from bertserve.service.errors import BodyTooLargeError, QueueFullError, UnauthorizedError
+from bertserve.service.limits import REQUEST_WORK, WorkBudget
+from bertserve.service.logs import REQUEST_ID, log_access
 from bertserve.service.registry import DrainState
 
 # Health probes carry no key (kubelets and load balancers cannot send one). The OpenAPI schema and
@@ -145,3 +150,63 @@ def _closing(send: Send) -> Send:
         await send(message)
 
     return send_closing
+
+
+REQUEST_ID_HEADER = b"x-request-id"
+ACCESS_SCOPE_KEY = "bertserve.access"  # scope key: the fields routes add to the access-log line
+# what a client may send as its own request id; anything else is replaced by a generated one
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+
+
+class RequestIdMiddleware:
+    """The outermost layer: every request gets an id (the client's `X-Request-Id` when it is a
+    plain token of at most 128 characters, else a new one), returned in `X-Request-Id` on every
+    answer, 500s included, carried by every log line logged while the request is served
+    (`bertserve.service.logs.REQUEST_ID`) and by the error envelope; with `access_log`, one
+    access-log line per request (method, path, status, duration, and for inference model,
+    endpoint, sequences, tokens)."""
+
+    def __init__(self, app: ASGIApp, access_log: bool = False) -> None:
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = Headers(scope=scope).get("x-request-id", "")
+        request_id = sent if _CLIENT_ID.match(sent) else uuid.uuid4().hex
+        # NOTE: not reset afterwards: every request runs in a task (and context) of its own, and
+        # the 500 handler, which Starlette runs outside this middleware's call, must still see it.
+        REQUEST_ID.set(request_id)
+        work: list[WorkBudget] | None = None
+        if self.access_log:
+            work = []
+            REQUEST_WORK.set(work)
+            scope[ACCESS_SCOPE_KEY] = {}
+        status = 500
+        start = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != REQUEST_ID_HEADER]
+                message = {**message, "headers": [*headers, (REQUEST_ID_HEADER, request_id.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if work is not None:
+                fields: dict[str, object] = {
+                    "method": scope.get("method", ""),
+                    "path": scope.get("path", ""),
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - start) * 1000, 2),
+                    **scope.get(ACCESS_SCOPE_KEY, {}),
+                }
+                if work:
+                    fields["sequences"] = sum(w.sequences for w in work)
+                    fields["tokens"] = sum(w.tokens for w in work)
+                log_access(fields)

@@ -22,6 +22,7 @@ from starlette.types import Scope
 
 from bertserve.modelrepo import Task
 from bertserve.service.api.errors import openapi_error_responses, status_for
+from bertserve.service.api.middleware import ACCESS_SCOPE_KEY
 from bertserve.service.api.schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -141,6 +142,9 @@ def observe_request(request: Request, model: str, endpoint: str) -> Iterator[Non
     request.scope[_OBSERVED] = True
     metrics = state.metrics
     label = model if model in state.registry else UNKNOWN_MODEL
+    access = request.scope.get(ACCESS_SCOPE_KEY)
+    if access is not None:  # the access log is on: this line names the model and the endpoint
+        access.update(model=label, endpoint=endpoint)
     metrics.inflight.inc()
     start = time.perf_counter()
     code = 200

@@ -10,6 +10,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
     model_validator,
     with_config,
@@ -18,6 +19,7 @@ from typing_extensions import TypedDict
 
 from bertserve.modelrepo import Segmentation
 from bertserve.service.heads.token_classification import DEFAULT_IGNORE_LABELS, AggregationStrategy, EntityOut
+from bertserve.service.logs import REQUEST_ID
 
 
 def _plain_text(value: str) -> str:
@@ -45,6 +47,8 @@ TextPair = tuple[Text, Text]
 
 class RequestBody(BaseModel):
     """A request body: unknown fields are refused with one error, before any field is validated.
+    Switches are `StrictBool`: `true`/`false` only, never 0, 1 or "yes" (which pydantic would
+    otherwise read as booleans, against the schema).
 
     NOTE: with only `extra="forbid"` pydantic reports one error per unknown key, and a 2 MB body of
     150,000 keys then costs 1.5 s of validation on the event loop, stalling every other request."""
@@ -77,7 +81,7 @@ class ClassifyRequest(RequestBody):
         Text | Annotated[list[Text], Field(min_length=1)] | Annotated[list[TextPair], Field(min_length=1)]
     ) = Field(description="One text, a list of texts, or a list of [text_a, text_b] pairs.")
     top_k: int | None = Field(None, ge=1, description="Labels per input, best first; null = all labels.")
-    truncate: bool = Field(
+    truncate: StrictBool = Field(
         True,
         description="Cut inputs longer than the model's max_length (the response lists them); "
         "false = answer 413 instead.",
@@ -133,7 +137,7 @@ class EmbedRequest(RequestBody):
     inputs: Text | Annotated[list[Text], Field(min_length=1)] = Field(
         description="One text or a list of texts."
     )
-    normalize: bool | None = Field(
+    normalize: StrictBool | None = Field(
         None, description="L2-normalize each vector. Default: the model's setting (model.yaml)."
     )
     dimensions: int | None = Field(
@@ -141,7 +145,7 @@ class EmbedRequest(RequestBody):
         ge=1,
         description="Keep the first this many dimensions (Matryoshka models), normalized after the cut.",
     )
-    truncate: bool = Field(
+    truncate: StrictBool = Field(
         True,
         description="Cut inputs longer than the model's max_length (the response lists them); "
         "false = answer 413 instead.",
@@ -165,11 +169,13 @@ class RerankRequest(RequestBody):
     query: Text
     texts: Annotated[list[Text], Field(min_length=1)] = Field(description="The documents to rank.")
     top_n: int | None = Field(None, ge=1, description="Keep the best this many; null = all.")
-    raw_scores: bool = Field(
+    raw_scores: StrictBool = Field(
         False, description="Cross-encoders: the raw logit instead of its sigmoid (no effect on cosine)."
     )
-    return_text: bool = Field(False, description="Echo each document's text in its result.")
-    truncate: bool = Field(True, description="Cut (query, text) inputs longer than the model's max_length.")
+    return_text: StrictBool = Field(False, description="Echo each document's text in its result.")
+    truncate: StrictBool = Field(
+        True, description="Cut (query, text) inputs longer than the model's max_length."
+    )
 
 
 class TokenizeRequest(RequestBody):
@@ -181,10 +187,12 @@ class TokenizeRequest(RequestBody):
     inputs: Text | Annotated[list[Text], Field(min_length=1)] = Field(
         description="One text or a list of texts."
     )
-    add_special_tokens: bool = Field(
+    add_special_tokens: StrictBool = Field(
         True, description="Include [CLS]/[SEP]-style tokens, as the model reads."
     )
-    truncate: bool = Field(False, description="Cut at the model's max_length, as the inference routes do.")
+    truncate: StrictBool = Field(
+        False, description="Cut at the model's max_length, as the inference routes do."
+    )
 
 
 # --- response bodies ---------------------------------------------------------------------------
@@ -431,6 +439,9 @@ class ErrorBody(TypedDict):
         str, Field(description="Stable error kind, e.g. queue_full, model_not_found, invalid_input.")
     ]
     message: str
+    request_id: NotRequired[
+        Annotated[str, Field(description="The request's id, as in the X-Request-Id header and the logs.")]
+    ]
 
 
 @with_config(
@@ -445,8 +456,12 @@ class ErrorEnvelope(TypedDict):
 
 
 def error_envelope(error_type: str, message: str) -> ErrorEnvelope:
-    """The body of every non-2xx answer, `{"error": {"type": ..., "message": ...}}`."""
-    return {"error": {"type": error_type, "message": message}}
+    """The body of every non-2xx answer, `{"error": {"type": ..., "message": ..., "request_id": ...}}`
+    (the id of the request being answered, when there is one)."""
+    request_id = REQUEST_ID.get()
+    if request_id is None:
+        return {"error": {"type": error_type, "message": message}}
+    return {"error": {"type": error_type, "message": message, "request_id": request_id}}
 
 
 class TeiError(TypedDict):

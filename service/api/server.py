@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from bertserve.service.logs import configure_logging
 from bertserve.service.settings import DEFAULT_ENV_FILE
 
 if TYPE_CHECKING:
@@ -172,9 +173,7 @@ def run_server(
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         print(f"error: invalid settings: {problems}", file=sys.stderr)
         return EXIT_CONFIG
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     if settings.api_key is None and not is_loopback(settings.host):
         log.warning(
             "binding %s without BERTSERVE_API_KEY: anyone who reaches this port can run inference",
@@ -194,9 +193,9 @@ def run_server(
         port=settings.port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         http="httptools" if importlib.util.find_spec("httptools") else "h11",
-        log_config=None,  # keep the basicConfig above for uvicorn's loggers too
+        log_config=None,  # keep configure_logging's handler for uvicorn's loggers too
         log_level=settings.log_level,
-        access_log=settings.access_log,
+        access_log=False,  # bertserve's own (RequestIdMiddleware), with the request id and model
         lifespan="on",
         server_header=False,  # no software/version banner for scanners
     )

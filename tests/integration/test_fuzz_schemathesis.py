@@ -262,7 +262,8 @@ def assert_hostile_answer(response: requests.Response, elapsed_s: float, expecte
         assert 400 <= status < 500 and status != 429, response.text[:300]
         assert response.headers["content-type"] == "application/json"
         error = response.json()["error"]
-        assert set(error) == {"type", "message"} and error["type"] and error["message"]
+        assert set(error) == {"type", "message", "request_id"} and error["type"] and error["message"]
+        assert error["request_id"] == response.headers["x-request-id"]
 
 
 def send_hostile(base: str, path: str, data: bytes, expected: int | None) -> None:

@@ -75,7 +75,8 @@ def assert_envelope(response: httpx.Response, status: int, error_type: str) -> s
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
     body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"type", "message"}, body
+    assert set(body) == {"error"} and set(body["error"]) == {"type", "message", "request_id"}, body
+    assert body["error"]["request_id"] == response.headers["x-request-id"]
     assert body["error"]["type"] == error_type
     message = str(body["error"]["message"])
     for leak in ("Traceback", 'File "', "/service/", ".py", SECRET_TEXT):

@@ -67,7 +67,8 @@ def make_service(fake_repo: Path, start_app: AppStarter) -> Callable[..., Any]:
 def assert_envelope(response: httpx.Response, status: int, error_type: str) -> str:
     assert response.status_code == status, response.text
     body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"type", "message"}
+    assert set(body) == {"error"} and set(body["error"]) == {"type", "message", "request_id"}
+    assert body["error"]["request_id"] == response.headers["x-request-id"]  # the same id, logged too
     assert body["error"]["type"] == error_type
     return str(body["error"]["message"])
 
