@@ -34,6 +34,7 @@ from bertserve.service.api.routes import (
     JsonBody,
     RequestTimeoutHeader,
     app_state,
+    embeddings_of,
     normalize_inputs,
     observe_request,
     rerank_scores,
@@ -44,7 +45,6 @@ from bertserve.service.api.schemas import RequestBody, Text, TextPair
 from bertserve.service.errors import (
     InvalidInputError,
     ModelNotFoundError,
-    PayloadTooLargeError,
     UnauthorizedError,
     UnsupportedTaskError,
 )
@@ -209,18 +209,15 @@ async def tei_embed(
 ) -> JsonBody[list[list[float]]]:
     state = app_state(request)
     with observe_request(request, _label(state, "embedding"), "tei_embed"):
-        model = state.registry.default_model("embedding")
-        pipeline = state.registry.get(model, EmbeddingPipeline)
-        texts = cast(list[str], normalize_inputs(body.inputs, state.settings))
-        out = await unless_disconnected(
+        out = await embeddings_of(
             request,
-            pipeline.embed(
-                texts,
-                normalize=body.normalize,
-                dimensions=body.dimensions,
-                truncate=bool(body.truncate),
-                timeout_s=timeout_s(timeout_ms),
-            ),
+            state,
+            state.registry.default_model("embedding"),
+            body.inputs,
+            normalize=body.normalize,
+            dimensions=body.dimensions,
+            truncate=bool(body.truncate),
+            timeout_ms=timeout_ms,
         )
         return JsonBody(out.vectors.tolist())
 
@@ -485,12 +482,15 @@ async def _hf_answer(model: str, body: HfRequest, request: Request, timeout_ms: 
     if isinstance(pipeline, EmbeddingPipeline):
         normalize = body.normalize if body.normalize is not None else params.normalize
         truncate = body.truncate if body.truncate is not None else params.truncate
-        pipeline = state.registry.get(model, EmbeddingPipeline)
-        out = await unless_disconnected(
+        out = await embeddings_of(
             request,
-            pipeline.embed(
-                texts, normalize=normalize, truncate=truncate is not False, timeout_s=timeout_s(timeout_ms)
-            ),
+            state,
+            model,
+            texts,
+            normalize=normalize,
+            dimensions=None,
+            truncate=truncate is not False,
+            timeout_ms=timeout_ms,
         )
         return cast(list[list[float]], out.vectors.tolist())
     if isinstance(pipeline, ClassificationPipeline):
@@ -627,24 +627,16 @@ async def openai_embeddings(
             raise ModelNotFoundError(
                 "no such model is served; /v1/models lists the served ones (name a feature-extraction model)"
             )
-        pipeline = state.registry.get(model, EmbeddingPipeline)
-        inputs = _openai_inputs(body.input)
-        if inputs and isinstance(inputs[0], str):
-            normalize_inputs(inputs, state.settings)
-        elif len(inputs) > state.settings.max_inputs:
-            raise PayloadTooLargeError(
-                f"{len(inputs)} inputs in one request; at most {state.settings.max_inputs}"
-            )
         # OpenAI's vectors are unit length; a too-long input is an error there (truncate=False)
-        out = await unless_disconnected(
+        out = await embeddings_of(
             request,
-            pipeline.embed(
-                inputs,
-                normalize=True,
-                dimensions=body.dimensions,
-                truncate=False,
-                timeout_s=timeout_s(timeout_ms),
-            ),
+            state,
+            model,
+            _openai_inputs(body.input),
+            normalize=True,
+            dimensions=body.dimensions,
+            truncate=False,
+            timeout_ms=timeout_ms,
         )
         data: list[OpenAiEmbedding] = [
             {

@@ -414,19 +414,52 @@ async def embed(
 ) -> JsonBody[EmbedResponse]:
     state = app_state(request)
     with observe_request(request, model, "embed"):
-        pipeline = state.registry.get(model, EmbeddingPipeline)
-        texts = cast(list[str], normalize_inputs(body.inputs, state.settings))
-        out = await unless_disconnected(
+        out = await embeddings_of(
             request,
-            pipeline.embed(
-                texts,
-                normalize=body.normalize,
-                dimensions=body.dimensions,
-                truncate=body.truncate,
-                timeout_s=timeout_s(timeout_ms),
-            ),
+            state,
+            model,
+            body.inputs,
+            normalize=body.normalize,
+            dimensions=body.dimensions,
+            truncate=body.truncate,
+            timeout_ms=timeout_ms,
         )
         return JsonBody(embed_body(model, out))
+
+
+async def embeddings_of(
+    request: Request,
+    state: AppState,
+    model: str,
+    inputs: str | Sequence[str] | Sequence[Sequence[int]],
+    *,
+    normalize: bool | None,
+    dimensions: int | None,
+    truncate: bool,
+    timeout_ms: float | None,
+) -> Embeddings:
+    """The embeddings of a feature-extraction model for texts (within the input limits) or for
+    token-id lists a client tokenized itself (within the input count): every embedding route's."""
+    pipeline = state.registry.get(model, EmbeddingPipeline)
+    items: list[str] | list[list[int]]
+    if isinstance(inputs, str) or (inputs and isinstance(inputs[0], str)):
+        items = cast(list[str], normalize_inputs(cast(str | Sequence[str], inputs), state.settings))
+    else:
+        items = [list(ids) for ids in cast(Sequence[Sequence[int]], inputs)]
+        if len(items) > state.settings.max_inputs:
+            raise PayloadTooLargeError(
+                f"{len(items)} inputs in one request; at most {state.settings.max_inputs}"
+            )
+    return await unless_disconnected(
+        request,
+        pipeline.embed(
+            items,
+            normalize=normalize,
+            dimensions=dimensions,
+            truncate=truncate,
+            timeout_s=timeout_s(timeout_ms),
+        ),
+    )
 
 
 async def rerank_scores(
