@@ -74,6 +74,15 @@ class Segmentation(StrEnum):
     SENTENCES = "sentences"
 
 
+class WindowPooling(StrEnum):
+    """How the window scores of a text longer than a classifier are combined (`long_text:
+    windows`): the mean of the windows' logits, or per label the largest logit of any window
+    (a label any part of the text shows)."""
+
+    MEAN = "mean"
+    MAX = "max"
+
+
 class ArtifactFormat(StrEnum):
     ONNX = "onnx"  # portable graph, standard ops only
     ONNX_OPTIMIZED = "onnx-optimized"  # ORT transformer fusions (com.microsoft ops)
@@ -233,6 +242,11 @@ class ModelConfig(BaseModel):
         "trained on single sentences answers a document best one sentence at a time.",
     )
     language: str = Field("en", description="Language code for sentence segmentation.")
+    window_pooling: WindowPooling = Field(
+        WindowPooling.MEAN,
+        description="Text classification of texts longer than the model (a request's `long_text: "
+        "windows`): mean of the windows' logits, or max per label.",
+    )
     max_length: int = Field(ge=8, description="Longest sequence (in tokens) the graph is run with.")
     inputs: list[str] = Field(description="The graph's actual input names, in order.")
     outputs: list[str] = Field(default_factory=lambda: ["logits"])

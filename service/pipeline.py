@@ -16,16 +16,23 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import ClassVar, TypeVar, cast
 
 import numpy as np
+from numpy.typing import NDArray
 
-from bertserve.modelrepo import ModelConfig, ProblemType, Segmentation, Task
+from bertserve.modelrepo import ModelConfig, ProblemType, Segmentation, Task, WindowPooling
 from bertserve.runtime.base import Backend, Logits
 from bertserve.runtime.collation import ModelInput
 from bertserve.service.batching import DynamicBatcher
-from bertserve.service.errors import DeadlineExceededError, PayloadTooLargeError, UnsupportedTaskError
+from bertserve.service.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    PayloadTooLargeError,
+    UnsupportedTaskError,
+)
 from bertserve.service.heads.classification import Activation, ClassificationHead, LabelScore
 from bertserve.service.heads.embedding import EmbeddingHead, cosine_scores
 from bertserve.service.heads.token_classification import (
@@ -61,7 +68,7 @@ class ModelParts:
     metrics: Metrics
     request_timeout_s: float
     limits: RequestLimits
-    ner_stride: int = 128  # tokens shared by consecutive windows of a long NER text
+    ner_stride: int = 128  # tokens shared by consecutive windows of a long text (NER, long_text: windows)
 
 
 class Pipeline:
@@ -79,6 +86,27 @@ class Pipeline:
         self._m_tokenize = parts.metrics.tokenize_duration.labels(self.name)
         self._m_rejected_deadline = parts.metrics.rejected.labels(self.name, "deadline")
         self._m_rejected_large = parts.metrics.rejected.labels(self.name, "too_large")
+        self._type_ids = "token_type_ids" in self.backend.input_names
+        capacity = self.config.max_length - self.tokenizer.num_special_tokens
+        # NOTE: a stride of half a window or more would make windows advance by less than they
+        # overlap; clamp rather than refuse, so one setting serves models of any max_length.
+        self.stride = min(parts.ner_stride, max(capacity // 2, 0))
+
+    def windows(self, enc: Encoded, budget: WorkBudget) -> tuple[WindowPlan, list[ModelInput]]:
+        """A whole-text encoding cut into overlapping windows that fit the model
+        (`service/windowing.py`), one model input each, counted against the request's budget (its
+        first window was counted as the input's own sequence already)."""
+        plan = plan_windows(enc.special_tokens_mask, enc.word_ids, self.config.max_length, self.stride)
+        budget.add_sequences(len(plan.windows) - 1)
+        budget.add_tokens(sum(plan.sequence_length(k) for k in range(len(plan.windows))))
+        # Converted once: window_inputs slices these for every window.
+        ids = np.asarray(enc.encoding.ids, dtype=np.int64)
+        types = np.asarray(enc.encoding.type_ids, dtype=np.int64)
+        sequences = []
+        for k in range(len(plan.windows)):
+            window = plan.window_inputs(k, ids, types)  # type: ignore[arg-type]
+            sequences.append(ModelInput(window.input_ids, window.token_type_ids if self._type_ids else None))
+        return plan, sequences
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.batcher.start(loop)
@@ -195,10 +223,28 @@ class Pipeline:
         return time.monotonic() + limit
 
 
+class LongText(StrEnum):
+    """What text classification does with an input longer than the model when it may not be cut
+    (`truncate: false`): refuse it (413), or read it in overlapping windows."""
+
+    ERROR = "error"
+    WINDOWS = "windows"
+
+
+@dataclass(frozen=True, slots=True)
+class _LongInput:
+    """A text classified in windows: where its windows' rows start among the request's rows."""
+
+    index: int  # its position among the request's inputs
+    first_row: int
+    windows: int
+
+
 @dataclass(frozen=True, slots=True)
 class Classification:
     results: list[list[LabelScore]]
     truncated: list[int]
+    windowed: list[int] = field(default_factory=list)  # inputs read in windows (long_text: windows)
 
 
 class ClassificationPipeline(Pipeline):
@@ -209,7 +255,6 @@ class ClassificationPipeline(Pipeline):
         self.head = ClassificationHead(
             self.config.labels, self.config.problem_type or ProblemType.SINGLE_LABEL
         )
-        self._type_ids = "token_type_ids" in self.backend.input_names
 
     def _encode(
         self, inputs: Sequence[TextInput], truncate: bool, budget: WorkBudget
@@ -221,6 +266,47 @@ class ClassificationPipeline(Pipeline):
             [i for i, e in enumerate(encoded) if e.truncated],
         )
 
+    def _encode_windowed(
+        self, inputs: Sequence[TextInput], budget: WorkBudget
+    ) -> tuple[list[ModelInput], list[_LongInput]]:
+        """Every input whole; those longer than the model (single texts only) become overlapping
+        windows (`service/windowing.py`), each one more sequence for the batcher. Returns the
+        sequences in input order (an input's windows consecutive) and where the long ones are."""
+        if any(not isinstance(x, str) for x in inputs):
+            raise InvalidInputError(
+                "long_text: windows reads single texts; text pairs are cut (truncate) or refused"
+            )
+        encodings = self.tokenizer.encode_documents(cast(Sequence[str], inputs))
+        sequences: list[ModelInput] = []
+        long: list[_LongInput] = []
+        for index, enc in enumerate(encodings):
+            budget.check_alive()
+            if enc.length <= self.config.max_length:
+                budget.add_tokens(enc.length)
+                sequences.append(enc.model_input(self._type_ids))
+                continue
+            _, windows = self.windows(enc, budget)
+            long.append(_LongInput(index, len(sequences), len(windows)))
+            sequences.extend(windows)
+        return sequences, long
+
+    def _pool_windows(self, rows: list[Logits], long: list[_LongInput], n_inputs: int) -> NDArray[np.float32]:
+        """One logits row per input: a long input's windows pooled (mean, or max per label)."""
+        pool = np.max if self.config.window_pooling == WindowPooling.MAX else np.mean
+        out: list[Logits] = []
+        row = 0
+        spans = iter(long)
+        span = next(spans, None)
+        for index in range(n_inputs):
+            if span is not None and span.index == index:
+                out.append(pool(np.stack(rows[row : row + span.windows]), axis=0).astype(np.float32))
+                row += span.windows
+                span = next(spans, None)
+            else:
+                out.append(rows[row])
+                row += 1
+        return np.stack(out)
+
     async def classify(
         self,
         inputs: Sequence[TextInput],
@@ -229,10 +315,16 @@ class ClassificationPipeline(Pipeline):
         truncate: bool = True,
         timeout_s: float | None = None,
         function: Activation | None = None,
+        long_text: LongText = LongText.ERROR,
     ) -> Classification:
         deadline = self.deadline(timeout_s)
         budget = self.budget(deadline)
         self.refuse_too_large(budget, len(inputs))  # one sequence per input, known before any work
+        if not truncate and long_text == LongText.WINDOWS:
+            windowed, long = await self.prepare(lambda b: self._encode_windowed(inputs, b), budget)
+            rows = await self.submit_sequences(windowed, deadline, announced=True)
+            logits = self._pool_windows(rows, long, len(inputs))
+            return Classification(self.head.postprocess(logits, top_k, function), [], [s.index for s in long])
         sequences, truncated = await self.prepare(lambda b: self._encode(inputs, truncate, b), budget)
         rows = await self.submit_sequences(sequences, deadline, announced=True)
         return Classification(self.head.postprocess(np.stack(rows), top_k, function), truncated)
@@ -301,7 +393,6 @@ class EmbeddingPipeline(Pipeline):
         if self.config.embedding is None:  # ModelConfig refuses this; a guard for hand-made configs
             raise ValueError(f"model {self.name}: feature-extraction without an embedding section")
         self.head = EmbeddingHead(self.config.embedding)
-        self._type_ids = "token_type_ids" in self.backend.input_names
 
     @property
     def dimensions(self) -> int:
@@ -381,11 +472,6 @@ class TokenClassificationPipeline(Pipeline):
     def __init__(self, parts: ModelParts) -> None:
         super().__init__(parts)
         self.head = TokenClassificationHead.from_config(self.config)
-        self._type_ids = "token_type_ids" in self.backend.input_names
-        capacity = self.config.max_length - self.tokenizer.num_special_tokens
-        # NOTE: a stride of half a window or more would make windows advance by less than they
-        # overlap; clamp rather than refuse, so one setting serves models of any max_length.
-        self.stride = min(parts.ner_stride, max(capacity // 2, 0))
 
     def _plan(self, texts: Sequence[str], segmentation: Segmentation, budget: WorkBudget) -> list[_Document]:
         """Segments -> document encodings -> windows, counted against the request's budget as
@@ -406,16 +492,7 @@ class TokenClassificationPipeline(Pipeline):
         return documents
 
     def _document(self, text: str, enc: Encoded, source: int, offset: int, budget: WorkBudget) -> _Document:
-        plan = plan_windows(enc.special_tokens_mask, enc.word_ids, self.config.max_length, self.stride)
-        budget.add_sequences(len(plan.windows) - 1)  # the segment's first window is counted already
-        budget.add_tokens(sum(plan.sequence_length(k) for k in range(len(plan.windows))))
-        # Converted once: window_inputs slices these for every window.
-        ids = np.asarray(enc.encoding.ids, dtype=np.int64)
-        types = np.asarray(enc.encoding.type_ids, dtype=np.int64)
-        sequences = []
-        for k in range(len(plan.windows)):
-            window = plan.window_inputs(k, ids, types)  # type: ignore[arg-type]
-            sequences.append(ModelInput(window.input_ids, window.token_type_ids if self._type_ids else None))
+        plan, sequences = self.windows(enc, budget)
         return _Document(text, enc, plan, sequences, source, offset)
 
     def _aggregate(

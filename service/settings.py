@@ -251,8 +251,8 @@ class Settings(BaseSettings):
     ner_stride: int = Field(
         128,
         ge=0,
-        description="Tokens of overlap between consecutive NER windows over long texts, so every "
-        "token is seen with context on both sides.",
+        description="Tokens of overlap between consecutive windows over long texts (NER, and "
+        "classification with long_text: windows), so every token is seen with context on both sides.",
     )
 
     # --- the routes other servers' clients speak (TEI, OpenAI, HF Inference API) ---------------

@@ -234,6 +234,7 @@ def classify_body(model: str, out: Classification) -> ClassifyResponse:
         "model": model,
         "results": [[{"label": s.label, "score": s.score} for s in row] for row in out.results],
         "truncated": out.truncated,
+        "windowed": out.windowed,
     }
 
 
@@ -369,7 +370,11 @@ async def classify(
         out = await unless_disconnected(
             request,
             pipeline.classify(
-                inputs, top_k=body.top_k, truncate=body.truncate, timeout_s=timeout_s(timeout_ms)
+                inputs,
+                top_k=body.top_k,
+                truncate=body.truncate,
+                timeout_s=timeout_s(timeout_ms),
+                long_text=body.long_text,
             ),
         )
         return JsonBody(classify_body(model, out))

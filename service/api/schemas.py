@@ -20,6 +20,7 @@ from typing_extensions import TypedDict
 from bertserve.modelrepo import Segmentation
 from bertserve.service.heads.token_classification import DEFAULT_IGNORE_LABELS, AggregationStrategy, EntityOut
 from bertserve.service.logs import REQUEST_ID
+from bertserve.service.pipeline import LongText
 
 
 def _plain_text(value: str) -> str:
@@ -84,7 +85,13 @@ class ClassifyRequest(RequestBody):
     truncate: StrictBool = Field(
         True,
         description="Cut inputs longer than the model's max_length (the response lists them); "
-        "false = answer 413 instead.",
+        "false = what `long_text` says.",
+    )
+    long_text: LongText = Field(
+        LongText.ERROR,
+        description="With truncate=false, an input longer than the model: error (413) or windows "
+        "(single texts: read in overlapping windows that batch like any sequence, their logits "
+        "pooled as the model's window_pooling says, mean or max per label).",
     )
 
 
@@ -247,6 +254,7 @@ class LabelScoreOut(TypedDict):
                         [{"label": "positive", "score": 0.998}, {"label": "negative", "score": 0.002}]
                     ],
                     "truncated": [],
+                    "windowed": [],
                 }
             ]
         }
@@ -259,6 +267,12 @@ class ClassifyResponse(TypedDict):
     ]
     truncated: NotRequired[
         Annotated[list[int], Field(description="Indices of inputs that were cut to the model's max_length.")]
+    ]
+    windowed: NotRequired[
+        Annotated[
+            list[int],
+            Field(description="Indices of inputs read in overlapping windows (long_text: windows)."),
+        ]
     ]
 
 

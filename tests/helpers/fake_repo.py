@@ -22,6 +22,7 @@ from bertserve.modelrepo import (
     Segmentation,
     Task,
     VersionConfig,
+    WindowPooling,
     save_model_config,
     sha256_file,
 )
@@ -67,6 +68,7 @@ class FakeModelSpec:
     segmentation: Segmentation = Segmentation.NONE  # token classification: the unit the model reads
     batching: BatchingConfig = field(default_factory=lambda: BatchingConfig(max_queue_delay_ms=5.0))
     embedding: EmbeddingConfig | None = None  # feature extraction: pooling and width
+    window_pooling: WindowPooling = WindowPooling.MEAN  # classification of texts read in windows
 
 
 DEFAULT_SPECS = (
@@ -92,6 +94,7 @@ def write_fake_repo(root: Path, specs: tuple[FakeModelSpec, ...] = DEFAULT_SPECS
             labels=list(spec.labels),
             segmentation=spec.segmentation,
             embedding=spec.embedding,
+            window_pooling=spec.window_pooling,
             max_length=spec.max_length,
             inputs=list(spec.inputs),
             batching=spec.batching,

@@ -119,6 +119,7 @@ def test_classify_body() -> None:
             [{"label": "negative", "score": 1.0}],
         ],
         "truncated": [1],
+        "windowed": [],
     }
 
 
