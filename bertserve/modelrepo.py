@@ -251,6 +251,13 @@ class ModelConfig(BaseModel):
     inputs: list[str] = Field(description="The graph's actual input names, in order.")
     outputs: list[str] = Field(default_factory=lambda: ["logits"])
     pad_token_id: int = 0
+    thresholds: dict[str, float] | None = Field(
+        None,
+        description="Decision thresholds by label (probabilities in (0, 1)): for multi-label and "
+        "one-logit models any labels (the others keep 0.5); for a two-label softmax model one "
+        "label (the other is decided when that label's probability is below its threshold). "
+        "Answers then mark each label's `above_threshold`.",
+    )
     embedding: EmbeddingConfig | None = Field(None, description="Feature extraction: pooling and width.")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     default_version: int = 1
@@ -278,11 +285,28 @@ class ModelConfig(BaseModel):
                 raise ValueError("a rerank model scores one logit with a sigmoid; problem_type must be unset")
         if self.task in (Task.TEXT_CLASSIFICATION, Task.RERANK) and self.problem_type is None:
             self.problem_type = ProblemType.SINGLE_LABEL
+        if self.thresholds is not None:
+            self._check_thresholds(self.thresholds)
         if self.task == Task.TOKEN_CLASSIFICATION and self.tag_scheme is None:
             self.tag_scheme = detect_tag_scheme(self.labels)
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
         return self
+
+    def _check_thresholds(self, thresholds: dict[str, float]) -> None:
+        if self.task not in (Task.TEXT_CLASSIFICATION, Task.RERANK):
+            raise ValueError(f"thresholds belong to classification models, not {self.task}")
+        unknown = sorted(set(thresholds) - set(self.labels))
+        if unknown:
+            raise ValueError(f"thresholds name labels the model does not have: {unknown}")
+        if not all(0.0 < t < 1.0 for t in thresholds.values()):
+            raise ValueError("thresholds are probabilities strictly between 0 and 1")
+        independent = self.problem_type == ProblemType.MULTI_LABEL or len(self.labels) == 1
+        if not independent and (len(self.labels) != 2 or len(thresholds) != 1):
+            raise ValueError(
+                "a single-label model takes a threshold only when it has two labels, for one of them "
+                "(its probability decides between the two)"
+            )
 
     @property
     def version(self) -> VersionConfig:

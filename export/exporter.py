@@ -13,14 +13,16 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from rich.console import Console
 
 from bertserve.evaluation.scoring import EvalSet
+from bertserve.evaluation.thresholds import FittedThreshold
 from bertserve.export.checkpoint import LoadedCheckpoint, load_checkpoint, parse_task
 from bertserve.export.errors import ExportError
 from bertserve.export.options import KNOWN_FORMATS, ExportOptions
@@ -64,6 +66,7 @@ from bertserve.modelrepo import (
     sha256_file,
 )
 from bertserve.runtime.base import Backend
+from bertserve.service.tokenization import TextInput
 
 if TYPE_CHECKING:
     from bertserve.export.onnx_export import OnnxGraphInfo
@@ -104,8 +107,14 @@ def _check_options(options: ExportOptions) -> tuple[Task, tuple[str, ...]]:
             f"--eval-file scores classifiers and taggers; a {task.value} model's low-precision "
             "artifacts are gated by their agreement with PyTorch on the validation batches"
         )
-    if options.eval_file is not None and not options.int8:
-        raise ExportError("--eval-file gates int8 artifacts; add --int8")
+    if options.eval_file is not None and not (options.int8 or options.fit_thresholds):
+        raise ExportError(
+            "--eval-file gates int8 artifacts or fits thresholds; add --int8 or --fit-thresholds"
+        )
+    if options.fit_thresholds and options.eval_file is None:
+        raise ExportError("--fit-thresholds fits on labelled examples; add --eval-file")
+    if options.fit_thresholds and task != Task.TEXT_CLASSIFICATION:
+        raise ExportError("--fit-thresholds applies to text-classification models")
     if options.segmentation is not None:
         if options.segmentation not in {s.value for s in Segmentation}:
             raise ExportError(
@@ -169,13 +178,17 @@ def _eval_step(path: Path) -> str:
     return f"evaluate on {path.name}"
 
 
+THRESHOLD_STEP = "fit thresholds"
+
+
 def planned_steps(options: ExportOptions, specs: Sequence[ArtifactSpec]) -> tuple[str, ...]:
     """Every progress step of an export, in order; the progress bar's length is this list's."""
     return (
         LOAD_STEP,
         PORTABLE_STEP,
         *(spec.step for spec in specs),
-        *((_eval_step(options.eval_file),) if options.eval_file is not None else ()),
+        *((THRESHOLD_STEP,) if options.fit_thresholds else ()),
+        *((_eval_step(options.eval_file),) if options.eval_file is not None and options.int8 else ()),
         *((SPEED_STEP,) if options.measure_speed else ()),
         WRITE_STEP,
     )
@@ -277,13 +290,23 @@ def _export_version(
     graph, torch_runner = ref.graph, ref.torch_runner
 
     tokenizer_files = _save_tokenizer(ckpt, staging)
+    thresholds: dict[str, float] | None = existing.thresholds if existing else None
+    fitted: list[FittedThreshold] = []
+    if options.fit_thresholds and eval_set is not None:
+        with steps.step(THRESHOLD_STEP):
+            scored = VersionConfig(artifacts=built.artifacts, tokenizer_files=tokenizer_files)
+            plain = _config_of(options, ckpt, graph, version, existing, scored, thresholds=None)
+            fitted = _fit_thresholds(plain, eval_set, torch_runner, staging)
+            thresholds = {f.label: f.threshold for f in fitted}
+            fits = (f"{f.label} {f.threshold:.3f} (F1 {f.f1_at_default:.3f} -> {f.f1:.3f})" for f in fitted)
+            notes.append(f"thresholds fitted on {eval_set.path.name}: " + ", ".join(fits))
     eval_summary = None
-    if eval_set is not None:
+    if eval_set is not None and options.int8:
         with steps.step(_eval_step(eval_set.path)):
             # the model.yaml about to be written, with the artifacts built: what the service
             # would load, for the gate to score
             scored = VersionConfig(artifacts=built.artifacts, tokenizer_files=tokenizer_files)
-            served = _config_of(options, ckpt, graph, version, existing, scored)
+            served = _config_of(options, ckpt, graph, version, existing, scored, thresholds=thresholds)
             eval_summary = _evaluate_int8(built, eval_set, torch_runner, served, staging)
 
     gate = _int8_gate(built.results, options)
@@ -306,7 +329,7 @@ def _export_version(
             tokenizer_files=tokenizer_files,
             created=created,
         )
-        config = _config_of(options, ckpt, graph, version, existing, version_config)
+        config = _config_of(options, ckpt, graph, version, existing, version_config, thresholds=thresholds)
         report = ExportReport(
             model=options.name,
             version=version,
@@ -327,6 +350,7 @@ def _export_version(
             created=created,
             int8_gate=gate,
             eval=eval_summary,
+            thresholds={f.label: asdict(f) for f in fitted} or None,
             notes=tuple(notes),
         )
         report.write(staging)
@@ -469,6 +493,8 @@ def _config_of(
     version: int,
     existing: ModelConfig | None,
     version_config: VersionConfig,
+    *,
+    thresholds: dict[str, float] | None,
 ) -> ModelConfig:
     """The model.yaml of this export with `version_config` as its new default version."""
     versions = dict(existing.versions) if existing else {}
@@ -482,6 +508,7 @@ def _config_of(
         labels=list(ckpt.labels),
         tag_scheme=ckpt.tag_scheme,
         embedding=ckpt.embedding,
+        thresholds=thresholds,
         segmentation=segmentation or (existing.segmentation if existing else Segmentation.NONE),
         language=existing.language if existing else "en",
         max_length=ckpt.max_length,
@@ -493,6 +520,31 @@ def _config_of(
         default_version=version,
         versions=dict(sorted(versions.items())),
     )
+
+
+def _fit_thresholds(
+    config: ModelConfig, eval_set: EvalSet, torch_backend: TorchBackend, staging: Path
+) -> list[FittedThreshold]:
+    """Thresholds maximising each label's F1 on the eval file, from PyTorch's probabilities
+    through the served pipeline: every label of a multi-label or one-logit model, the second
+    label of a two-label softmax model (its probability decides between the two)."""
+    from bertserve.evaluation.scoring import ServedModel
+    from bertserve.evaluation.thresholds import fit_thresholds
+    from bertserve.service.heads.classification import uses_sigmoid
+
+    labels = list(config.labels)
+    independent = uses_sigmoid(len(labels), config.problem_type)
+    if not independent and len(labels) != 2:
+        raise ExportError(
+            f"--fit-thresholds fits multi-label, one-logit or two-label models; this one has {len(labels)} "
+            "labels under a softmax, whose argmax has no threshold"
+        )
+    inputs: list[TextInput] = [e.text if e.pair is None else (e.text, e.pair) for e in eval_set.examples]
+    with ServedModel(config, staging, factory=torch_backend.factory) as served:
+        answers = served.classify(inputs)
+    scores = [{s.label: s.score for s in row} for row in answers]
+    probabilities = np.array([[row[label] for label in labels] for row in scores])
+    return fit_thresholds(labels, probabilities, list(eval_set.gold), None if independent else labels[1:])
 
 
 def _evaluate_int8(

@@ -81,6 +81,13 @@ class ExportOptions:
     eval_file: Path | None = field(
         default=None, metadata=option("Labeled TSV (text<TAB>label) or CoNLL file to gate int8 on.")
     )
+    fit_thresholds: bool = field(
+        default=False,
+        metadata=option(
+            "Fit per-label decision thresholds on --eval-file (max F1 per label) into model.yaml: "
+            "multi-label, one-logit and two-label classifiers."
+        ),
+    )
     version: int | None = field(default=None, metadata=option("Version folder (default: next free)."))
     allow_pickle: bool = field(default=False, metadata=option("Accept pytorch_model.bin (pickle) weights."))
     force: bool = field(default=False, metadata=option("Make int8 the default even if it fails the gate."))

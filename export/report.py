@@ -78,6 +78,7 @@ class ExportReport:
     created: str
     int8_gate: GateResult | None = None
     eval: dict[str, Any] | None = None
+    thresholds: dict[str, Any] | None = None  # --fit-thresholds: per label threshold, F1 before/after
     notes: tuple[str, ...] = field(default_factory=tuple)
     schema_version: int = REPORT_SCHEMA_VERSION
 

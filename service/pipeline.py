@@ -253,7 +253,7 @@ class ClassificationPipeline(Pipeline):
     def __init__(self, parts: ModelParts) -> None:
         super().__init__(parts)
         self.head = ClassificationHead(
-            self.config.labels, self.config.problem_type or ProblemType.SINGLE_LABEL
+            self.config.labels, self.config.problem_type or ProblemType.SINGLE_LABEL, self.config.thresholds
         )
 
     def _encode(

@@ -192,7 +192,10 @@ def load_eval_set(path: Path, task: Task, labels: Sequence[str]) -> EvalSet:
 
 
 def predicted_labels(row: Sequence[LabelScore], problem_type: ProblemType | None) -> frozenset[str]:
-    """The decision in a /classify answer: the best label, or every label above the threshold."""
+    """The decision in a /classify answer: the labels its thresholds decide (model.yaml
+    `thresholds`), else the best label, or every label above 0.5 for a multi-label model."""
+    if row and row[0].above_threshold is not None:
+        return frozenset(s.label for s in row if s.above_threshold)
     if problem_type == ProblemType.MULTI_LABEL:
         return frozenset(s.label for s in row if s.score > MULTI_LABEL_THRESHOLD)
     return frozenset({row[0].label})

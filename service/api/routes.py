@@ -232,7 +232,15 @@ def classify_body(model: str, out: Classification) -> ClassifyResponse:
     # comprehension assigned to a name first is inferred as plain dicts).
     return {
         "model": model,
-        "results": [[{"label": s.label, "score": s.score} for s in row] for row in out.results],
+        "results": [
+            [
+                {"label": s.label, "score": s.score}
+                if s.above_threshold is None
+                else {"label": s.label, "score": s.score, "above_threshold": s.above_threshold}
+                for s in row
+            ]
+            for row in out.results
+        ],
         "truncated": out.truncated,
         "windowed": out.windowed,
     }

@@ -242,6 +242,9 @@ class NerResponse(TypedDict):
 class LabelScoreOut(TypedDict):
     label: str
     score: float
+    above_threshold: NotRequired[
+        Annotated[bool, Field(description="With thresholds in model.yaml: whether this label is decided.")]
+    ]
 
 
 @with_config(

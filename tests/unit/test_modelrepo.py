@@ -102,6 +102,13 @@ def test_tag_scheme_detection(labels: list[str], scheme: TagScheme) -> None:
             {"task": "feature-extraction", "labels": [], "embedding": {"pooling": "sum", "dimensions": 8}},
             "pooling",
         ),
+        ({"thresholds": {"NEGATIVE": 0.3, "POSITIVE": 0.7}}, "two labels, for one of them"),
+        ({"thresholds": {"NEUTRAL": 0.3}}, "labels the model does not have"),
+        ({"thresholds": {"POSITIVE": 1.0}}, "strictly between 0 and 1"),
+        (
+            {"task": "token-classification", "labels": ["O", "B-X"], "thresholds": {"O": 0.5}},
+            "classification models",
+        ),
     ],
 )
 def test_inconsistent_configs_are_refused(changes: dict[str, Any], message: str) -> None:

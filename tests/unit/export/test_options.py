@@ -30,6 +30,7 @@ EXPECTED_FLAGS = {
     "--force": False,
     "--segmentation": None,
     "--pooling": None,  # feature extraction (#17)
+    "--fit-thresholds": False,  # per-label thresholds on --eval-file (#19)
 }
 API_ONLY = {"min_int8_agreement", "max_int8_drop_points", "fp32_atol", "measure_speed", "quiet"}
 

@@ -66,3 +66,33 @@ def test_a_single_logit_gets_a_sigmoid_not_a_softmax_of_one() -> None:
         [1 / (1 + math.exp(-2)), 1 / (1 + math.exp(3)), 0.5], rel=1e-6
     )
     assert all(row[0].label == "relevance" for row in results)
+
+
+def test_thresholds_mark_each_independent_label_against_its_own_cut() -> None:
+    import numpy as np
+
+    from bertserve.modelrepo import ProblemType
+    from bertserve.service.heads.classification import ClassificationHead
+
+    head = ClassificationHead(["a", "b", "c"], ProblemType.MULTI_LABEL, {"a": 0.9, "b": 0.2})
+    logits = np.log(np.array([[0.8, 0.3, 0.6]]) / (1 - np.array([[0.8, 0.3, 0.6]]))).astype(np.float32)
+    (row,) = head.postprocess(logits)
+    marks = {s.label: s.above_threshold for s in row}
+    assert marks == {"a": False, "b": True, "c": True}  # c keeps the default 0.5
+    # raw or re-activated scores carry no decision
+    (raw,) = head.postprocess(logits, function="none")
+    assert all(s.above_threshold is None for s in raw)
+
+
+def test_a_binary_softmax_threshold_decides_between_its_two_labels() -> None:
+    import numpy as np
+
+    from bertserve.modelrepo import ProblemType
+    from bertserve.service.heads.classification import ClassificationHead
+
+    head = ClassificationHead(["NEGATIVE", "POSITIVE"], ProblemType.SINGLE_LABEL, {"POSITIVE": 0.8})
+    rows = head.postprocess(np.array([[0.0, 1.0], [0.0, 2.0]], dtype=np.float32))  # P(pos) 0.73, 0.88
+    decided = [{s.label: s.above_threshold for s in row} for row in rows]
+    assert decided == [{"NEGATIVE": True, "POSITIVE": False}, {"NEGATIVE": False, "POSITIVE": True}]
+    plain = ClassificationHead(["NEGATIVE", "POSITIVE"], ProblemType.SINGLE_LABEL)
+    assert all(s.above_threshold is None for s in plain.postprocess(np.zeros((1, 2), np.float32))[0])
