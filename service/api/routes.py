@@ -316,6 +316,7 @@ def model_info(pipeline: Pipeline, ready: bool, settings: Settings) -> ModelInfo
         "labels": list(config.labels),
         "tag_scheme": str(config.tag_scheme) if config.tag_scheme else None,
         "segmentation": str(config.segmentation) if config.task == Task.TOKEN_CLASSIFICATION else None,
+        "thresholds": dict(config.thresholds) if config.thresholds else None,
         "embedding": (
             {
                 "pooling": str(config.embedding.pooling),

@@ -433,6 +433,12 @@ class ModelInfo(TypedDict):
             ),
         ]
     ]
+    thresholds: NotRequired[
+        Annotated[
+            dict[str, float] | None,
+            Field(description="Decision thresholds by label (model.yaml): answers mark above_threshold."),
+        ]
+    ]
     embedding: NotRequired[Annotated[EmbeddingOut | None, Field(description="Feature extraction only.")]]
     backend: str
     precision: str

@@ -92,6 +92,7 @@ async def test_served_answers_mark_each_label_against_its_threshold(
     thresholds = load_model_config(repo, "topics").thresholds
     assert thresholds is not None
     client = (await start_app.start(Settings(repo=repo, backend="onnxruntime-cpu"), wait_ready_s=60)).client
+    assert (await client.get("/v1/models/topics")).json()["thresholds"] == thresholds
     body = (await client.post("/v1/models/topics/classify", json={"inputs": TEXTS})).json()
     for row in body["results"]:
         for item in row:
