@@ -232,15 +232,6 @@ class LongText(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class _LongInput:
-    """A text classified in windows: where its windows' rows start among the request's rows."""
-
-    index: int  # its position among the request's inputs
-    first_row: int
-    windows: int
-
-
-@dataclass(frozen=True, slots=True)
 class Classification:
     results: list[list[LabelScore]]
     truncated: list[int]
@@ -268,43 +259,38 @@ class ClassificationPipeline(Pipeline):
 
     def _encode_windowed(
         self, inputs: Sequence[TextInput], budget: WorkBudget
-    ) -> tuple[list[ModelInput], list[_LongInput]]:
+    ) -> tuple[list[ModelInput], list[int]]:
         """Every input whole; those longer than the model (single texts only) become overlapping
         windows (`service/windowing.py`), each one more sequence for the batcher. Returns the
-        sequences in input order (an input's windows consecutive) and where the long ones are."""
+        sequences in input order (an input's windows consecutive) and each input's count of them."""
         if any(not isinstance(x, str) for x in inputs):
             raise InvalidInputError(
                 "long_text: windows reads single texts; text pairs are cut (truncate) or refused"
             )
         encodings = self.tokenizer.encode_documents(cast(Sequence[str], inputs))
         sequences: list[ModelInput] = []
-        long: list[_LongInput] = []
-        for index, enc in enumerate(encodings):
+        counts: list[int] = []
+        for enc in encodings:
             budget.check_alive()
             if enc.length <= self.config.max_length:
                 budget.add_tokens(enc.length)
-                sequences.append(enc.model_input(self._type_ids))
-                continue
-            _, windows = self.windows(enc, budget)
-            long.append(_LongInput(index, len(sequences), len(windows)))
+                windows = [enc.model_input(self._type_ids)]
+            else:
+                _, windows = self.windows(enc, budget)
             sequences.extend(windows)
-        return sequences, long
+            counts.append(len(windows))
+        return sequences, counts
 
-    def _pool_windows(self, rows: list[Logits], long: list[_LongInput], n_inputs: int) -> NDArray[np.float32]:
+    def _pool_windows(self, rows: list[Logits], counts: list[int]) -> NDArray[np.float32]:
         """One logits row per input: a long input's windows pooled (mean, or max per label)."""
         pool = np.max if self.config.window_pooling == WindowPooling.MAX else np.mean
         out: list[Logits] = []
         row = 0
-        spans = iter(long)
-        span = next(spans, None)
-        for index in range(n_inputs):
-            if span is not None and span.index == index:
-                out.append(pool(np.stack(rows[row : row + span.windows]), axis=0).astype(np.float32))
-                row += span.windows
-                span = next(spans, None)
-            else:
-                out.append(rows[row])
-                row += 1
+        for n in counts:
+            out.append(
+                rows[row] if n == 1 else pool(np.stack(rows[row : row + n]), axis=0).astype(np.float32)
+            )
+            row += n
         return np.stack(out)
 
     async def classify(
@@ -321,10 +307,11 @@ class ClassificationPipeline(Pipeline):
         budget = self.budget(deadline)
         self.refuse_too_large(budget, len(inputs))  # one sequence per input, known before any work
         if not truncate and long_text == LongText.WINDOWS:
-            windowed, long = await self.prepare(lambda b: self._encode_windowed(inputs, b), budget)
+            windowed, counts = await self.prepare(lambda b: self._encode_windowed(inputs, b), budget)
             rows = await self.submit_sequences(windowed, deadline, announced=True)
-            logits = self._pool_windows(rows, long, len(inputs))
-            return Classification(self.head.postprocess(logits, top_k, function), [], [s.index for s in long])
+            logits = self._pool_windows(rows, counts)
+            long = [i for i, n in enumerate(counts) if n > 1]  # a text over max_length is 2+ windows
+            return Classification(self.head.postprocess(logits, top_k, function), [], long)
         sequences, truncated = await self.prepare(lambda b: self._encode(inputs, truncate, b), budget)
         rows = await self.submit_sequences(sequences, deadline, announced=True)
         return Classification(self.head.postprocess(np.stack(rows), top_k, function), truncated)
@@ -393,10 +380,6 @@ class EmbeddingPipeline(Pipeline):
         if self.config.embedding is None:  # ModelConfig refuses this; a guard for hand-made configs
             raise ValueError(f"model {self.name}: feature-extraction without an embedding section")
         self.head = EmbeddingHead(self.config.embedding)
-
-    @property
-    def dimensions(self) -> int:
-        return self.head.dimensions
 
     def _encode(
         self, inputs: Sequence[str] | Sequence[Sequence[int]], truncate: bool, budget: WorkBudget
