@@ -20,7 +20,7 @@ deadlines, and is batched with every other route's sequences of the same model.
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Any, Literal, NotRequired, cast
+from typing import Annotated, Any, Literal, cast
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -37,11 +37,13 @@ from bertserve.service.api.routes import (
     embeddings_of,
     normalize_inputs,
     observe_request,
+    ranked,
     rerank_scores,
     timeout_s,
+    tokens_of,
     unless_disconnected,
 )
-from bertserve.service.api.schemas import RequestBody, Text, TextPair
+from bertserve.service.api.schemas import RankedOut, RequestBody, Text, TextPair
 from bertserve.service.errors import (
     InvalidInputError,
     ModelNotFoundError,
@@ -147,12 +149,6 @@ class TeiTokenizeRequest(RequestBody):
 class TeiPrediction(TypedDict):
     label: str
     score: float
-
-
-class TeiRank(TypedDict):
-    index: int
-    score: float
-    text: NotRequired[Annotated[str, Field(description="With return_text only.")]]
 
 
 class TeiToken(TypedDict):
@@ -271,14 +267,14 @@ async def tei_predict(
 @router.post(
     "/rerank",
     name="tei_rerank",
-    response_model=list[TeiRank],
+    response_model=list[RankedOut],
     responses=_ERRORS,
     tags=["tei"],
     summary="TEI: rank texts against a query with the default rerank model, most relevant first",
 )
 async def tei_rerank(
     body: TeiRerankRequest, request: Request, timeout_ms: RequestTimeoutHeader = None
-) -> JsonBody[list[TeiRank]]:
+) -> JsonBody[list[RankedOut]]:
     state = app_state(request)
     with observe_request(request, _label(state, "rerank"), "tei_rerank"):
         model = state.registry.default_model("rerank")
@@ -295,23 +291,18 @@ async def tei_rerank(
             truncate=body.truncate is not False,
             timeout_ms=timeout_ms,
         )
-        order = sorted(range(len(texts)), key=lambda i: -out.scores[i])
-        if body.return_text:
-            return JsonBody([{"index": i, "score": out.scores[i], "text": texts[i]} for i in order])
-        return JsonBody(cast(list[TeiRank], [{"index": i, "score": out.scores[i]} for i in order]))
+        # the native /rerank's results: TEI's shape is the same list
+        return JsonBody(ranked(out, texts, None, body.return_text))
 
 
 def _tei_tokens(enc: Encoded, text: str) -> list[TeiToken]:
-    e = enc.encoding
-    tokens: list[TeiToken] = []
-    for token_id, token, special, (a, b) in zip(
-        e.ids, e.tokens, e.special_tokens_mask, e.offsets, strict=True
-    ):
-        if special:
-            tokens.append({"id": token_id, "text": token, "special": True, "start": None, "stop": None})
-        else:
-            tokens.append({"id": token_id, "text": text[a:b], "special": False, "start": a, "stop": b})
-    return tokens
+    """The native /tokenize's tokens in TEI's shape: `stop` for `end`, no offsets on special tokens."""
+    return [
+        {"id": t["id"], "text": t["text"], "special": True, "start": None, "stop": None}
+        if t["special"]
+        else {"id": t["id"], "text": t["text"], "special": False, "start": t["start"], "stop": t["end"]}
+        for t in tokens_of(enc, text)
+    ]
 
 
 def _label(state: AppState, role: str) -> str:
@@ -476,7 +467,6 @@ async def _hf_answer(model: str, body: HfRequest, request: Request, timeout_ms: 
     state = app_state(request)
     params = body.parameters
     pipeline = state.registry.describe(model)
-    texts = cast(list[str], normalize_inputs(body.inputs, state.settings))
     single = isinstance(body.inputs, str)
     _refuse_foreign_parameters(body, pipeline)
     if isinstance(pipeline, EmbeddingPipeline):
@@ -486,19 +476,20 @@ async def _hf_answer(model: str, body: HfRequest, request: Request, timeout_ms: 
             request,
             state,
             model,
-            texts,
+            body.inputs,  # embeddings_of applies the input limits
             normalize=normalize,
             dimensions=None,
             truncate=truncate is not False,
             timeout_ms=timeout_ms,
         )
         return cast(list[list[float]], out.vectors.tolist())
+    texts = cast(list[str], normalize_inputs(body.inputs, state.settings))
     if isinstance(pipeline, ClassificationPipeline):
         pipeline = state.registry.get(model, ClassificationPipeline)
         result = await unless_disconnected(
             request,
             pipeline.classify(
-                list(texts),
+                texts,
                 top_k=params.top_k,
                 function=params.function_to_apply,
                 timeout_s=timeout_s(timeout_ms),
