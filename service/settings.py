@@ -395,7 +395,7 @@ def setting_flags() -> tuple[SettingFlag, ...]:
             parts.append(f"One of {choices}.")
         if shell == list[str]:
             parts.append("Repeat the flag for several.")
-        if "SecretStr" in str(field.annotation):
+        if SecretStr in (field.annotation, *typing.get_args(field.annotation)):
             parts.append("A flag shows in the process list: prefer the environment variable.")
         parts.append(f"[env BERTSERVE_{name.upper()}; default {default}]")
         flags.append(SettingFlag(name, flag, shell, " ".join(parts)))
