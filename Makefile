@@ -94,6 +94,13 @@ BENCH_ARGS ?=
 bench: install
 	$(BIN)/python -m loadtest.bench --repo $(REPO) $(BENCH_ARGS)
 
+# `make bench-protocols`: the same model over native REST, v2 REST and v2 gRPC (Open Inference Protocol),
+# 64 clients, every answer checked, mean batch per phase (builds the MiniLM example if MODEL is absent).
+PROTOCOL_ARGS ?= --clients 64 --seconds 15
+.PHONY: bench-protocols
+bench-protocols: install
+	$(BIN)/python -m loadtest.protocols --repo $(REPO) --model $(CLASSIFY_MODEL) --build-fallback $(PROTOCOL_ARGS)
+
 # `make loadtest`: Locust headless against a server you started (loopback only), CSV + HTML reports
 # under results/locust-<time>/. RATE=0 is a closed loop; RATE=N holds N requests/s over USERS users.
 HOST ?= http://127.0.0.1:8000

@@ -29,7 +29,6 @@ from bertserve.runtime.collation import ModelInput
 from bertserve.service.batching import DynamicBatcher
 from bertserve.service.errors import (
     DeadlineExceededError,
-    InvalidInputError,
     PayloadTooLargeError,
     UnsupportedTaskError,
 )
@@ -260,21 +259,25 @@ class ClassificationPipeline(Pipeline):
     def _encode_windowed(
         self, inputs: Sequence[TextInput], budget: WorkBudget
     ) -> tuple[list[ModelInput], list[int]]:
-        """Every input whole; those longer than the model (single texts only) become overlapping
-        windows (`service/windowing.py`), each one more sequence for the batcher. Returns the
-        sequences in input order (an input's windows consecutive) and each input's count of them."""
-        if any(not isinstance(x, str) for x in inputs):
-            raise InvalidInputError(
-                "long_text: windows reads single texts; text pairs are cut (truncate) or refused"
-            )
-        encodings = self.tokenizer.encode_documents(cast(Sequence[str], inputs))
+        """Every input whole; single texts longer than the model become overlapping windows
+        (`service/windowing.py`), each one more sequence for the batcher. A text pair is not
+        windowed (which part would a window hold?): one that fits is read as it is, a longer one
+        is refused (413) as without windows. Returns the sequences in input order (an input's
+        windows consecutive) and each input's count of them."""
+        encodings = self.tokenizer.encode_documents(inputs)
         sequences: list[ModelInput] = []
         counts: list[int] = []
-        for enc in encodings:
+        for index, (item, enc) in enumerate(zip(inputs, encodings, strict=True)):
             budget.check_alive()
             if enc.length <= self.config.max_length:
                 budget.add_tokens(enc.length)
                 windows = [enc.model_input(self._type_ids)]
+            elif not isinstance(item, str):
+                raise PayloadTooLargeError(
+                    f"input {index} is a text pair of {enc.length} tokens, more than the model's maximum "
+                    f"of {self.config.max_length} (pairs are not read in windows); shorten it or send "
+                    "truncate=true"
+                )
             else:
                 _, windows = self.windows(enc, budget)
             sequences.extend(windows)
@@ -382,13 +385,20 @@ class EmbeddingPipeline(Pipeline):
         self.head = EmbeddingHead(self.config.embedding)
 
     def _encode(
-        self, inputs: Sequence[str] | Sequence[Sequence[int]], truncate: bool, budget: WorkBudget
+        self,
+        inputs: Sequence[str] | Sequence[Sequence[int]],
+        truncate: bool,
+        budget: WorkBudget,
+        framed: bool = False,
     ) -> tuple[list[ModelInput], list[int], int]:
         """(sequences, indices of truncated inputs, tokens) of texts, or of token-id lists that a
-        client tokenized itself (framed by the model's special tokens as a text would be)."""
+        client tokenized itself (framed by the model's special tokens as a text would be, unless
+        `framed`: they hold them already)."""
         encoded: Sequence[Encoded | EncodedPair]
         if inputs and not isinstance(inputs[0], str):
-            encoded = self.tokenizer.frame_ids(cast(Sequence[Sequence[int]], inputs), truncate=truncate)
+            encoded = self.tokenizer.frame_ids(
+                cast(Sequence[Sequence[int]], inputs), truncate=truncate, framed=framed
+            )
         else:
             encoded = self.tokenizer.encode(cast(Sequence[str], inputs), truncate=truncate)
         tokens = sum(e.length for e in encoded)
@@ -407,12 +417,16 @@ class EmbeddingPipeline(Pipeline):
         dimensions: int | None = None,
         truncate: bool = True,
         timeout_s: float | None = None,
+        framed_ids: bool = False,
     ) -> Embeddings:
+        """`framed_ids`: token-id inputs already hold the model's special tokens."""
         width = self.head.check_dimensions(dimensions)  # 422 before any work
         deadline = self.deadline(timeout_s)
         budget = self.budget(deadline)
         self.refuse_too_large(budget, len(inputs))
-        sequences, truncated, tokens = await self.prepare(lambda b: self._encode(inputs, truncate, b), budget)
+        sequences, truncated, tokens = await self.prepare(
+            lambda b: self._encode(inputs, truncate, b, framed_ids), budget
+        )
         rows = await self.submit_sequences(sequences, deadline, announced=True)
         vectors = self.head.postprocess(np.stack(rows), normalize=normalize, dimensions=width)
         return Embeddings(vectors, tokens, truncated)

@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     # --- network -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Bind address; loopback unless deliberately exposed.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port.")
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the Open Inference Protocol over gRPC (same host, same models, limits and "
+        "API key as HTTP); off unless set.",
+    )
     access_log: bool = Field(
         False,
         description="One access-log line per request (method, path, status, duration, request id; "

@@ -226,17 +226,25 @@ class TextTokenizer:
                 )
         return [Encoded(e, False) for e in encodings]
 
-    def encode_documents(self, texts: Sequence[str]) -> list[Encoded]:
-        """Whole texts with special tokens and offsets, never truncated: NER's documents, which
-        `bertserve.service.windowing.plan_windows` cuts into windows that fit the model."""
+    def encode_documents(self, texts: Sequence[TextInput]) -> list[Encoded]:
+        """Whole texts (or pairs) with special tokens and offsets, never truncated: NER's documents
+        and long texts to classify, which `bertserve.service.windowing.plan_windows` cuts into
+        windows that fit the model."""
         return [Encoded(e, False) for e in self._full.encode_batch(list(texts))]
 
-    def frame_ids(self, token_ids: Sequence[Sequence[int]], *, truncate: bool) -> list[EncodedPair]:
+    def frame_ids(
+        self, token_ids: Sequence[Sequence[int]], *, truncate: bool, framed: bool = False
+    ) -> list[EncodedPair]:
         """Sequences given as token ids (clients that tokenize themselves, e.g. OpenAI's
         `input: [[ids]]`): each is framed by the special tokens a text gets, and cut to
         `max_length` (or refused with 413 when `truncate` is off). Ids outside the vocabulary
-        are refused."""
+        are refused. `framed`: the ids already hold the special tokens (the model's whole input,
+        as its tokenizer gives it: Open Inference Protocol clients); they are taken as they are,
+        and one over `max_length` is refused, since a cut would drop its closing token."""
         (pre, pre_t), (suf, suf_t) = self._single_prefix, self._single_suffix
+        if framed:
+            pre, pre_t, suf, suf_t = [], [], [], []
+            truncate = False
         room = self.max_length - len(pre) - len(suf)
         out = []
         for index, ids in enumerate(token_ids):

@@ -147,6 +147,29 @@ def check_ner(report: Report, base: str, model: str, label: str) -> None:
     )
 
 
+def check_grpc(report: Report, address: str, model: str, label: str) -> None:
+    """Triton's gRPC client against the Open Inference Protocol port: ready, and the README's
+    classification examples labelled as over REST."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(address)
+    try:
+        texts = list(CLASSIFY_EXAMPLE)
+        tensor = grpcclient.InferInput("text", [len(texts)], "BYTES")
+        tensor.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_))
+        ok = client.is_server_ready() and client.is_model_ready(model)
+        got = [x.decode() for x in client.infer(model, [tensor]).as_numpy("label")] if ok else []
+    except InferenceServerException as exc:
+        report.check(False, f"{label}: gRPC ModelInfer on {address}", str(exc)[:200])
+        return
+    finally:
+        client.close()
+    want = list(CLASSIFY_EXAMPLE.values())
+    report.check(got == want, f"{label}: gRPC ({address}) README examples", f"{got}, want {want}")
+
+
 # --- one container ----------------------------------------------------------------------------------------
 
 
@@ -343,9 +366,9 @@ def check_compose(args: argparse.Namespace) -> int:
     root = Path(__file__).resolve().parents[2]
     files = ["-f", str(root / "deploy" / "compose.yaml"), "-f", str(Path(args.override).resolve())]
     compose = ["podman-compose", "-p", args.project, *files]
-    busy = [port for port in (8000, 9090) if port_in_use(port)]
+    busy = [port for port in (8000, 9001, 9090) if port_in_use(port)]
     if not report.check(
-        not busy, "compose: ports 127.0.0.1:8000 and :9090 are free", f"in use: {busy or 'none'}"
+        not busy, "compose: ports 127.0.0.1:8000, :9001 and :9090 are free", f"in use: {busy or 'none'}"
     ):
         return 1
 
@@ -389,6 +412,7 @@ def check_compose(args: argparse.Namespace) -> int:
             return report.failures
         check_classify(report, base, "sentiment", "compose")
         check_ner(report, base, "ner", "compose")
+        check_grpc(report, "127.0.0.1:9001", "sentiment", "compose")
         sent = 2 + 3
         for _ in range(3):
             http("POST", f"{base}/v1/models/sentiment/classify", {"inputs": "Great fun."})

@@ -37,6 +37,7 @@ from bertserve.service.api.middleware import (
     RequestIdMiddleware,
 )
 from bertserve.service.api.routes import AppState, count_overloaded, count_unobserved_error, router
+from bertserve.service.api.v2 import router as v2_router
 from bertserve.service.metrics import Metrics
 from bertserve.service.registry import ModelRegistry
 from bertserve.service.settings import Settings
@@ -73,6 +74,16 @@ def create_app(
         if not reg.loaded:
             await asyncio.to_thread(reg.load)
         reg.start()
+        grpc_server = None
+        if settings.grpc_port is not None:
+            from bertserve.service.api.grpc_server import GrpcServer
+
+            grpc_server = GrpcServer(app.state.bertserve)
+            try:
+                app.state.grpc_port = await grpc_server.start()
+            except OSError:
+                await reg.stop(timeout_s=1.0)
+                raise
         warm_up = asyncio.create_task(reg.warm_up(), name="warm-up")
         try:
             yield
@@ -80,6 +91,9 @@ def create_app(
             warm_up.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await warm_up
+            if grpc_server is not None:
+                # requests were drained with HTTP's (they count in the registry's in-flight)
+                await grpc_server.stop(grace_s=1.0)
             # Requests were drained before uvicorn shut down (see api.server); a backend stuck in
             # a call must not hold the exit beyond the drain budget.
             await reg.stop(timeout_s=settings.drain_timeout_s)
@@ -95,6 +109,7 @@ def create_app(
     install_error_handlers(app, observe=count_unobserved_error)
     app.include_router(router)
     app.include_router(compat_router)
+    app.include_router(v2_router)
     # add_middleware wraps what is there: the last added runs first.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(

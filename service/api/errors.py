@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from bertserve.service.api.schemas import ErrorEnvelope, OpenAiError, TeiError, error_envelope
+from bertserve.service.api.schemas import ErrorEnvelope, OpenAiError, TeiError, V2Error, error_envelope
 from bertserve.service.errors import (
     ClientClosedError,
     DeadlineExceededError,
@@ -85,14 +85,18 @@ class ErrorStyle(StrEnum):
     NATIVE = "native"
     TEI = "tei"
     OPENAI = "openai"
+    V2 = "v2"  # the Open Inference Protocol's REST routes
 
 
 OPENAI_PATHS: Final = frozenset({"/v1/embeddings"})
 TEI_PATHS: Final = frozenset({"/embed", "/predict", "/rerank", "/tokenize", "/info"})
 HF_INFERENCE_PREFIX: Final = "/models/"  # the Hugging Face Inference API's shape: TEI-style errors
+V2_PREFIX: Final = "/v2"
 
 
 def style_of_path(path: str) -> ErrorStyle:
+    if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
+        return ErrorStyle.V2
     if path in OPENAI_PATHS:
         return ErrorStyle.OPENAI
     if path in TEI_PATHS or path.startswith(HF_INFERENCE_PREFIX):
@@ -124,16 +128,25 @@ _OPENAI_TYPES: Final[Mapping[int, str]] = {
     429: "rate_limit_error",
 }
 _OPENAI_STATUS: Final[Mapping[int, int]] = {422: 400}
+# the Open Inference Protocol: `{"error": message}`; an invalid request is 400, as Triton answers
+_V2_STATUS: Final[Mapping[int, int]] = {422: 400}
+
+
+def answered_status(style: ErrorStyle, status: int) -> int:
+    """The status an error of the native `status` is answered with in `style`."""
+    remap = {ErrorStyle.TEI: _TEI_STATUS, ErrorStyle.OPENAI: _OPENAI_STATUS, ErrorStyle.V2: _V2_STATUS}
+    return remap.get(style, {}).get(status, status)
 
 
 def error_body(style: ErrorStyle, status: int, error_type: str, message: str) -> tuple[int, bytes]:
     """(status, body) of an error in `style`."""
+    status = answered_status(style, status)
     body: object
     if style == ErrorStyle.TEI:
-        status = _TEI_STATUS.get(status, status)
         body = {"error": message, "error_type": _TEI_TYPES.get(error_type, error_type)}
+    elif style == ErrorStyle.V2:
+        body = {"error": message}
     elif style == ErrorStyle.OPENAI:
-        status = _OPENAI_STATUS.get(status, status)
         kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
         body = {"error": {"message": message, "type": kind, "param": None, "code": error_type}}
     else:
@@ -237,10 +250,18 @@ def openapi_error_responses(
 ) -> dict[int | str, dict[str, Any]]:
     """`responses=` entries for a route, documenting its style's error body under each status it
     may return (in that style's statuses: TEI's 424, OpenAI's 400)."""
-    model: Any = {ErrorStyle.NATIVE: ErrorEnvelope, ErrorStyle.TEI: TeiError, ErrorStyle.OPENAI: OpenAiError}[
-        style
-    ]
-    remap = {ErrorStyle.NATIVE: {}, ErrorStyle.TEI: _TEI_STATUS, ErrorStyle.OPENAI: _OPENAI_STATUS}[style]
+    model: Any = {
+        ErrorStyle.NATIVE: ErrorEnvelope,
+        ErrorStyle.TEI: TeiError,
+        ErrorStyle.OPENAI: OpenAiError,
+        ErrorStyle.V2: V2Error,
+    }[style]
+    remap = {
+        ErrorStyle.NATIVE: {},
+        ErrorStyle.TEI: _TEI_STATUS,
+        ErrorStyle.OPENAI: _OPENAI_STATUS,
+        ErrorStyle.V2: _V2_STATUS,
+    }[style]
     out: dict[int | str, dict[str, Any]] = {}
     for err in errors:
         status = remap.get(STATUS_TABLE[err], STATUS_TABLE[err])

@@ -27,7 +27,7 @@ from bertserve.service.registry import DrainState
 # Health probes carry no key (kubelets and load balancers cannot send one). The OpenAPI schema and
 # its viewers describe the static contract of this version (no model names, no data) and browsers
 # cannot send a key to them: public unless `docs_public` is turned off.
-HEALTH_PATHS = frozenset({"/health/live", "/health/ready"})
+HEALTH_PATHS = frozenset({"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"})
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 PUBLIC_PATHS = HEALTH_PATHS | DOCS_PATHS
 METRICS_PATH = "/metrics"

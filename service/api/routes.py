@@ -21,7 +21,13 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from bertserve.modelrepo import Task
-from bertserve.service.api.errors import openapi_error_responses, status_for
+from bertserve.service.api.errors import (
+    ErrorStyle,
+    answered_status,
+    openapi_error_responses,
+    status_for,
+    style_of_path,
+)
 from bertserve.service.api.middleware import ACCESS_SCOPE_KEY
 from bertserve.service.api.schemas import (
     ClassifyRequest,
@@ -89,6 +95,7 @@ COMPAT_ENDPOINTS: Final = (
     "hf_inference",
     "hf_feature_extraction",
     "openai_embeddings",
+    "v2_infer",  # the Open Inference Protocol's REST inference (service/api/v2.py)
 )
 _OBSERVED = "bertserve.observed"  # scope key: this request was counted by observe_request
 
@@ -135,15 +142,20 @@ def json_response(payload: B, status: int = 200) -> JsonBody[B]:
 
 
 @contextmanager
-def observe_request(request: Request, model: str, endpoint: str) -> Iterator[None]:
+def observe(
+    state: AppState,
+    model: str,
+    endpoint: str,
+    access: dict[str, object] | None = None,
+    style: ErrorStyle = ErrorStyle.NATIVE,
+) -> Iterator[None]:
     """Admission (refused while draining), in-flight gauge, request counter by status code and
-    latency histogram for one inference call."""
-    state = app_state(request)
-    request.scope[_OBSERVED] = True
+    latency histogram for one inference call, on any protocol (gRPC counts by the HTTP status of
+    the same error). `access`: the access-log fields, which get the model and the endpoint;
+    `style`: the error dialect, whose status is the one counted (what the client was answered)."""
     metrics = state.metrics
     label = model if model in state.registry else UNKNOWN_MODEL
-    access = request.scope.get(ACCESS_SCOPE_KEY)
-    if access is not None:  # the access log is on: this line names the model and the endpoint
+    if access is not None:
         access.update(model=label, endpoint=endpoint)
     metrics.inflight.inc()
     start = time.perf_counter()
@@ -152,12 +164,21 @@ def observe_request(request: Request, model: str, endpoint: str) -> Iterator[Non
         with state.registry.admit():
             yield
     except BaseException as exc:
-        code = status_for(exc) if isinstance(exc, Exception) else CLIENT_CLOSED
+        code = answered_status(style, status_for(exc)) if isinstance(exc, Exception) else CLIENT_CLOSED
         raise
     finally:
         metrics.inflight.dec()
         metrics.requests.labels(label, endpoint, str(code)).inc()
         metrics.request_duration.labels(label, endpoint).observe(time.perf_counter() - start)
+
+
+@contextmanager
+def observe_request(request: Request, model: str, endpoint: str) -> Iterator[None]:
+    """`observe` for an HTTP request (which is then not counted again by the error handler)."""
+    request.scope[_OBSERVED] = True
+    access = request.scope.get(ACCESS_SCOPE_KEY)
+    with observe(app_state(request), model, endpoint, access, style_of_path(request.url.path)):
+        yield
 
 
 def count_unobserved_error(request: Request, status: int) -> None:
@@ -177,10 +198,13 @@ def count_overloaded(registry: ModelRegistry, scope: Scope) -> None:
     """Count a request refused by the global in-flight cap (before any route ran)."""
     metrics = registry.metrics
     parts = str(scope.get("path", "")).split("/")
-    # /v1/models/{model}/{endpoint}
-    model = parts[3] if len(parts) == 5 and parts[1:3] == ["v1", "models"] else ""
+    model, endpoint = "", None
+    if len(parts) == 5 and parts[1:3] == ["v1", "models"]:  # /v1/models/{model}/{endpoint}
+        model = parts[3]
+        endpoint = parts[4] if parts[4] in INFERENCE_ENDPOINTS else None
+    elif len(parts) in (5, 7) and parts[1:3] == ["v2", "models"] and parts[-1] == "infer":
+        model, endpoint = parts[3], "v2_infer"  # /v2/models/{model}[/versions/{v}]/infer
     label = model if model in registry else UNKNOWN_MODEL
-    endpoint = parts[4] if len(parts) == 5 and parts[4] in INFERENCE_ENDPOINTS else None
     metrics.rejected.labels(label, "overloaded").inc()
     if endpoint is not None:
         metrics.requests.labels(label, endpoint, "429").inc()

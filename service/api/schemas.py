@@ -91,7 +91,8 @@ class ClassifyRequest(RequestBody):
         LongText.ERROR,
         description="With truncate=false, an input longer than the model: error (413) or windows "
         "(single texts: read in overlapping windows that batch like any sequence, their logits "
-        "pooled as the model's window_pooling says, mean or max per label).",
+        "pooled as the model's window_pooling says, mean or max per label; a text pair is never "
+        "windowed: one over the model is refused, 413).",
     )
 
 
@@ -505,3 +506,9 @@ class OpenAiError(TypedDict):
     """The error body of the OpenAI-compatible route, as OpenAI answers."""
 
     error: OpenAiErrorBody
+
+
+class V2Error(TypedDict):
+    """The error body of the Open Inference Protocol (v2) routes, as that protocol defines it."""
+
+    error: str

@@ -107,7 +107,8 @@ def test_chart_settings_are_service_settings() -> None:
     """values.schema.json's `settings` keys are exactly the service's fields (minus chart-owned ones)."""
     schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
     allowed = set(schema["properties"]["settings"]["properties"])
-    chart_owned = {"host", "port", "repo", "tensorrt_cache_dir", "api_key", "drain_timeout_s"}
+    # grpc_port: set from grpc.containerPort when grpc.enabled (the container port the Service targets)
+    chart_owned = {"host", "port", "repo", "tensorrt_cache_dir", "api_key", "drain_timeout_s", "grpc_port"}
     fields = set(Settings.model_fields)
     assert allowed <= fields, f"chart allows settings the service lacks: {sorted(allowed - fields)}"
     missing = fields - allowed - chart_owned
@@ -242,3 +243,19 @@ def test_disruption_budget_and_network_policy(render: Render, value_set: str) ->
 def test_rollout_never_drops_below_desired_capacity(render: Render) -> None:
     strategy = only(render("default"), "Deployment")["spec"]["strategy"]
     assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+
+
+def test_grpc_port_is_exposed_only_when_enabled(render: Render) -> None:
+    assert "BERTSERVE_GRPC_PORT" not in config_data(render("default"))
+    docs = render(
+        "default", set_values=("grpc.enabled=true", "grpc.containerPort=9001", "grpc.servicePort=8001")
+    )
+    assert config_data(docs)["BERTSERVE_GRPC_PORT"] == "9001"
+    ports = {p["name"]: p["containerPort"] for p in container(docs)["ports"]}
+    assert ports == {"http": 8000, "grpc": 9001}
+    service_ports = only(docs, "Service")["spec"]["ports"]
+    assert {"name": "grpc", "port": 8001, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"} in (
+        service_ports
+    )
+    (rule,) = only(docs, "NetworkPolicy")["spec"]["ingress"]
+    assert {"port": "grpc", "protocol": "TCP"} in rule["ports"]

@@ -39,7 +39,7 @@ EXAMPLES_PER_OPERATION_AND_MODE = 250
 MIN_REQUESTS = 1000
 # Served models per task: most generated cases name a real model so that bodies reach the
 # pipelines; the generated (mostly unknown) names keep exercising the 404 path.
-MODELS = {"classify": ("cls", "multi", "distil"), "ner": ("ner",)}
+MODELS = {"classify": ("cls", "multi", "distil"), "ner": ("ner",), "infer": ("cls", "multi", "ner")}
 # Schema-valid requests may still be refused for reasons a static schema cannot carry: deployment
 # limits (413: inputs, characters, tokens), a model of the other task (400), a full queue (429).
 CONFIG = schemathesis.Config.from_dict(
@@ -76,7 +76,7 @@ def fuzz(
     @given(case=operation.as_strategy(generation_mode=mode), pick=st.integers(0, 9))
     def run(case: schemathesis.Case, pick: int) -> None:
         if models and pick > 0 and "model" in (case.path_parameters or {}):
-            case.path_parameters = {"model": models[pick % len(models)]}
+            case.path_parameters = {**case.path_parameters, "model": models[pick % len(models)]}
         headers = case.headers or {}
         if _is_number(headers.get(TIMEOUT_HEADER)):
             # A deadline the client chose may expire (504, tested elsewhere); here a valid one

@@ -110,6 +110,16 @@ EXPECTED_ROUTES = {
     ("POST", "/models/{model}"),
     ("POST", "/models/{model}/pipeline/feature-extraction"),
     ("POST", "/v1/embeddings"),
+    # the Open Inference Protocol (service/api/v2.py): metadata, health and inference, nothing else
+    ("GET", "/v2"),
+    ("GET", "/v2/health/live"),
+    ("GET", "/v2/health/ready"),
+    ("GET", "/v2/models/{model}"),
+    ("GET", "/v2/models/{model}/versions/{version}"),
+    ("GET", "/v2/models/{model}/ready"),
+    ("GET", "/v2/models/{model}/versions/{version}/ready"),
+    ("POST", "/v2/models/{model}/infer"),
+    ("POST", "/v2/models/{model}/versions/{version}/infer"),
 }
 
 

@@ -86,11 +86,20 @@ async def test_without_windows_a_long_text_is_cut_or_refused_as_before(
     assert refused.status_code == 413 and "truncate=true" in refused.json()["error"]["message"]
     cut = (await client.post("/v1/models/mean/classify", json={"inputs": LONG})).json()
     assert cut["truncated"] == [0] and cut["windowed"] == []
+    # a pair is never windowed: over the model it is refused as without windows, within it is read
+    # as it is
     pairs = await client.post(
         "/v1/models/mean/classify",
         json={"inputs": [[LONG, SHORT]], "truncate": False, "long_text": "windows"},
     )
-    assert pairs.status_code == 422 and "single texts" in pairs.json()["error"]["message"]
+    assert pairs.status_code == 413 and "truncate=true" in pairs.json()["error"]["message"]
+    short = await client.post(
+        "/v1/models/mean/classify",
+        json={"inputs": [[SHORT, SHORT]], "truncate": False, "long_text": "windows"},
+    )
+    assert short.status_code == 200 and short.json()["windowed"] == []
+    plain_pair = (await client.post("/v1/models/mean/classify", json={"inputs": [[SHORT, SHORT]]})).json()
+    assert short.json()["results"] == plain_pair["results"]
 
 
 async def test_windows_count_against_the_request_limits(start_app: AppStarter, repo: Path) -> None:
