@@ -64,8 +64,9 @@ RUN pip wheel --no-deps --wheel-dir /wheels .
 FROM python-base AS cpu-venv
 COPY --from=wheel /wheels /wheels
 COPY deploy/docker/trim-venv.sh /usr/local/bin/trim-venv
+# with the otel extra: BERTSERVE_OTEL_ENDPOINT turns traces on without another image
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install /wheels/*.whl \
+    && /opt/venv/bin/pip install "$(echo /wheels/bertserve-*.whl)[otel]" \
     && /opt/venv/bin/pip check \
     && rm -rf /wheels \
     && trim-venv /opt/venv
@@ -159,7 +160,7 @@ COPY --from=wheel /wheels /wheels
 # onnxruntime and onnxruntime-gpu install the same `onnxruntime` module: remove the CPU build before
 # adding the GPU one, or the uninstall would delete files the GPU build shares with it.
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install /wheels/*.whl \
+    && /opt/venv/bin/pip install "$(echo /wheels/bertserve-*.whl)[otel]" \
     && /opt/venv/bin/pip uninstall -y onnxruntime \
     && /opt/venv/bin/pip install "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" \
        "tensorrt-cu12-libs==${TENSORRT_LIBS_VERSION}" \

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,32 @@ class VersionConfig(BaseModel):
         return None
 
 
+class VersionPolicy(BaseModel):
+    """Which versions of a model are served beside its default one (Triton's version policy):
+    exactly one of `latest: N` (the N highest), `all: true`, or `specific: [versions]`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    latest: int | None = Field(None, ge=1, description="The N highest versions.")
+    all: bool = Field(False, description="Every version under `versions`.")
+    specific: list[int] | None = Field(None, min_length=1, description="These versions.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VersionPolicy:
+        chosen = (self.latest is not None) + self.all + (self.specific is not None)
+        if chosen != 1:
+            raise ValueError("a version_policy is exactly one of latest: N, all: true, specific: [...]")
+        return self
+
+    def select(self, versions: Sequence[int]) -> list[int]:
+        ordered = sorted(versions)
+        if self.latest is not None:
+            return ordered[-self.latest :]
+        if self.all:
+            return ordered
+        return sorted(set(self.specific or ()))
+
+
 class ModelConfig(BaseModel):
     """`models/<name>/model.yaml`."""
 
@@ -262,11 +289,22 @@ class ModelConfig(BaseModel):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     default_version: int = 1
     versions: dict[int, VersionConfig]
+    version_policy: VersionPolicy | None = Field(
+        None,
+        description="Versions served beside the default one (at /v1/models/{name}/versions/{v}/...): "
+        "latest N, all, or specific ones; unset serves the default version only.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
         if self.default_version not in self.versions:
             raise ValueError(f"default_version {self.default_version} has no entry under versions")
+        if self.version_policy is not None and self.version_policy.specific is not None:
+            missing = sorted(set(self.version_policy.specific) - set(self.versions))
+            if missing:
+                raise ValueError(
+                    f"version_policy names versions that have no entry under versions: {missing}"
+                )
         if self.task == Task.FEATURE_EXTRACTION:
             if self.embedding is None:
                 raise ValueError(
@@ -311,6 +349,16 @@ class ModelConfig(BaseModel):
     @property
     def version(self) -> VersionConfig:
         return self.versions[self.default_version]
+
+    @property
+    def served_versions(self) -> list[int]:
+        """The versions to serve: the policy's, and the default one always."""
+        chosen = self.version_policy.select(list(self.versions)) if self.version_policy else []
+        return sorted({*chosen, self.default_version})
+
+    def as_version(self, version: int) -> ModelConfig:
+        """This model with `version` as its default: what a pipeline serving that version reads."""
+        return self.model_copy(update={"default_version": version})
 
     @property
     def output_width(self) -> int:

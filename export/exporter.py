@@ -517,6 +517,7 @@ def _config_of(
         pad_token_id=int(ckpt.tokenizer.pad_token_id or 0),
         # keep batching a user tuned in an earlier version's model.yaml
         batching=existing.batching if existing else BatchingConfig.model_validate({}),
+        version_policy=existing.version_policy if existing else None,
         default_version=version,
         versions=dict(sorted(versions.items())),
     )

@@ -20,11 +20,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bertserve.runtime.base import Backend, Logits
 from bertserve.runtime.budget import DeviceSlots
 from bertserve.runtime.collation import Collator, ModelInput, check_logits
 from bertserve.runtime.errors import NonFiniteOutputError
+from bertserve.service import tracing
 from bertserve.service.errors import (
     DeadlineExceededError,
     InferenceError,
@@ -33,6 +35,9 @@ from bertserve.service.errors import (
     QueueFullError,
 )
 from bertserve.service.metrics import Metrics
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +95,17 @@ def plan_batch(
 
 
 class _Group:
-    """The sequences of one `submit` call; resolved once all of them have a result."""
+    """The sequences of one `submit` call; resolved once all of them have a result. With tracing
+    on, `trace` is the submitting request's span and `queued_ns` when its sequences were queued."""
 
-    __slots__ = ("future", "remaining", "results")
+    __slots__ = ("future", "queued_ns", "remaining", "results", "trace")
 
     def __init__(self, future: asyncio.Future[list[Logits]], size: int) -> None:
         self.future = future
         self.results: list[Logits | None] = [None] * size
         self.remaining = size
+        self.trace = tracing.current()
+        self.queued_ns = tracing.now_ns() if self.trace is not None else 0
 
 
 class _Item:
@@ -383,9 +391,13 @@ class DynamicBatcher:
         waited = 0.0
         for item in batch:
             self._m_queue.observe(start - item.enqueued)
+        traced = self._trace_queue_waits(batch) if tracing.enabled() else []
         try:
             feeds, real, padded = self._collator.collate([item.input for item in batch])
-            with self._slot() as waited:
+            with (
+                tracing.batch_span(traced, model=self.model, batch_size=len(batch), padded_tokens=padded),
+                self._slot() as waited,
+            ):
                 self._running_since = time.monotonic()
                 try:
                     logits = self._backend.infer(feeds)
@@ -419,6 +431,17 @@ class DynamicBatcher:
             [logits[i, : item.length] for i, item in enumerate(batch)] if logits.ndim == 3 else list(logits)
         )
         self._call_in_loop(_resolve, batch, rows)
+
+    def _trace_queue_waits(self, batch: list[_Item]) -> list[SpanContext]:
+        """Each request's `queue` span up to this cut; the requests' spans, for the batch's links."""
+        cut = tracing.now_ns()
+        groups = {id(item.group): item.group for item in batch}.values()
+        traced = []
+        for group in groups:
+            if group.trace is not None:
+                tracing.record_queue_wait(group.trace, group.queued_ns, cut, model=self.model)
+                traced.append(group.trace)
+        return traced
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[float]:

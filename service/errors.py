@@ -57,6 +57,12 @@ class UnauthorizedError(ServiceError):
         return {"WWW-Authenticate": 'Bearer realm="bertserve"'}
 
 
+class ForbiddenError(ServiceError):
+    """An operation this deployment does not allow (e.g. repository control without an API key)."""
+
+    error_type = "forbidden"
+
+
 class ModelNotFoundError(ServiceError):
     error_type = "model_not_found"
 

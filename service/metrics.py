@@ -117,6 +117,13 @@ class Metrics:
             ["model", "backend", "reason"],
             registry=r,
         )
+        self.model_reloads = Counter(
+            "bertserve_model_reloads",
+            "Reloads of a served model from the repository, by result: loaded (a new version or "
+            "configuration now serves), failed (the served one stays; GET /v1/models says why).",
+            ["model", "result"],
+            registry=r,
+        )
         self.rejected = Counter(
             "bertserve_rejected",
             "Requests refused before inference, by reason (queue_full, deadline, ...).",

@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 from bertserve.modelrepo import ModelConfig, ProblemType, Segmentation, Task, WindowPooling
 from bertserve.runtime.base import Backend, Logits
 from bertserve.runtime.collation import ModelInput
+from bertserve.service import tracing
 from bertserve.service.batching import DynamicBatcher
 from bertserve.service.errors import (
     DeadlineExceededError,
@@ -82,6 +83,9 @@ class Pipeline:
         self.batcher = parts.batcher
         self._pool = parts.pool
         self.limits = parts.limits
+        # requests holding this pipeline (ModelRegistry.get within admit): a reload retires a
+        # replaced pipeline only once none does
+        self.users = 0
         self._m_tokenize = parts.metrics.tokenize_duration.labels(self.name)
         self._m_rejected_deadline = parts.metrics.rejected.labels(self.name, "deadline")
         self._m_rejected_large = parts.metrics.rejected.labels(self.name, "too_large")
@@ -147,8 +151,9 @@ class Pipeline:
         self.batcher.announce()
         start = time.perf_counter()
         try:
-            work = asyncio.get_running_loop().run_in_executor(self._pool, fn, budget)
-            result = await asyncio.wait_for(work, remaining)
+            with tracing.span("tokenize", model=self.name):
+                work = asyncio.get_running_loop().run_in_executor(self._pool, fn, budget)
+                result = await asyncio.wait_for(work, remaining)
         except TimeoutError:
             budget.cancel()
             self.batcher.withdraw()
@@ -173,8 +178,9 @@ class Pipeline:
         try:
             if remaining is not None and remaining <= 0:
                 raise TimeoutError
-            work = asyncio.get_running_loop().run_in_executor(self._pool, fn, budget)
-            return await asyncio.wait_for(work, remaining)
+            with tracing.span("postprocess", model=self.name):
+                work = asyncio.get_running_loop().run_in_executor(self._pool, fn, budget)
+                return await asyncio.wait_for(work, remaining)
         except (TimeoutError, DeadlineExceededError):
             budget.cancel()
             self._m_rejected_deadline.inc()
@@ -312,12 +318,14 @@ class ClassificationPipeline(Pipeline):
         if not truncate and long_text == LongText.WINDOWS:
             windowed, counts = await self.prepare(lambda b: self._encode_windowed(inputs, b), budget)
             rows = await self.submit_sequences(windowed, deadline, announced=True)
-            logits = self._pool_windows(rows, counts)
-            long = [i for i, n in enumerate(counts) if n > 1]  # a text over max_length is 2+ windows
-            return Classification(self.head.postprocess(logits, top_k, function), [], long)
+            with tracing.span("postprocess", model=self.name):
+                logits = self._pool_windows(rows, counts)
+                long = [i for i, n in enumerate(counts) if n > 1]  # a text over max_length is 2+ windows
+                return Classification(self.head.postprocess(logits, top_k, function), [], long)
         sequences, truncated = await self.prepare(lambda b: self._encode(inputs, truncate, b), budget)
         rows = await self.submit_sequences(sequences, deadline, announced=True)
-        return Classification(self.head.postprocess(np.stack(rows), top_k, function), truncated)
+        with tracing.span("postprocess", model=self.name):
+            return Classification(self.head.postprocess(np.stack(rows), top_k, function), truncated)
 
     async def warm_up(self) -> None:
         await self.classify(["warm-up"], top_k=1)
@@ -428,7 +436,8 @@ class EmbeddingPipeline(Pipeline):
             lambda b: self._encode(inputs, truncate, b, framed_ids), budget
         )
         rows = await self.submit_sequences(sequences, deadline, announced=True)
-        vectors = self.head.postprocess(np.stack(rows), normalize=normalize, dimensions=width)
+        with tracing.span("postprocess", model=self.name):
+            vectors = self.head.postprocess(np.stack(rows), normalize=normalize, dimensions=width)
         return Embeddings(vectors, tokens, truncated)
 
     async def rerank(

@@ -7,15 +7,19 @@ unrunnable model stops the process with a message instead of serving 503s foreve
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from bertserve.modelrepo import (
+    MODEL_CONFIG_FILE,
     TOKENIZER_FILE,
     ModelConfig,
     RepositoryError,
@@ -65,6 +69,27 @@ DEFAULT_ROLES: dict[str, tuple[str, tuple[Task, ...], tuple[Task, ...]]] = {
 
 WARMUP_FIRST_BACKOFF_S = 0.5
 WARMUP_MAX_BACKOFF_S = 30.0
+RETIRE_MARGIN_S = 5.0  # beyond the request timeout, before a replaced pipeline is stopped anyway
+
+# The pipelines the current request took from the registry (set by `admit`, filled by `get`).
+_HELD: ContextVar[list[Pipeline] | None] = ContextVar("bertserve_held_pipelines", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadOutcome:
+    """What a reload did to one model: `loaded` (a new version or configuration serves now),
+    `unchanged` (model.yaml is as served), `failed` (the served one stays; `error` says why)."""
+
+    name: str
+    result: Literal["loaded", "unchanged", "failed"]
+    version: int
+    error: str | None = None
+
+
+def config_fingerprint(repo: Path, name: str) -> str:
+    """sha256 of a model's model.yaml, which names the default version and the sha256 of every
+    file: any new version or re-export changes it."""
+    return hashlib.sha256((repo / name / MODEL_CONFIG_FILE).read_bytes()).hexdigest()
 
 
 class DrainState:
@@ -106,6 +131,12 @@ class ModelRegistry:
         self._inflight = 0  # inference requests being answered; a drain waits for them
         self._idle = asyncio.Event()
         self._idle.set()
+        # every served version of each model; _pipelines holds each model's default one
+        self._served: dict[str, ServedModel] = {}
+        self._fingerprints: dict[str, str] = {}  # model.yaml as loaded, per model
+        self.reload_errors: dict[str, str] = {}  # the last failed reload of a model, until one succeeds
+        self._reload_lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -121,9 +152,11 @@ class ModelRegistry:
         self.threads = thread_shares(names, self.settings.cpus, self.settings.intra_op_threads)
         try:
             for name in names:
-                pipeline = self._load_one(name, explicit=self.settings.models is not None)
-                if pipeline is not None:
-                    self._pipelines[name] = pipeline
+                fingerprint = self._fingerprint(name)
+                served = self._load_one(name, explicit=self.settings.models is not None)
+                if served is not None:
+                    self._set_served(name, served)
+                    self._fingerprints[name] = fingerprint
                     self.metrics.backend_threads.labels(name).set(self.threads[name])
         except BaseException:
             self.close()
@@ -180,7 +213,10 @@ class ModelRegistry:
             raise StartupError(f"model(s) {', '.join(missing)} not found in {repo} (available: {available})")
         return list(dict.fromkeys(self.settings.models))
 
-    def _load_one(self, name: str, *, explicit: bool) -> Pipeline | None:
+    def _load_one(self, name: str, *, explicit: bool) -> ServedModel | None:
+        """Every served version of a model (`ModelConfig.served_versions`: the default one, and
+        those its version_policy names); None for a task this version does not serve (skipped
+        unless the model was named explicitly)."""
         repo = self.settings.repo
         try:
             config = load_model_config(repo, name)
@@ -192,11 +228,23 @@ class ModelRegistry:
                 raise StartupError(f"model {name!r}: task {config.task} is not served by this version")
             log.warning("model %s: task %s is not served by this version; skipped", name, config.task)
             return None
-        vdir = version_dir(repo, name, config.default_version)
+        opened: dict[int, Pipeline] = {}
+        try:
+            for version in config.served_versions:
+                opened[version] = self._open_version(name, config.as_version(version))
+        except BaseException:
+            for pipeline in opened.values():
+                _release(pipeline)
+            raise
+        return ServedModel(config.default_version, opened)
+
+    def _open_version(self, name: str, config: ModelConfig) -> Pipeline:
+        repo, version = self.settings.repo, config.default_version
+        vdir = version_dir(repo, name, version)
         try:
             # A version folder that is a symlink out of the repository would carry every file
             # check below (which only looks inside the folder) along with it.
-            resolve_inside(repo, f"{name}/{config.default_version}")
+            resolve_inside(repo, f"{name}/{version}")
             return open_pipeline(
                 self.settings, self.metrics, config, vdir, self._backend_factory(name), slots=self.slots
             )
@@ -209,16 +257,133 @@ class ModelRegistry:
         except Exception as exc:  # runtime-specific load errors (corrupt graph, bad IR, ...)
             raise StartupError(f"model {name!r}: could not load: {type(exc).__name__}: {exc}") from None
 
+    def _fingerprint(self, name: str) -> str:
+        try:
+            return config_fingerprint(self.settings.repo, name)
+        except OSError as exc:
+            raise StartupError(f"model {name!r}: cannot read its {MODEL_CONFIG_FILE}: {exc}") from None
+
+    # --- reload -----------------------------------------------------------------------------
+
+    async def reload(self, names: Sequence[str] | None = None) -> list[ReloadOutcome]:
+        """Re-read the served models (`names`, default all) from the repository. A model whose
+        model.yaml changed (a new default version, a re-export, a new configuration) is loaded and
+        warmed up beside the served one; traffic switches only once it answered its warm-up, the
+        requests that already hold the old one finish on it, and the old one is then stopped and
+        freed. A model that fails to load or warm up leaves the served one in place: the outcome,
+        the log, `bertserve_model_reloads_total{result="failed"}` and GET /v1/models say why.
+        One reload at a time; adding or removing models needs a restart."""
+        if not self._ready.is_set() or self._stopping or self.drain.draining:
+            raise NotReadyError("models are loading, warming up or shutting down; reload once ready")
+        async with self._reload_lock:
+            targets = list(self._pipelines) if names is None else list(names)
+            for name in targets:
+                self.describe(name)  # 404 before any work for a model that is not served
+            return [await self._reload_one(name) for name in targets]
+
+    async def _reload_one(self, name: str) -> ReloadOutcome:
+        old = self._pipelines[name]
+        try:
+            fingerprint = await asyncio.to_thread(self._fingerprint, name)
+        except StartupError as exc:
+            return self._reload_failed(name, old, str(exc))
+        if fingerprint == self._fingerprints.get(name):
+            return ReloadOutcome(name, "unchanged", old.config.default_version)
+        try:
+            loaded = await asyncio.to_thread(self._load_one, name, explicit=True)
+        except StartupError as exc:
+            return self._reload_failed(name, old, str(exc))
+        assert loaded is not None  # explicit: an unservable task raises
+        new = loaded.default
+        if new.config.task != old.config.task:
+            await asyncio.gather(*(p.stop(timeout_s=0) for p in loaded.versions.values()))
+            problem = (
+                f"the new configuration is a {new.config.task} model, the served one a "
+                f"{old.config.task} model; changing a model's task needs a restart"
+            )
+            return self._reload_failed(name, old, problem)
+        loop = asyncio.get_running_loop()
+        for pipeline in loaded.versions.values():
+            pipeline.start(loop)
+        try:
+            for pipeline in loaded.versions.values():
+                await asyncio.wait_for(pipeline.warm_up(), self.settings.request_timeout_ms / 1000)
+        except Exception as exc:  # any failure keeps the served versions
+            await asyncio.gather(*(p.stop(timeout_s=1.0) for p in loaded.versions.values()))
+            return self._reload_failed(name, old, f"warm-up failed: {type(exc).__name__}: {exc}")
+        replaced = list(self._served[name].versions.values())
+        self._set_served(name, loaded)
+        self._fingerprints[name] = fingerprint
+        self.reload_errors.pop(name, None)
+        self.metrics.model_reloads.labels(name, "loaded").inc()
+        log.info(
+            "model %s: version %d serves now (was %d; served versions %s); the replaced ones retire "
+            "once their requests finish",
+            name,
+            new.config.default_version,
+            old.config.default_version,
+            sorted(loaded.versions),
+        )
+        for pipeline in replaced:
+            task = asyncio.create_task(self._retire(name, pipeline), name=f"retire-{name}")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        return ReloadOutcome(name, "loaded", new.config.default_version)
+
+    def _reload_failed(self, name: str, served: Pipeline, error: str) -> ReloadOutcome:
+        self.reload_errors[name] = error
+        self.metrics.model_reloads.labels(name, "failed").inc()
+        log.error(
+            "model %s: reload failed, version %d keeps serving: %s",
+            name,
+            served.config.default_version,
+            error,
+        )
+        return ReloadOutcome(name, "failed", served.config.default_version, error)
+
+    async def _retire(self, name: str, old: Pipeline) -> None:
+        """Stop a replaced pipeline once no request holds it (bounded by the request timeout:
+        a request holding it longer has timed out already)."""
+        deadline = time.monotonic() + self.settings.request_timeout_ms / 1000 + RETIRE_MARGIN_S
+        while old.users > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if old.users:
+            log.warning(
+                "model %s: %d request(s) still hold the replaced version; stopping it", name, old.users
+            )
+        await old.stop(timeout_s=RETIRE_MARGIN_S)
+        log.info("model %s: version %d retired", name, old.config.default_version)
+
+    async def watch(self, interval_s: float) -> None:
+        """Poll the repository every `interval_s` and reload what changed (runs until cancelled)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if not self._ready.is_set() or self._stopping or self.drain.draining:
+                continue
+            try:
+                await self.reload()
+            except Exception:  # the watcher must outlive any one bad poll
+                log.exception("repository poll failed")
+
     def _backend_factory(self, name: str) -> BackendFactory:
         """The injected factory, else the runtime's loader with this model's share of the threads."""
         if self._factory is not None:
             return self._factory
         return self._loader.with_options(self.settings.runtime_options(intra_op_threads=self.threads[name]))
 
+    def _set_served(self, name: str, served: ServedModel) -> None:
+        """Serve `served` for `name`: a request sees the old versions or the new, never a mix."""
+        self._served[name] = served
+        self._pipelines[name] = served.default
+
+    def _all(self) -> list[tuple[str, Pipeline]]:
+        """(name, pipeline) of every served version of every model."""
+        return [(name, p) for name, served in self._served.items() for p in served.versions.values()]
+
     def start(self) -> None:
         """Start every batcher on the running event loop; requests are accepted from now on."""
         loop = asyncio.get_running_loop()
-        for pipeline in self._pipelines.values():
+        for _, pipeline in self._all():
             pipeline.start(loop)
 
     async def warm_up(self) -> None:
@@ -230,7 +395,7 @@ class ModelRegistry:
         # OpenVINO models run at the same time in two batcher threads deadlock inside OpenVINO's
         # Python bindings (both threads stop for good in its data dispatcher, seen with the demo
         # models); once one inference has completed in the process, concurrent ones are safe.
-        for name, pipeline in self._pipelines.items():
+        for name, pipeline in self._all():
             await self._warm_up_one(name, pipeline)
         if not self._warmup_errors:
             self._ready.set()
@@ -259,7 +424,7 @@ class ModelRegistry:
         """What no waiting can fix: a batch worker that died, a model whose warm-up was given up.
         /health/live reports them so the orchestrator restarts the process."""
         problems = [f"model {name}: {why}" for name, why in self._given_up.items()]
-        for name, pipeline in self._pipelines.items():
+        for name, pipeline in self._all():
             crash = pipeline.batcher.crash
             if crash is not None:
                 problems.append(f"model {name}: batch worker crashed ({type(crash).__name__})")
@@ -299,9 +464,14 @@ class ModelRegistry:
             raise NotReadyError("the service is shutting down; retry on another instance")
         self._inflight += 1
         self._idle.clear()
+        held: list[Pipeline] = []
+        token = _HELD.set(held)
         try:
             yield
         finally:
+            _HELD.reset(token)
+            for pipeline in held:
+                pipeline.users -= 1
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
@@ -312,15 +482,12 @@ class ModelRegistry:
         self._ready.clear()
         if self._drain_deadline is not None:
             timeout_s = max(0.0, min(timeout_s, self._drain_deadline - time.monotonic()))
-        await asyncio.gather(*(p.stop(timeout_s) for p in self._pipelines.values()))
+        await asyncio.gather(*(p.stop(timeout_s) for _, p in self._all()), *self._retiring)
 
     def close(self) -> None:
         """Release what `load` opened when the server never started (e.g. the port was taken)."""
-        for pipeline in self._pipelines.values():
-            pipeline.backend.close()
-            pool = pipeline.parts.pool
-            if isinstance(pool, ThreadPoolExecutor):
-                pool.shutdown(wait=False, cancel_futures=True)
+        for _, pipeline in self._all():
+            _release(pipeline)
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -330,10 +497,15 @@ class ModelRegistry:
         problems = [f"model {name}: warm-up failed ({err})" for name, err in self._warmup_errors.items()]
         if not self._ready.is_set() and not problems:
             problems.append("models are loading or warming up")
-        for name, pipeline in self._pipelines.items():
+        for name, pipeline in self._all():
             problem = pipeline.batcher.health_problem
             if problem is not None:
-                problems.append(f"model {name}: {problem}")
+                which = (
+                    name
+                    if pipeline is self._pipelines.get(name)
+                    else f"{name} version {pipeline.config.default_version}"
+                )
+                problems.append(f"model {which}: {problem}")
         return problems
 
     @property
@@ -346,17 +518,31 @@ class ModelRegistry:
     def pipelines(self) -> list[Pipeline]:
         return list(self._pipelines.values())
 
-    def describe(self, name: str) -> Pipeline:
-        """A served model for metadata, ready or not."""
-        pipeline = self._pipelines.get(name)
-        if pipeline is None:
+    def describe(self, name: str, version: int | None = None) -> Pipeline:
+        """A served model (its default version, or `version`) for metadata, ready or not."""
+        served = self._served.get(name)
+        if served is None:
             # NOTE: the name comes from the request path: never echoed (messages carry no input).
             raise ModelNotFoundError("no such model is served; GET /v1/models lists the served ones")
+        if version is None:
+            return served.default
+        pipeline = served.versions.get(version)
+        if pipeline is None:
+            listed = ", ".join(map(str, served.versions))
+            raise ModelNotFoundError(
+                f"version {version} of this model is not served (served: {listed}); its model.yaml "
+                "version_policy chooses the served versions"
+            )
         return pipeline
 
-    def get(self, name: str, kind: type[P], *others: type[P]) -> P:
-        """A served model of the given pipeline kind (or one of `others`), ready for inference."""
-        pipeline = self.describe(name)
+    def served_versions(self, name: str) -> list[int]:
+        self.describe(name)
+        return sorted(self._served[name].versions)
+
+    def get(self, name: str, kind: type[P], *others: type[P], version: int | None = None) -> P:
+        """A served model of the given pipeline kind (or one of `others`), ready for inference:
+        its default version, or `version`."""
+        pipeline = self.describe(name, version)
         kinds = (kind, *others)
         if not isinstance(pipeline, kinds):
             wanted = " or ".join(str(k.task) for k in kinds)
@@ -365,11 +551,36 @@ class ModelRegistry:
             )
         if not self._ready.is_set():
             raise NotReadyError("the service is not ready: " + "; ".join(self.readiness_problems()))
+        held = _HELD.get()
+        if held is not None and not any(p is pipeline for p in held):
+            held.append(pipeline)
+            pipeline.users += 1
         return pipeline
 
     @property
     def is_ready(self) -> bool:
         return self._ready.is_set()
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """A model's served versions (version -> pipeline; each pipeline's config names its own
+    version as default_version) and the one unversioned routes answer with."""
+
+    default_version: int
+    versions: dict[int, Pipeline]
+
+    @property
+    def default(self) -> Pipeline:
+        return self.versions[self.default_version]
+
+
+def _release(pipeline: Pipeline) -> None:
+    """Free what opening a pipeline took, when it never served (or the server never started)."""
+    pipeline.backend.close()
+    pool = pipeline.parts.pool
+    if isinstance(pool, ThreadPoolExecutor):
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def open_pipeline(

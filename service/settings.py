@@ -68,6 +68,20 @@ class Settings(BaseSettings):
     # --- network -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Bind address; loopback unless deliberately exposed.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port.")
+    repository_poll_s: float | None = Field(
+        None,
+        gt=0,
+        description="Re-read the served models' model.yaml this often (seconds) and reload what changed "
+        "(a new version or re-export) without a restart; off unless set. POST /v1/repository/reload "
+        "does the same on demand (it needs BERTSERVE_API_KEY).",
+    )
+    otel_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP collector for OpenTelemetry traces (e.g. http://127.0.0.1:4318): spans for "
+        "each request (tokenize, queue, postprocess) and each batch (inference, linked to its requests); "
+        "off unless set; needs the `otel` extra.",
+    )
+    otel_service_name: str = Field("bertserve", description="service.name of the traces.")
     grpc_port: int | None = Field(
         None,
         ge=0,

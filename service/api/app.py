@@ -25,6 +25,7 @@ from starlette.types import ASGIApp
 
 import bertserve
 from bertserve.runtime.selection import BackendFactory
+from bertserve.service import tracing
 from bertserve.service.api.compat import router as compat_router
 from bertserve.service.api.errors import install_error_handlers
 from bertserve.service.api.middleware import (
@@ -54,7 +55,10 @@ class BertserveApp(FastAPI):
         self._access_log = access_log
 
     def build_middleware_stack(self) -> ASGIApp:
-        return RequestIdMiddleware(super().build_middleware_stack(), access_log=self._access_log)
+        stack = super().build_middleware_stack()
+        if tracing.enabled():
+            stack = _traced(stack)
+        return RequestIdMiddleware(stack, access_log=self._access_log)
 
 
 def create_app(
@@ -85,12 +89,16 @@ def create_app(
                 await reg.stop(timeout_s=1.0)
                 raise
         warm_up = asyncio.create_task(reg.warm_up(), name="warm-up")
+        poll = settings.repository_poll_s
+        watch = asyncio.create_task(reg.watch(poll), name="repository-watch") if poll else None
         try:
             yield
         finally:
-            warm_up.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await warm_up
+            for task in (warm_up, watch):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             if grpc_server is not None:
                 # requests were drained with HTTP's (they count in the registry's in-flight)
                 await grpc_server.stop(grace_s=1.0)
@@ -135,6 +143,31 @@ def create_app(
             max_age=600,
         )
     return app
+
+
+# Probes and scrapes are not traced: they would drown the requests that matter.
+UNTRACED_PATHS = (*sorted(HEALTH_PATHS), METRICS_PATH)
+
+
+def _traced(app: ASGIApp) -> ASGIApp:
+    """The HTTP server span of every request (OpenTelemetry's ASGI middleware: W3C trace context
+    from the caller's `traceparent`, the HTTP attributes), the parent of the pipeline's spans
+    (bertserve.service.tracing); an inference route renames it after its route template."""
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    from opentelemetry.util.http import ExcludeList
+
+    excluded = ExcludeList([f"{path}$" for path in UNTRACED_PATHS])
+    return OpenTelemetryMiddleware(
+        app,
+        excluded_urls=excluded,
+        default_span_details=_span_details,
+        tracer_provider=tracing.provider(),
+        exclude_spans=["receive", "send"],
+    )
+
+
+def _span_details(scope: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return f"{scope.get('method', '')} {scope.get('path', '')}", {}
 
 
 def _document_bearer_auth(app: FastAPI, public: frozenset[str]) -> None:

@@ -24,6 +24,7 @@ from bertserve.service.api.schemas import ErrorEnvelope, OpenAiError, TeiError, 
 from bertserve.service.errors import (
     ClientClosedError,
     DeadlineExceededError,
+    ForbiddenError,
     InferenceError,
     InvalidInputError,
     ModelNotFoundError,
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 STATUS_TABLE: Final[Mapping[type[ServiceError], int]] = {
     ServiceError: 500,
     UnauthorizedError: 401,
+    ForbiddenError: 403,
     InvalidInputError: 422,
     PayloadTooLargeError: 413,
     ModelNotFoundError: 404,
@@ -122,6 +124,7 @@ _TEI_STATUS: Final[Mapping[int, int]] = {500: 424}
 _OPENAI_TYPES: Final[Mapping[int, str]] = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",

@@ -33,6 +33,7 @@ import grpc
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from bertserve.service import tracing
 from bertserve.service.api import oip
 from bertserve.service.api.errors import status_for
 from bertserve.service.api.routes import AppState, observe
@@ -398,8 +399,12 @@ class InferenceService:
             REQUEST_WORK.set(work)
         start = time.perf_counter()
         status = 500
+        headers = {str(k): str(v) for k, v in context.invocation_metadata() or ()}
         try:
-            with observe(state, request.model_name, ENDPOINT, access):
+            with (
+                tracing.server_span(f"/{SERVICE}/ModelInfer", headers, model=request.model_name),
+                observe(state, request.model_name, ENDPOINT, access),
+            ):
                 parsed = decode_request(request, state.settings.max_inputs)
                 out = await oip.infer(
                     state.registry,

@@ -79,6 +79,7 @@ _RESERVED_PARAMETERS: Final = frozenset(
     {"priority", "sequence_start", "sequence_end", "headers", "binary_data_output"}
 )
 ParameterValue = bool | int | float | str
+ModelVersion = tuple[str, int | None]  # a model and the version asked (None: its default one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,13 +244,18 @@ def platform(pipeline: Pipeline) -> str:
     return f"{SERVER_NAME}_{pipeline.backend.name}"
 
 
-def served_version(pipeline: Pipeline, version: str | None) -> str:
-    """The version a request names ("" or None: the served one); only the default version is
-    served, so any other is not found."""
-    served = str(pipeline.config.default_version)
-    if version and version != served:
-        raise ModelNotFoundError(f"version {version!r} of this model is not served (served: {served})")
-    return served
+def requested_version(registry: ModelRegistry, model: str, version: str | None) -> int | None:
+    """The version a request names ("" or None: the model's default one); one that is not served
+    (or not a version number at all) is not found."""
+    if not version:
+        registry.describe(model)
+        return None
+    if not version.isdigit() or len(version) > 9:
+        registry.describe(model)  # an unknown model is reported first
+        raise ModelNotFoundError(f"version {version!r} of this model is not served")
+    number = int(version)
+    registry.describe(model, number)
+    return number
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,15 +268,15 @@ class ModelMetadata:
 
 
 def model_metadata(registry: ModelRegistry, model: str, version: str | None) -> ModelMetadata:
-    pipeline = registry.describe(model)
-    served = served_version(pipeline, version)
+    pipeline = registry.describe(model, requested_version(registry, model, version))
     inputs, outputs = signature(pipeline)
-    return ModelMetadata(model, [served], platform(pipeline), inputs, outputs)
+    versions = [str(v) for v in registry.served_versions(model)]
+    return ModelMetadata(model, versions, platform(pipeline), inputs, outputs)
 
 
 def model_ready(registry: ModelRegistry, model: str, version: str | None) -> bool:
-    pipeline = registry.describe(model)  # unknown model: not found, as the metadata answers
-    served_version(pipeline, version)
+    # an unknown model or version is not found, as the metadata answers
+    pipeline = registry.describe(model, requested_version(registry, model, version))
     return registry.is_ready and pipeline.batcher.health_problem is None and not registry.draining
 
 
@@ -377,8 +383,9 @@ async def infer(
     """Run one v2 request through the model's pipeline: its batcher, limits and deadline. `run`
     wraps the pipeline call (REST cancels it when the client disconnects; gRPC's cancellation
     needs nothing)."""
-    pipeline = registry.describe(model)
-    served = served_version(pipeline, version)
+    number = requested_version(registry, model, version)
+    pipeline = registry.describe(model, number)
+    served = str(pipeline.config.default_version)
     inputs, outputs = signature(pipeline)
     tensors = _by_name(request, inputs)
     wanted = _requested(request, outputs)
@@ -387,13 +394,13 @@ async def infer(
     produced: dict[str, Tensor]
     if isinstance(pipeline, EmbeddingPipeline):
         _check_parameters(params, frozenset({"normalize", "dimensions"}))
-        produced = await _embed(registry, settings, model, tensors, params, timeout, run)
+        produced = await _embed(registry, settings, (model, number), tensors, params, timeout, run)
     elif isinstance(pipeline, TokenClassificationPipeline):
         _check_parameters(params, frozenset({"aggregation"}))
-        produced = await _recognize(registry, settings, model, tensors, params, timeout, run)
+        produced = await _recognize(registry, settings, (model, number), tensors, params, timeout, run)
     elif isinstance(pipeline, ClassificationPipeline):
         _check_parameters(params, frozenset())
-        produced = await _classify(registry, settings, model, tensors, timeout, run)
+        produced = await _classify(registry, settings, (model, number), tensors, timeout, run)
     else:  # pragma: no cover - every served task is one of the above
         raise InvalidInputError(f"the {pipeline.config.task} task has no v2 inference")
     return InferResponse(model, served, request.id, [produced[name] for name in wanted])
@@ -415,7 +422,7 @@ def _check_chars(items: Sequence[TextInput], settings: Settings) -> None:
 async def _classify(
     registry: ModelRegistry,
     settings: Settings,
-    model: str,
+    model: ModelVersion,
     tensors: dict[str, Tensor],
     timeout: float | None,
     run: Run,
@@ -430,7 +437,7 @@ async def _classify(
             raise InvalidInputError(f"text_pair has {len(seconds)} elements, text has {len(texts)}")
         items = list(zip(texts, seconds, strict=True))
     _check_chars(items, settings)
-    pipeline = registry.get(model, ClassificationPipeline)
+    pipeline = registry.get(model[0], ClassificationPipeline, version=model[1])
     out = cast(Classification, await run(pipeline.classify(items, top_k=None, timeout_s=timeout)))
     labels = list(pipeline.config.labels)
     column = {label: i for i, label in enumerate(labels)}
@@ -456,7 +463,7 @@ async def _classify(
 async def _recognize(
     registry: ModelRegistry,
     settings: Settings,
-    model: str,
+    model: ModelVersion,
     tensors: dict[str, Tensor],
     params: Mapping[str, ParameterValue],
     timeout: float | None,
@@ -471,7 +478,7 @@ async def _recognize(
         strategy = AggregationStrategy(raw) if raw is not None else AggregationStrategy.SIMPLE
     except ValueError:
         raise InvalidInputError(f"parameter 'aggregation' must be one of {choices}") from None
-    pipeline = registry.get(model, TokenClassificationPipeline)
+    pipeline = registry.get(model[0], TokenClassificationPipeline, version=model[1])
     results = cast(
         "list[list[Entity]]", await run(pipeline.recognize(texts, strategy=strategy, timeout_s=timeout))
     )
@@ -505,7 +512,7 @@ def _token_rows(tensors: dict[str, Tensor], settings: Settings) -> list[list[int
 async def _embed(
     registry: ModelRegistry,
     settings: Settings,
-    model: str,
+    model: ModelVersion,
     tensors: dict[str, Tensor],
     params: Mapping[str, ParameterValue],
     timeout: float | None,
@@ -528,7 +535,7 @@ async def _embed(
         items = texts
     else:
         items = _token_rows(tensors, settings)
-    pipeline = registry.get(model, EmbeddingPipeline)
+    pipeline = registry.get(model[0], EmbeddingPipeline, version=model[1])
     out = cast(
         Embeddings,
         await run(

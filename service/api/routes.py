@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from typing import Annotated, Final, Generic, TypeVar, cast
 
 from fastapi import APIRouter, Header, Request
+from fastapi import Path as FastApiPath
 from pydantic import WithJsonSchema
 from starlette.responses import Response
 from starlette.types import Scope
 
 from bertserve.modelrepo import Task
+from bertserve.service import tracing
 from bertserve.service.api.errors import (
     ErrorStyle,
     answered_status,
@@ -40,6 +42,8 @@ from bertserve.service.api.schemas import (
     NerRequest,
     NerResponse,
     RankedOut,
+    ReloadedModel,
+    ReloadResponse,
     RerankRequest,
     RerankResponse,
     TokenizeRequest,
@@ -49,6 +53,7 @@ from bertserve.service.api.schemas import (
 from bertserve.service.errors import (
     ClientClosedError,
     DeadlineExceededError,
+    ForbiddenError,
     InferenceError,
     InvalidInputError,
     ModelNotFoundError,
@@ -71,7 +76,7 @@ from bertserve.service.pipeline import (
     Reranking,
     TokenClassificationPipeline,
 )
-from bertserve.service.registry import ModelRegistry
+from bertserve.service.registry import ModelRegistry, ReloadOutcome
 from bertserve.service.settings import Settings
 from bertserve.service.tokenization import Encoded, TextInput
 
@@ -109,6 +114,11 @@ RequestTimeoutHeader = Annotated[
     ),
     # An absent header is None; a header is never JSON null, so OpenAPI shows a plain number.
     WithJsonSchema({"type": "number", "exclusiveMinimum": 0}),
+]
+
+
+VersionPath = Annotated[
+    int, FastApiPath(ge=1, description="A served version of the model (model.yaml's version_policy).")
 ]
 
 
@@ -176,6 +186,9 @@ def observe(
 def observe_request(request: Request, model: str, endpoint: str) -> Iterator[None]:
     """`observe` for an HTTP request (which is then not counted again by the error handler)."""
     request.scope[_OBSERVED] = True
+    if tracing.enabled():
+        route = request.scope.get("route")
+        tracing.rename_current(f"{request.method} {getattr(route, 'path', request.url.path)}")
     access = request.scope.get(ACCESS_SCOPE_KEY)
     with observe(app_state(request), model, endpoint, access, style_of_path(request.url.path)):
         yield
@@ -202,6 +215,9 @@ def count_overloaded(registry: ModelRegistry, scope: Scope) -> None:
     if len(parts) == 5 and parts[1:3] == ["v1", "models"]:  # /v1/models/{model}/{endpoint}
         model = parts[3]
         endpoint = parts[4] if parts[4] in INFERENCE_ENDPOINTS else None
+    elif len(parts) == 7 and parts[1:3] == ["v1", "models"] and parts[4] == "versions":
+        model = parts[3]  # /v1/models/{model}/versions/{version}/{endpoint}
+        endpoint = parts[6] if parts[6] in INFERENCE_ENDPOINTS else None
     elif len(parts) in (5, 7) and parts[1:3] == ["v2", "models"] and parts[-1] == "infer":
         model, endpoint = parts[3], "v2_infer"  # /v2/models/{model}[/versions/{v}]/infer
     label = model if model in registry else UNKNOWN_MODEL
@@ -330,11 +346,19 @@ def health_ok() -> HealthOut:
     return {"status": "ok", "reasons": []}
 
 
-def model_info(pipeline: Pipeline, ready: bool, settings: Settings) -> ModelInfo:
+def model_info(
+    pipeline: Pipeline,
+    ready: bool,
+    settings: Settings,
+    reload_error: str | None = None,
+    versions: list[int] | None = None,
+) -> ModelInfo:
+    """`versions`: every served version of the model (default: this pipeline's only)."""
     config, limits = pipeline.config, pipeline.batcher.limits
     return {
         "name": config.name,
         "version": config.default_version,
+        "versions": versions or [config.default_version],
         "task": str(config.task),
         "problem_type": str(config.problem_type) if config.problem_type else None,
         "labels": list(config.labels),
@@ -366,6 +390,7 @@ def model_info(pipeline: Pipeline, ready: bool, settings: Settings) -> ModelInfo
             "max_request_tokens": pipeline.limits.max_tokens,
         },
         "ready": ready,
+        "reload_error": reload_error,
     }
 
 
@@ -381,6 +406,7 @@ INFERENCE_ERROR_TYPES: Final = (
     QueueFullError,
     NotReadyError,
     DeadlineExceededError,
+    ForbiddenError,
     InferenceError,
 )
 _INFERENCE_ERRORS = openapi_error_responses(*INFERENCE_ERROR_TYPES)
@@ -396,9 +422,33 @@ _INFERENCE_ERRORS = openapi_error_responses(*INFERENCE_ERROR_TYPES)
 async def classify(
     model: str, body: ClassifyRequest, request: Request, timeout_ms: RequestTimeoutHeader = None
 ) -> JsonBody[ClassifyResponse]:
+    return await _classify(model, None, body, request, timeout_ms)
+
+
+@router.post(
+    "/v1/models/{model}/versions/{version}/classify",
+    name="classify",
+    response_model=ClassifyResponse,
+    responses=_INFERENCE_ERRORS,
+    tags=["inference"],
+    summary="Classify with one served version of the model",
+)
+async def classify_version(
+    model: str,
+    version: VersionPath,
+    body: ClassifyRequest,
+    request: Request,
+    timeout_ms: RequestTimeoutHeader = None,
+) -> JsonBody[ClassifyResponse]:
+    return await _classify(model, version, body, request, timeout_ms)
+
+
+async def _classify(
+    model: str, version: int | None, body: ClassifyRequest, request: Request, timeout_ms: float | None
+) -> JsonBody[ClassifyResponse]:
     state = app_state(request)
     with observe_request(request, model, "classify"):
-        pipeline = state.registry.get(model, ClassificationPipeline)
+        pipeline = state.registry.get(model, ClassificationPipeline, version=version)
         inputs = normalize_inputs(body.inputs, state.settings)
         out = await unless_disconnected(
             request,
@@ -423,9 +473,33 @@ async def classify(
 async def ner(
     model: str, body: NerRequest, request: Request, timeout_ms: RequestTimeoutHeader = None
 ) -> JsonBody[NerResponse]:
+    return await _ner(model, None, body, request, timeout_ms)
+
+
+@router.post(
+    "/v1/models/{model}/versions/{version}/ner",
+    name="ner",
+    response_model=NerResponse,
+    responses=_INFERENCE_ERRORS,
+    tags=["inference"],
+    summary="Named entities with one served version of the model",
+)
+async def ner_version(
+    model: str,
+    version: VersionPath,
+    body: NerRequest,
+    request: Request,
+    timeout_ms: RequestTimeoutHeader = None,
+) -> JsonBody[NerResponse]:
+    return await _ner(model, version, body, request, timeout_ms)
+
+
+async def _ner(
+    model: str, version: int | None, body: NerRequest, request: Request, timeout_ms: float | None
+) -> JsonBody[NerResponse]:
     state = app_state(request)
     with observe_request(request, model, "ner"):
-        pipeline = state.registry.get(model, TokenClassificationPipeline)
+        pipeline = state.registry.get(model, TokenClassificationPipeline, version=version)
         texts = cast(list[str], normalize_inputs(body.inputs, state.settings))
         results = await unless_disconnected(
             request,
@@ -450,6 +524,30 @@ async def ner(
 async def embed(
     model: str, body: EmbedRequest, request: Request, timeout_ms: RequestTimeoutHeader = None
 ) -> JsonBody[EmbedResponse]:
+    return await _embed(model, None, body, request, timeout_ms)
+
+
+@router.post(
+    "/v1/models/{model}/versions/{version}/embed",
+    name="embed",
+    response_model=EmbedResponse,
+    responses=_INFERENCE_ERRORS,
+    tags=["inference"],
+    summary="Sentence embeddings from one served version of the model",
+)
+async def embed_version(
+    model: str,
+    version: VersionPath,
+    body: EmbedRequest,
+    request: Request,
+    timeout_ms: RequestTimeoutHeader = None,
+) -> JsonBody[EmbedResponse]:
+    return await _embed(model, version, body, request, timeout_ms)
+
+
+async def _embed(
+    model: str, version: int | None, body: EmbedRequest, request: Request, timeout_ms: float | None
+) -> JsonBody[EmbedResponse]:
     state = app_state(request)
     with observe_request(request, model, "embed"):
         out = await embeddings_of(
@@ -461,6 +559,7 @@ async def embed(
             dimensions=body.dimensions,
             truncate=body.truncate,
             timeout_ms=timeout_ms,
+            version=version,
         )
         return JsonBody(embed_body(model, out))
 
@@ -475,10 +574,11 @@ async def embeddings_of(
     dimensions: int | None,
     truncate: bool,
     timeout_ms: float | None,
+    version: int | None = None,
 ) -> Embeddings:
     """The embeddings of a feature-extraction model for texts (within the input limits) or for
     token-id lists a client tokenized itself (within the input count): every embedding route's."""
-    pipeline = state.registry.get(model, EmbeddingPipeline)
+    pipeline = state.registry.get(model, EmbeddingPipeline, version=version)
     items: list[str] | list[list[int]]
     if isinstance(inputs, str) or (inputs and isinstance(inputs[0], str)):
         items = cast(list[str], normalize_inputs(cast(str | Sequence[str], inputs), state.settings))
@@ -510,10 +610,13 @@ async def rerank_scores(
     raw_scores: bool,
     truncate: bool,
     timeout_ms: float | None,
+    version: int | None = None,
 ) -> Reranking:
     """A rerank on a cross-encoder (or one-logit classifier) or on an embedding model (cosine)."""
     # NOTE: `get` checked the kind; mypy sees only the common base of the two
-    pipeline = cast(Reranker, state.registry.get(model, ClassificationPipeline, EmbeddingPipeline))
+    pipeline = cast(
+        Reranker, state.registry.get(model, ClassificationPipeline, EmbeddingPipeline, version=version)
+    )
     normalize_inputs([query, *texts], state.settings)  # the same input limits as every route
     return await unless_disconnected(
         request,
@@ -533,6 +636,30 @@ async def rerank_scores(
 async def rerank(
     model: str, body: RerankRequest, request: Request, timeout_ms: RequestTimeoutHeader = None
 ) -> JsonBody[RerankResponse]:
+    return await _rerank(model, None, body, request, timeout_ms)
+
+
+@router.post(
+    "/v1/models/{model}/versions/{version}/rerank",
+    name="rerank",
+    response_model=RerankResponse,
+    responses=_INFERENCE_ERRORS,
+    tags=["inference"],
+    summary="Rerank with one served version of the model",
+)
+async def rerank_version(
+    model: str,
+    version: VersionPath,
+    body: RerankRequest,
+    request: Request,
+    timeout_ms: RequestTimeoutHeader = None,
+) -> JsonBody[RerankResponse]:
+    return await _rerank(model, version, body, request, timeout_ms)
+
+
+async def _rerank(
+    model: str, version: int | None, body: RerankRequest, request: Request, timeout_ms: float | None
+) -> JsonBody[RerankResponse]:
     state = app_state(request)
     with observe_request(request, model, "rerank"):
         out = await rerank_scores(
@@ -544,6 +671,7 @@ async def rerank(
             raw_scores=body.raw_scores,
             truncate=body.truncate,
             timeout_ms=timeout_ms,
+            version=version,
         )
         return JsonBody(rerank_body(model, out, body))
 
@@ -556,9 +684,29 @@ async def rerank(
     summary="The model's tokens for each text: ids, token texts, character offsets, count",
 )
 async def tokenize(model: str, body: TokenizeRequest, request: Request) -> JsonBody[TokenizeResponse]:
+    return await _tokenize(model, None, body, request)
+
+
+@router.post(
+    "/v1/models/{model}/versions/{version}/tokenize",
+    name="tokenize",
+    response_model=TokenizeResponse,
+    responses=_INFERENCE_ERRORS,
+    tags=["inference"],
+    summary="Tokens of one served version of the model",
+)
+async def tokenize_version(
+    model: str, version: VersionPath, body: TokenizeRequest, request: Request
+) -> JsonBody[TokenizeResponse]:
+    return await _tokenize(model, version, body, request)
+
+
+async def _tokenize(
+    model: str, version: int | None, body: TokenizeRequest, request: Request
+) -> JsonBody[TokenizeResponse]:
     state = app_state(request)
     with observe_request(request, model, "tokenize"):
-        pipeline = state.registry.get(model, Pipeline)
+        pipeline = state.registry.get(model, Pipeline, version=version)
         texts = cast(list[str], normalize_inputs(body.inputs, state.settings))
         encodings = await pipeline.tokenize(
             texts, add_special_tokens=body.add_special_tokens, truncate=body.truncate
@@ -575,8 +723,21 @@ async def tokenize(model: str, body: TokenizeRequest, request: Request) -> JsonB
 )
 async def list_models(request: Request) -> JsonBody[ModelList]:
     state = app_state(request)
-    ready = state.registry.is_ready
-    return JsonBody({"models": [model_info(p, ready, state.settings) for p in state.registry.pipelines()]})
+    reg = state.registry
+    return JsonBody(
+        {
+            "models": [
+                model_info(
+                    p,
+                    reg.is_ready,
+                    state.settings,
+                    reg.reload_errors.get(p.name),
+                    reg.served_versions(p.name),
+                )
+                for p in reg.pipelines()
+            ]
+        }
+    )
 
 
 @router.get(
@@ -587,8 +748,26 @@ async def list_models(request: Request) -> JsonBody[ModelList]:
     summary="One served model: task, labels, backend, precision, batching",
 )
 async def get_model(model: str, request: Request) -> JsonBody[ModelInfo]:
-    state = app_state(request)
-    return JsonBody(model_info(state.registry.describe(model), state.registry.is_ready, state.settings))
+    return JsonBody(_model_info(app_state(request), model, None))
+
+
+@router.get(
+    "/v1/models/{model}/versions/{version}",
+    response_model=ModelInfo,
+    responses=openapi_error_responses(UnauthorizedError, ModelNotFoundError),
+    tags=["models"],
+    summary="One served version of a model",
+)
+async def get_model_version(model: str, version: VersionPath, request: Request) -> JsonBody[ModelInfo]:
+    return JsonBody(_model_info(app_state(request), model, version))
+
+
+def _model_info(state: AppState, model: str, version: int | None) -> ModelInfo:
+    reg = state.registry
+    pipeline = reg.describe(model, version)
+    return model_info(
+        pipeline, reg.is_ready, state.settings, reg.reload_errors.get(model), reg.served_versions(model)
+    )
 
 
 @router.get(
@@ -629,3 +808,53 @@ async def ready(request: Request) -> JsonBody[HealthOut]:
 async def metrics(request: Request) -> Response:
     body, content_type = app_state(request).metrics.render()
     return Response(body, media_type=content_type)
+
+
+# --- repository control ---------------------------------------------------------------------------
+
+_CONTROL_ERRORS = openapi_error_responses(
+    UnauthorizedError, ForbiddenError, ModelNotFoundError, NotReadyError
+)
+
+
+def reload_body(outcomes: Sequence[ReloadOutcome]) -> ReloadResponse:
+    models: list[ReloadedModel] = []
+    for o in outcomes:
+        entry: ReloadedModel = {"name": o.name, "result": o.result, "version": o.version}
+        if o.error is not None:
+            entry["error"] = o.error
+        models.append(entry)
+    return {"models": models}
+
+
+def _repository_control(state: AppState) -> ModelRegistry:
+    """Repository control changes what is served: only with an API key (which the middleware has
+    checked by now), never on an open deployment."""
+    if state.settings.api_key is None:
+        raise ForbiddenError(
+            "repository control needs an API key: set BERTSERVE_API_KEY (the reload endpoints are off "
+            "without one; BERTSERVE_REPOSITORY_POLL_S reloads without any endpoint)"
+        )
+    return state.registry
+
+
+@router.post(
+    "/v1/repository/reload",
+    response_model=ReloadResponse,
+    responses=_CONTROL_ERRORS,
+    tags=["repository"],
+    summary="Reload every served model whose model.yaml changed, without a restart (needs the API key)",
+)
+async def reload_repository(request: Request) -> JsonBody[ReloadResponse]:
+    return JsonBody(reload_body(await _repository_control(app_state(request)).reload()))
+
+
+@router.post(
+    "/v1/repository/models/{model}/load",
+    response_model=ReloadResponse,
+    responses=_CONTROL_ERRORS,
+    tags=["repository"],
+    summary="Reload one served model from the repository (needs the API key)",
+)
+async def load_model(model: str, request: Request) -> JsonBody[ReloadResponse]:
+    return JsonBody(reload_body(await _repository_control(app_state(request)).reload([model])))

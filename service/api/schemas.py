@@ -393,6 +393,7 @@ class LimitsOut(TypedDict):
                 {
                     "name": "sst2",
                     "version": 1,
+                    "versions": [1],
                     "task": "text-classification",
                     "problem_type": "single_label_classification",
                     "labels": ["negative", "positive"],
@@ -419,7 +420,8 @@ class LimitsOut(TypedDict):
 )
 class ModelInfo(TypedDict):
     name: str
-    version: int
+    version: Annotated[int, Field(description="The version this describes (the default one unless asked).")]
+    versions: Annotated[list[int], Field(description="Every served version (model.yaml's version_policy).")]
     task: str
     problem_type: str | None
     labels: list[str]
@@ -447,6 +449,26 @@ class ModelInfo(TypedDict):
     batching: BatchingOut
     limits: LimitsOut
     ready: bool
+    reload_error: NotRequired[
+        Annotated[
+            str | None,
+            Field(
+                description="Why the last reload of this model failed (the served version stays); "
+                "null after one succeeds."
+            ),
+        ]
+    ]
+
+
+class ReloadedModel(TypedDict):
+    name: str
+    result: Annotated[str, Field(description="loaded, unchanged or failed")]
+    version: Annotated[int, Field(description="The version serving after the reload.")]
+    error: NotRequired[str]
+
+
+class ReloadResponse(TypedDict):
+    models: list[ReloadedModel]
 
 
 class ModelList(TypedDict):

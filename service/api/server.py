@@ -174,6 +174,15 @@ def run_server(
         print(f"error: invalid settings: {problems}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(settings.log_level, settings.log_format)
+    if settings.otel_endpoint:
+        from bertserve.service import tracing
+
+        try:
+            tracing.configure(settings.otel_endpoint, settings.otel_service_name)
+        except tracing.TracingUnavailableError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        log.info("tracing to %s", settings.otel_endpoint)
     if settings.api_key is None and not is_loopback(settings.host):
         log.warning(
             "binding %s without BERTSERVE_API_KEY: anyone who reaches this port can run inference",
@@ -213,4 +222,15 @@ def run_server(
     except SystemExit as exc:  # uvicorn exits when it cannot bind
         registry.close()
         return exc.code if isinstance(exc.code, int) and exc.code else EXIT_SERVER
+    finally:
+        _flush_traces()
     return 0 if server.started else EXIT_SERVER
+
+
+def _flush_traces() -> None:
+    """Send the spans still buffered (tracing on only)."""
+    from bertserve.service import tracing
+
+    provider = tracing.provider()
+    if provider is not None:
+        provider.shutdown()

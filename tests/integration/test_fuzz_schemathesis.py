@@ -41,9 +41,14 @@ MIN_REQUESTS = 1000
 # pipelines; the generated (mostly unknown) names keep exercising the 404 path.
 MODELS = {"classify": ("cls", "multi", "distil"), "ner": ("ner",), "infer": ("cls", "multi", "ner")}
 # Schema-valid requests may still be refused for reasons a static schema cannot carry: deployment
-# limits (413: inputs, characters, tokens), a model of the other task (400), a full queue (429).
+# limits (413: inputs, characters, tokens), a model of the other task (400), a full queue (429),
+# repository control on a deployment without an API key (403).
 CONFIG = schemathesis.Config.from_dict(
-    {"checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "404", "413", "429"]}}}
+    {
+        "checks": {
+            "positive_data_acceptance": {"expected-statuses": ["2xx", "400", "403", "404", "413", "429"]}
+        }
+    }
 )
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 

@@ -110,6 +110,17 @@ EXPECTED_ROUTES = {
     ("POST", "/models/{model}"),
     ("POST", "/models/{model}/pipeline/feature-extraction"),
     ("POST", "/v1/embeddings"),
+    # the served versions of a model (model.yaml's version_policy), each route at its own path
+    ("GET", "/v1/models/{model}/versions/{version}"),
+    ("POST", "/v1/models/{model}/versions/{version}/classify"),
+    ("POST", "/v1/models/{model}/versions/{version}/ner"),
+    ("POST", "/v1/models/{model}/versions/{version}/embed"),
+    ("POST", "/v1/models/{model}/versions/{version}/rerank"),
+    ("POST", "/v1/models/{model}/versions/{version}/tokenize"),
+    # repository control: reload served models from the repository (API key required; no paths,
+    # no uploads: only what the repository folder already holds)
+    ("POST", "/v1/repository/reload"),
+    ("POST", "/v1/repository/models/{model}/load"),
     # the Open Inference Protocol (service/api/v2.py): metadata, health and inference, nothing else
     ("GET", "/v2"),
     ("GET", "/v2/health/live"),
@@ -124,7 +135,8 @@ EXPECTED_ROUTES = {
 
 
 async def test_route_list_snapshot(make_service: Callable[..., Any]) -> None:
-    """No management, reload or file-path endpoint exists; a new route must be added here on purpose."""
+    """No management or file-path endpoint exists beyond the repository reload; a new route must be
+    added here on purpose."""
     svc: Service = await make_service(
         api_key=API_KEY, metrics_public=True, cors_origins=["https://a.example"]
     )

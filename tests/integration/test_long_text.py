@@ -31,14 +31,17 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         FakeModelSpec("mean", max_length=MAX_LENGTH),
         FakeModelSpec("max", max_length=MAX_LENGTH, window_pooling=WindowPooling.MAX),
         FakeModelSpec("distil", max_length=MAX_LENGTH, inputs=("input_ids", "attention_mask")),
+        FakeModelSpec("review", max_length=512),
     )
     return write_fake_repo(tmp_path_factory.mktemp("long-text-repo"), specs)
 
 
-def expected(repo: Path, model: str, text: str, stride: int, with_types: bool = True) -> dict[str, float]:
-    tokenizer = TextTokenizer(repo / model / "1" / "tokenizer.json", MAX_LENGTH)
+def expected(
+    repo: Path, model: str, text: str, stride: int, with_types: bool = True, max_length: int = MAX_LENGTH
+) -> dict[str, float]:
+    tokenizer = TextTokenizer(repo / model / "1" / "tokenizer.json", max_length)
     (enc,) = tokenizer.encode_documents([text])
-    plan = plan_windows(enc.special_tokens_mask, enc.word_ids, MAX_LENGTH, stride)
+    plan = plan_windows(enc.special_tokens_mask, enc.word_ids, max_length, stride)
     ids, types = np.asarray(enc.encoding.ids), np.asarray(enc.encoding.type_ids)
     rows = []
     for k in range(len(plan.windows)):
@@ -76,6 +79,24 @@ async def test_a_long_text_is_read_in_windows_and_their_logits_pooled(
     # a text that fits is read as it is, exactly as without windows
     plain = (await client.post(f"/v1/models/{model}/classify", json={"inputs": SHORT})).json()
     assert body["results"][0] == plain["results"][0]
+
+
+async def test_a_5000_token_review_is_classified_through_its_windows(
+    start_app: AppStarter, repo: Path
+) -> None:
+    sentences = [f"the film number {i} had great actors but a weak and predictable story" for i in range(420)]
+    review = " ".join(sentences)
+    (enc,) = TextTokenizer(repo / "review" / "1" / "tokenizer.json", 512).encode_documents([review])
+    assert enc.length >= 5000
+    client = await start(start_app, repo)
+    r = await client.post(
+        "/v1/models/review/classify", json={"inputs": review, "truncate": False, "long_text": "windows"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["windowed"] == [0]
+    want = expected(repo, "review", review, stride=128, max_length=512)  # BERTSERVE_NER_STRIDE
+    got = {x["label"]: x["score"] for x in r.json()["results"][0]}
+    assert got == pytest.approx(want, abs=1e-6)
 
 
 async def test_without_windows_a_long_text_is_cut_or_refused_as_before(

@@ -219,3 +219,14 @@ def test_embedding_and_rerank_models_and_their_output_width() -> None:
     rerank = ModelConfig.model_validate(_raw(task="rerank", labels=["relevance"]))
     assert rerank.output_width == 1 and rerank.problem_type == ProblemType.SINGLE_LABEL
     assert ModelConfig.model_validate(_raw()).output_width == 2
+
+
+def test_version_policy_is_exactly_one_choice() -> None:
+    from bertserve.modelrepo import VersionPolicy
+
+    assert VersionPolicy(latest=2).select([3, 1, 2, 5]) == [3, 5]
+    assert VersionPolicy(all=True).select([2, 1]) == [1, 2]
+    assert VersionPolicy(specific=[2, 2, 1]).select([1, 2, 3]) == [1, 2]
+    for bad in ({}, {"latest": 1, "all": True}, {"all": False}, {"latest": 0}, {"specific": []}):
+        with pytest.raises(ValueError):
+            VersionPolicy.model_validate(bad)

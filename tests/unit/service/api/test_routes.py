@@ -31,6 +31,7 @@ from bertserve.service.api.schemas import (
     ModelInfo,
     ModelList,
     NerResponse,
+    ReloadResponse,
     RerankResponse,
     TokenizeResponse,
 )
@@ -80,8 +81,11 @@ def test_every_json_route_documents_the_body_type_its_handler_returns() -> None:
         "tokenize": TokenizeResponse,
         "list_models": ModelList,
         "get_model": ModelInfo,
+        "get_model_version": ModelInfo,
         "live": HealthOut,
         "ready": HealthOut,
+        "reload_repository": ReloadResponse,
+        "load_model": ReloadResponse,
     }
 
 
