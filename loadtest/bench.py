@@ -148,6 +148,30 @@ def find_checkpoint(repo: Path, model: str, explicit: Path | None) -> Path | Non
     return None
 
 
+def served_model_arguments(description: str | None, seconds: float) -> argparse.ArgumentParser:
+    """The options of the load scripts that serve one repository model (loadtest.protocols,
+    loadtest.reload): repository, model, backend, duration, sentences; `model_and_sentences`
+    resolves them."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repo", type=Path, default=Path("models"))
+    parser.add_argument("--model", default="sentiment")
+    parser.add_argument("--backend", default="onnxruntime-cpu")
+    parser.add_argument("--seconds", type=float, default=seconds)
+    parser.add_argument("--sentences", type=int, default=400)
+    parser.add_argument(
+        "--data", type=Path, default=None, help="One sentence per line (default: built-in corpus)."
+    )
+    parser.add_argument("--build-fallback", action="store_true", help="Build the MiniLM example when absent.")
+    return parser
+
+
+def model_and_sentences(args: argparse.Namespace) -> tuple[str, list[str]]:
+    model = resolve_model(args.repo, args.model, args.build_fallback)
+    return model, list(load_sentences(args.data, args.sentences, seed=0).texts)
+
+
 def load_sentences(data: Path | None, limit: int, seed: int) -> Corpus:
     corpus = sentence_file_corpus(data, limit) if data else classify_corpus(limit)
     texts = list(corpus.texts)

@@ -15,7 +15,6 @@ of the figure, as a real co-located caller's would be.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import re
@@ -24,11 +23,10 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from loadtest.bench import free_port, load_sentences, resolve_model, subprocess_server
+from loadtest.bench import free_port, model_and_sentences, served_model_arguments, subprocess_server
 from loadtest.httpload import check_loopback, encode_post
 
 _BATCH = re.compile(r'^bertserve_batch_size_(sum|count)\{model="([^"]+)"\}\s+([0-9.e+]+)$', re.M)
@@ -223,22 +221,10 @@ async def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--repo", type=Path, default=Path("models"))
-    parser.add_argument("--model", default="sentiment")
-    parser.add_argument("--backend", default="onnxruntime-cpu")
+    parser = served_model_arguments(__doc__, seconds=15.0)
     parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--sentences", type=int, default=400)
-    parser.add_argument(
-        "--data", type=Path, default=None, help="One sentence per line (default: built-in corpus)."
-    )
-    parser.add_argument("--build-fallback", action="store_true", help="Build the MiniLM example when absent.")
     args = parser.parse_args(argv)
-    model = resolve_model(args.repo, args.model, args.build_fallback)
-    sentences = list(load_sentences(args.data, args.sentences, seed=0).texts)
+    model, sentences = model_and_sentences(args)
     port, grpc_port = free_port(), free_port()
     cmd = [
         sys.executable, "-m", "bertserve.cli", "serve", "--repo", str(args.repo), "--model", model,

@@ -17,7 +17,6 @@ Exit code 1 if any request failed or answered from the wrong version.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import shutil
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.bench import free_port, load_sentences, resolve_model, subprocess_server
+from loadtest.bench import free_port, model_and_sentences, served_model_arguments, subprocess_server
 from loadtest.httpload import check_loopback, encode_post, run_closed_loop
 
 KEY = "reload-load-test-key-0123456789"
@@ -186,21 +185,9 @@ async def run(port: int, repo: Path, model: str, sentences: list[str], seconds: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--repo", type=Path, default=Path("models"))
-    parser.add_argument("--model", default="sentiment")
-    parser.add_argument("--backend", default="onnxruntime-cpu")
-    parser.add_argument("--seconds", type=float, default=24.0)
-    parser.add_argument("--sentences", type=int, default=400)
-    parser.add_argument(
-        "--data", type=Path, default=None, help="One sentence per line (default: built-in corpus)."
-    )
-    parser.add_argument("--build-fallback", action="store_true", help="Build the MiniLM example when absent.")
+    parser = served_model_arguments(__doc__, seconds=24.0)
     args = parser.parse_args(argv)
-    model = resolve_model(args.repo, args.model, args.build_fallback)
-    sentences = list(load_sentences(args.data, args.sentences, seed=0).texts)
+    model, sentences = model_and_sentences(args)
     with tempfile.TemporaryDirectory(prefix="bertserve-reload-") as scratch:
         repo = Path(scratch)
         shutil.copytree(args.repo / model, repo / model)

@@ -14,10 +14,35 @@ running to the end for nobody.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bertserve.service.errors import DeadlineExceededError, PayloadTooLargeError
+
+if TYPE_CHECKING:
+    from bertserve.service.settings import Settings
+    from bertserve.service.tokenization import TextInput
+
+
+def check_input_count(count: int, settings: Settings) -> None:
+    """At most `max_inputs` inputs (texts, pairs, token-id lists) in one request, on every route."""
+    if count > settings.max_inputs:
+        raise PayloadTooLargeError(f"{count} inputs in one request; at most {settings.max_inputs}")
+
+
+def normalize_inputs(raw: str | Sequence[TextInput], settings: Settings) -> list[TextInput]:
+    """A request's texts (or pairs) as a list, within `max_inputs` and `max_input_chars` (413
+    beyond): the input limits every route and protocol applies before any work."""
+    inputs: list[TextInput] = [raw] if isinstance(raw, str) else list(raw)
+    check_input_count(len(inputs), settings)
+    limit = settings.max_input_chars
+    for index, item in enumerate(inputs):
+        size = len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
+        if size > limit:
+            raise PayloadTooLargeError(f"input {index} has {size} characters; at most {limit}")
+    return inputs
 
 
 @dataclass(frozen=True, slots=True)

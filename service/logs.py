@@ -13,8 +13,13 @@ import datetime as dt
 import json
 import logging
 import sys
+import time
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+if TYPE_CHECKING:
+    from bertserve.service.limits import WorkBudget
 
 LogFormat = Literal["text", "json"]
 
@@ -78,6 +83,29 @@ def configure_logging(level: str, fmt: LogFormat) -> None:
         uv = logging.getLogger(name)
         uv.handlers.clear()
         uv.propagate = True
+
+
+def log_request(
+    method: str,
+    path: str,
+    status: int,
+    started: float,
+    extra: Mapping[str, object],
+    work: Sequence[WorkBudget],
+) -> None:
+    """The access-log line of one request (HTTP or gRPC): `started` is its `time.perf_counter()`,
+    `extra` the model and endpoint a route named, `work` the budgets of its sequences and tokens."""
+    fields: dict[str, Any] = {
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        **extra,
+    }
+    if work:
+        fields["sequences"] = sum(w.sequences for w in work)
+        fields["tokens"] = sum(w.tokens for w in work)
+    log_access(fields)
 
 
 def log_access(fields: dict[str, Any]) -> None:

@@ -35,7 +35,6 @@ from bertserve.service.api.routes import (
     RequestTimeoutHeader,
     app_state,
     embeddings_of,
-    normalize_inputs,
     observe_request,
     ranked,
     rerank_scores,
@@ -52,6 +51,7 @@ from bertserve.service.errors import (
 )
 from bertserve.service.heads.classification import Activation, LabelScore
 from bertserve.service.heads.token_classification import DEFAULT_IGNORE_LABELS, AggregationStrategy, Entity
+from bertserve.service.limits import normalize_inputs
 from bertserve.service.pipeline import (
     ClassificationPipeline,
     EmbeddingPipeline,

@@ -39,7 +39,7 @@ from bertserve.service.api.errors import status_for
 from bertserve.service.api.routes import AppState, observe
 from bertserve.service.errors import InvalidInputError, ServiceError, UnauthorizedError
 from bertserve.service.limits import REQUEST_WORK, WorkBudget
-from bertserve.service.logs import REQUEST_ID, log_access
+from bertserve.service.logs import REQUEST_ID, log_request
 
 log = logging.getLogger(__name__)
 
@@ -422,17 +422,7 @@ class InferenceService:
             raise
         finally:
             if access is not None and work is not None:
-                fields: dict[str, object] = {
-                    "method": "gRPC",
-                    "path": f"/{SERVICE}/ModelInfer",
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - start) * 1000, 2),
-                    **access,
-                }
-                if work:
-                    fields["sequences"] = sum(w.sequences for w in work)
-                    fields["tokens"] = sum(w.tokens for w in work)
-                log_access(fields)
+                log_request("gRPC", f"/{SERVICE}/ModelInfer", status, start, access, work)
 
 
 class GrpcServer:

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bertserve.service.api.errors import service_error_response
 from bertserve.service.errors import BodyTooLargeError, QueueFullError, UnauthorizedError
 from bertserve.service.limits import REQUEST_WORK, WorkBudget
-from bertserve.service.logs import REQUEST_ID, log_access
+from bertserve.service.logs import REQUEST_ID, log_request
 from bertserve.service.registry import DrainState
 
 # Health probes carry no key (kubelets and load balancers cannot send one). The OpenAPI schema and
@@ -199,14 +199,5 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             if work is not None:
-                fields: dict[str, object] = {
-                    "method": scope.get("method", ""),
-                    "path": scope.get("path", ""),
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - start) * 1000, 2),
-                    **scope.get(ACCESS_SCOPE_KEY, {}),
-                }
-                if work:
-                    fields["sequences"] = sum(w.sequences for w in work)
-                    fields["tokens"] = sum(w.tokens for w in work)
-                log_access(fields)
+                method, path = scope.get("method", ""), scope.get("path", "")
+                log_request(method, path, status, start, scope.get(ACCESS_SCOPE_KEY, {}), work)

@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 import bertserve
 from bertserve.service.errors import InvalidInputError, ModelNotFoundError, PayloadTooLargeError
 from bertserve.service.heads.token_classification import AggregationStrategy, Entity
+from bertserve.service.limits import check_input_count, normalize_inputs
 from bertserve.service.pipeline import (
     Classification,
     ClassificationPipeline,
@@ -406,19 +407,6 @@ async def infer(
     return InferResponse(model, served, request.id, [produced[name] for name in wanted])
 
 
-def _check_count(n: int, settings: Settings) -> None:
-    if n > settings.max_inputs:
-        raise PayloadTooLargeError(f"{n} inputs in one request; at most {settings.max_inputs}")
-
-
-def _check_chars(items: Sequence[TextInput], settings: Settings) -> None:
-    limit = settings.max_input_chars
-    for index, item in enumerate(items):
-        size = len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
-        if size > limit:
-            raise PayloadTooLargeError(f"input {index} has {size} characters; at most {limit}")
-
-
 async def _classify(
     registry: ModelRegistry,
     settings: Settings,
@@ -428,7 +416,6 @@ async def _classify(
     run: Run,
 ) -> dict[str, Tensor]:
     texts = _texts(tensors["text"])
-    _check_count(len(texts), settings)
     items: list[TextInput] = list(texts)
     pair = tensors.get("text_pair")
     if pair is not None:
@@ -436,7 +423,7 @@ async def _classify(
         if len(seconds) != len(texts):
             raise InvalidInputError(f"text_pair has {len(seconds)} elements, text has {len(texts)}")
         items = list(zip(texts, seconds, strict=True))
-    _check_chars(items, settings)
+    normalize_inputs(items, settings)
     pipeline = registry.get(model[0], ClassificationPipeline, version=model[1])
     out = cast(Classification, await run(pipeline.classify(items, top_k=None, timeout_s=timeout)))
     labels = list(pipeline.config.labels)
@@ -469,9 +456,7 @@ async def _recognize(
     timeout: float | None,
     run: Run,
 ) -> dict[str, Tensor]:
-    texts = _texts(tensors["text"])
-    _check_count(len(texts), settings)
-    _check_chars(texts, settings)
+    texts = cast(list[str], normalize_inputs(_texts(tensors["text"]), settings))
     choices = ", ".join(a.value for a in AggregationStrategy)
     raw = _parameter(params, "aggregation", str, f"one of {choices}")
     try:
@@ -493,7 +478,7 @@ def _token_rows(tensors: dict[str, Tensor], settings: Settings) -> list[list[int
     grid = ids.array()
     if grid.ndim != 2:
         raise InvalidInputError(f"input 'input_ids': shape must be [n, tokens], not {list(ids.shape)}")
-    _check_count(grid.shape[0], settings)
+    check_input_count(grid.shape[0], settings)
     mask_tensor = tensors.get("attention_mask")
     if mask_tensor is None:
         return [[int(t) for t in row] for row in grid]
@@ -529,10 +514,7 @@ async def _embed(
         raise InvalidInputError("'attention_mask' goes with 'input_ids'")
     items: list[str] | list[list[int]]
     if has_text:
-        texts = _texts(tensors["text"])
-        _check_count(len(texts), settings)
-        _check_chars(texts, settings)
-        items = texts
+        items = cast(list[str], normalize_inputs(_texts(tensors["text"]), settings))
     else:
         items = _token_rows(tensors, settings)
     pipeline = registry.get(model[0], EmbeddingPipeline, version=model[1])

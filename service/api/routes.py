@@ -65,6 +65,7 @@ from bertserve.service.errors import (
     UnsupportedTaskError,
 )
 from bertserve.service.heads.token_classification import Entity
+from bertserve.service.limits import check_input_count, normalize_inputs
 from bertserve.service.metrics import UNKNOWN_MODEL, Metrics
 from bertserve.service.pipeline import (
     Classification,
@@ -78,7 +79,7 @@ from bertserve.service.pipeline import (
 )
 from bertserve.service.registry import ModelRegistry, ReloadOutcome
 from bertserve.service.settings import Settings
-from bertserve.service.tokenization import Encoded, TextInput
+from bertserve.service.tokenization import Encoded
 
 T = TypeVar("T")
 B = TypeVar("B")
@@ -253,18 +254,6 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 
 def timeout_s(header_ms: float | None) -> float | None:
     return None if header_ms is None else header_ms / 1000
-
-
-def normalize_inputs(raw: str | Sequence[TextInput], settings: Settings) -> list[TextInput]:
-    inputs: list[TextInput] = [raw] if isinstance(raw, str) else list(raw)
-    if len(inputs) > settings.max_inputs:
-        raise PayloadTooLargeError(f"{len(inputs)} inputs in one request; at most {settings.max_inputs}")
-    limit = settings.max_input_chars
-    for index, item in enumerate(inputs):
-        size = len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
-        if size > limit:
-            raise PayloadTooLargeError(f"input {index} has {size} characters; at most {limit}")
-    return inputs
 
 
 def classify_body(model: str, out: Classification) -> ClassifyResponse:
@@ -584,10 +573,7 @@ async def embeddings_of(
         items = cast(list[str], normalize_inputs(cast(str | Sequence[str], inputs), state.settings))
     else:
         items = [list(ids) for ids in cast(Sequence[Sequence[int]], inputs)]
-        if len(items) > state.settings.max_inputs:
-            raise PayloadTooLargeError(
-                f"{len(items)} inputs in one request; at most {state.settings.max_inputs}"
-            )
+        check_input_count(len(items), state.settings)
     return await unless_disconnected(
         request,
         pipeline.embed(
