@@ -87,6 +87,13 @@ class Load:
             self.answers.append((sent, time.monotonic(), r.status_code, label))
             await asyncio.sleep(0)
 
+    async def until(self, answers: int, after: float = 0.0, timeout_s: float = 30.0) -> None:
+        """Wait until `answers` requests sent after `after` (time.monotonic()) were answered."""
+        deadline = time.monotonic() + timeout_s
+        while sum(1 for sent, *_ in self.answers if sent > after) < answers:
+            assert time.monotonic() < deadline, f"{len(self.answers)} answers in {timeout_s} s"
+            await asyncio.sleep(0.01)
+
     async def stop(self) -> None:
         self._stop.set()
         await asyncio.gather(*self._tasks)
@@ -98,7 +105,7 @@ async def test_reload_under_load_switches_without_a_failed_request(
     svc, backends = await start(api_key=KEY)
     old = svc.registry.describe("cls")
     load = Load(svc.client, clients=6)
-    await asyncio.sleep(0.3)
+    await load.until(30)  # the switch happens under traffic, whatever this machine's speed
     version = new_version(repo, "cls", V2_LABELS)
     began = time.monotonic()
     r = await svc.client.post("/v1/repository/reload")
@@ -107,7 +114,7 @@ async def test_reload_under_load_switches_without_a_failed_request(
     outcomes = {m["name"]: m for m in r.json()["models"]}
     assert outcomes["cls"] == {"name": "cls", "result": "loaded", "version": version}
     assert outcomes["ner"]["result"] == "unchanged"
-    await asyncio.sleep(0.3)
+    await load.until(30, after=switched)
     await load.stop()
 
     codes = {code for _, _, code, _ in load.answers}
@@ -135,9 +142,10 @@ async def test_reload_under_load_switches_without_a_failed_request(
 async def test_a_broken_version_leaves_the_served_one(start: Callable[..., Any], repo: Path) -> None:
     svc, _ = await start(api_key=KEY)
     load = Load(svc.client, clients=4)
+    await load.until(10)
     new_version(repo, "cls", V2_LABELS, break_tokenizer=True)
     r = await svc.client.post("/v1/repository/models/cls/load")
-    await asyncio.sleep(0.1)
+    await load.until(10, after=time.monotonic())
     await load.stop()
     assert r.status_code == 200
     (outcome,) = r.json()["models"]
