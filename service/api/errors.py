@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError as PydanticValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -168,7 +169,9 @@ def error_response(
     return Response(body, status_code=status, media_type="application/json", headers=dict(headers or {}))
 
 
-def _validation_message(exc: RequestValidationError) -> str:
+def validation_message(exc: RequestValidationError | PydanticValidationError) -> str:
+    """A validation failure (FastAPI's for a body it parsed, pydantic's for one a route parsed
+    itself, as the v2 routes do) as one line a client can act on."""
     # NOTE: pydantic's error dicts carry the offending input; only location and reason are kept.
     # A union field reports one error per branch with the branch's type in the location; the
     # first error per plain location (field names and indices) is the one a client can act on.
@@ -208,7 +211,7 @@ def error_answer(request: Request, exc: Exception) -> ErrorAnswer:
     if isinstance(exc, ServiceError):
         return _of_service_error(exc)
     if isinstance(exc, RequestValidationError):
-        return ErrorAnswer(422, "invalid_input", _validation_message(exc))
+        return ErrorAnswer(422, "invalid_input", validation_message(exc))
     if isinstance(exc, StarletteHTTPException) and isinstance(exc.__cause__, ServiceError):
         # FastAPI wraps whatever is raised while it reads the body into a 400, including the
         # body-limit middleware's error.

@@ -25,7 +25,7 @@ from starlette.responses import Response
 from typing_extensions import TypedDict
 
 from bertserve.service.api import oip
-from bertserve.service.api.errors import ErrorStyle, openapi_error_responses
+from bertserve.service.api.errors import ErrorStyle, openapi_error_responses, validation_message
 from bertserve.service.api.routes import (
     INFERENCE_ERROR_TYPES,
     JsonBody,
@@ -192,15 +192,6 @@ def tensor_from_json(t: V2InputTensor) -> oip.Tensor:
     return oip.tensor_from_values(t.name, t.datatype, t.shape, array)
 
 
-def _validation_message(exc: PydanticValidationError) -> str:
-    # NOTE: as api/errors.py: locations and reasons only, never the input
-    first: dict[str, str] = {}
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ()) if isinstance(p, int) or str(p).isidentifier())
-        first.setdefault(loc, str(err.get("msg", "invalid")))
-    return "; ".join(f"{loc}: {msg}" for loc, msg in list(first.items())[:5]) or "invalid request"
-
-
 def parse_request(body: bytes, header_length: str | None, max_inputs: int) -> oip.InferRequest:
     """An `InferRequest` from a v2 REST body: JSON only, or JSON then binary tensors."""
     binary = b""
@@ -216,7 +207,7 @@ def parse_request(body: bytes, header_length: str | None, max_inputs: int) -> oi
     except PydanticValidationError as exc:
         if any(e.get("type") == "json_invalid" for e in exc.errors()):
             raise InvalidInputError("request body is not valid JSON") from None
-        raise InvalidInputError(_validation_message(exc)) from None
+        raise InvalidInputError(validation_message(exc)) from None
     inputs: list[oip.Tensor] = []
     offset = 0
     for t in doc.inputs:
