@@ -10,6 +10,7 @@ Layout (Triton-like: one folder per model, versioned sub-folders, the config bes
           model.onnx             # portable ONNX (standard ops, dynamic axes): TensorRT, OpenVINO, fallback
           model.ort.onnx         # onnxruntime.transformers-fused graph: ORT CPU / CUDA
           model.int8.onnx        # dynamically quantized (optional)
+          model.fp16.onnx        # GPU-fused, float16 (optional, `--fp16`): ORT CUDA's default
           openvino/model.xml|bin # OpenVINO IR fp32 (optionally fp16-compressed weights)
           openvino-int8/...      # NNCF-quantized IR (optional)
           export_report.json     # parity / agreement figures from the export

@@ -99,6 +99,8 @@ def _check_options(options: ExportOptions) -> tuple[Task, tuple[str, ...]]:
         raise ExportError(f"unknown format(s) {unknown or formats}; choose from: {', '.join(KNOWN_FORMATS)}")
     if options.fp16_ir and "openvino" not in formats:
         raise ExportError("--fp16-ir needs the openvino format")
+    if options.fp16 and "onnx" not in formats:
+        raise ExportError("--fp16 writes an ONNX graph; it needs the onnx format")
     for path, what in ((options.calibration, "calibration"), (options.eval_file, "eval")):
         if path is not None and not path.is_file():
             raise ExportError(f"{what} file {path} does not exist")

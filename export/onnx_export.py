@@ -78,8 +78,30 @@ def _check_dynamic_axes(path: Path, info: OnnxGraphInfo) -> None:
             raise ExportError(f"exported graph input {graph_input.name} lacks dynamic batch/sequence axes")
 
 
+# Ops the fp16 graph keeps in fp32 besides ORT's own list (ops without fp16 kernels): the
+# normalizations and softmax that were not fused. ORT's fused SkipLayerNormalization, Attention and
+# EmbedLayerNormalization already accumulate their mean, variance and softmax in fp32 inside the
+# kernel; an unfused LayerNormalization or Softmax (a graph the fusions did not match) or a pooling
+# reduction (an embedding graph's mean over up to 512 tokens) would do it in fp16, where sums of
+# hundreds of terms lose the low digits that decide a close call.
+FP16_EXTRA_BLOCKED_OPS = (
+    "LayerNormalization",
+    "SimplifiedLayerNormalization",
+    "Softmax",
+    "ReduceSum",
+    "ReduceMean",
+)
+
+
+def fp16_op_block_list() -> list[str]:
+    """ORT's default fp32-only ops plus `FP16_EXTRA_BLOCKED_OPS`."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
+
+    return [*DEFAULT_OP_BLOCK_LIST, *(op for op in FP16_EXTRA_BLOCKED_OPS if op not in DEFAULT_OP_BLOCK_LIST)]
+
+
 def optimize_for_onnxruntime(
-    source: Path, output: Path, *, num_heads: int, hidden_size: int
+    source: Path, output: Path, *, num_heads: int, hidden_size: int, fp16: bool = False
 ) -> dict[str, int]:
     """Apply onnxruntime.transformers fusions (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm).
 
@@ -88,6 +110,10 @@ def optimize_for_onnxruntime(
     CPU-layout-specific nodes that the CUDA provider cannot run. The fused ops chosen by the default
     BERT FusionOptions (Attention with a 2-D mask, no GELU approximation) exist on both the CPU
     and CUDA execution providers and keep fp32 results within our 1e-4 tolerance.
+
+    `fp16`: fuse for the GPU, then convert to float16 with onnxruntime.transformers' converter:
+    inputs and outputs keep their types (int64 ids in, fp32 logits out, so the service feeds and
+    reads it like the fp32 graph), `fp16_op_block_list()` stays fp32.
     Returns the fused-operator counts for the report.
     """
     from onnxruntime.transformers.fusion_options import FusionOptions
@@ -108,12 +134,13 @@ def optimize_for_onnxruntime(
             hidden_size=hidden_size,
             optimization_options=options,
             opt_level=0,
-            use_gpu=False,
+            use_gpu=fp16,
         )
+        if fp16:
+            optimized.convert_float_to_float16(keep_io_types=True, op_block_list=fp16_op_block_list())
     except Exception as exc:  # fusion code raises arbitrary errors on graphs it does not understand
-        raise ExportError(
-            f"onnxruntime.transformers optimization failed: {type(exc).__name__}: {exc}"
-        ) from exc
+        what = "fp16 conversion" if fp16 else "optimization"
+        raise ExportError(f"onnxruntime.transformers {what} failed: {type(exc).__name__}: {exc}") from exc
     finally:
         fusion_logger.setLevel(previous)
     optimized.save_model_to_file(str(output), use_external_data_format=False)

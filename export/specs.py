@@ -30,6 +30,7 @@ else:
     Feeds = Mapping[str, Any]
 
 PORTABLE_ONNX = "model.onnx"
+FP16_ONNX = "model.fp16.onnx"
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,22 @@ def fp16_agreement(main: str, cmp: Comparison, options: ExportOptions) -> Verdic
     return Verdict("agreement", passed=True)
 
 
+def fp16_parity(main: str, cmp: Comparison, options: ExportOptions) -> Verdict:
+    """The fp16 graph is asked for explicitly (`--fp16`): its logits must stay within `fp16_atol`
+    of PyTorch's and its decisions agree, or the export fails.
+
+    NOTE: measured with ONNX Runtime's CPU fp16 kernels; CUDA's accumulate differently, so the
+    same tolerance is checked again on a GPU (`make gpu-check`, CUDA fp16 against CPU fp32)."""
+    if not cmp.max_abs_diff <= options.fp16_atol:  # written so that NaN fails
+        raise ExportError(
+            f"{main} (fp16 graph) does not match PyTorch: max |diff| {cmp.max_abs_diff:.2e} > "
+            f"{options.fp16_atol:.0e}"
+        )
+    if not cmp.agreement >= options.min_int8_agreement:
+        raise ExportError(f"{main} (fp16 graph) agrees with PyTorch on only {cmp.agreement:.2%} of decisions")
+    return Verdict("parity", passed=True, tolerance=options.fp16_atol)
+
+
 def int8_agreement(main: str, cmp: Comparison, options: ExportOptions) -> Verdict:
     """int8 is written whatever its agreement; the int8 gate decides whether it becomes the default."""
     return Verdict("agreement", passed=cmp.agreement >= options.min_int8_agreement)
@@ -166,6 +183,21 @@ def _ort_fusions(inputs: BuildInputs, main: Path) -> BuildOutput:
     return BuildOutput(fusions=fusions)
 
 
+def _ort_fusions_fp16(inputs: BuildInputs, main: Path) -> BuildOutput:
+    from bertserve.export.onnx_export import optimize_for_onnxruntime
+
+    fusions = optimize_for_onnxruntime(
+        inputs.portable_onnx, main, num_heads=inputs.num_heads, hidden_size=inputs.hidden_size, fp16=True
+    )
+    return BuildOutput(
+        fusions={f"fp16:{op}": n for op, n in fusions.items()},
+        notes=(
+            f"{FP16_ONNX} validated on ONNX Runtime's CPU fp16 kernels; the CUDA provider's differ, "
+            "`make gpu-check` checks the same tolerance on a GPU",
+        ),
+    )
+
+
 def _onnx_int8(inputs: BuildInputs, main: Path) -> BuildOutput:
     from bertserve.export.quantize import quantize_onnx_dynamic
 
@@ -209,6 +241,16 @@ ARTIFACTS: tuple[ArtifactSpec, ...] = (
         step="ORT transformer fusions",
         build=_ort_fusions,
         check=parity,
+    ),
+    ArtifactSpec(
+        format=ArtifactFormat.ONNX_OPTIMIZED,
+        precision=Precision.FP16,
+        family="onnx",
+        files=(FP16_ONNX,),
+        step="fp16 ONNX for GPUs (ORT fusions + float16)",
+        build=_ort_fusions_fp16,
+        check=fp16_parity,
+        requires=("fp16",),
     ),
     ArtifactSpec(
         format=ArtifactFormat.ONNX,

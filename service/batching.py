@@ -26,6 +26,7 @@ from bertserve.runtime.base import Backend, Logits
 from bertserve.runtime.budget import DeviceSlots
 from bertserve.runtime.collation import Collator, ModelInput, check_logits
 from bertserve.runtime.errors import NonFiniteOutputError
+from bertserve.runtime.shapes import ShapePlan
 from bertserve.service import tracing
 from bertserve.service.errors import (
     DeadlineExceededError,
@@ -49,6 +50,9 @@ class BatchLimits:
     max_queue_delay_s: float
     max_queue_size: int
     min_padding_efficiency: float = 0.0  # real / padded tokens a growing batch must keep
+    # Bucket lengths batches are padded up to (TensorRT's engine profiles); None pads to the
+    # longest sequence, as every CPU backend wants.
+    padding: ShapePlan | None = None
 
 
 def plan_batch(
@@ -138,7 +142,12 @@ class DynamicBatcher:
         self.model = model
         self.limits = limits
         self._backend = backend
-        self._collator = Collator(backend.input_names, pad_token_id)
+        self._padding = limits.padding
+        self._collator = Collator(
+            backend.input_names,
+            pad_token_id,
+            width=None if limits.padding is None else limits.padding.bucket_length,
+        )
         self._cond = threading.Condition(threading.Lock())
         self._items: list[_Item] = []  # arrival order
         self._longest = 0  # longest queued sequence, for the token-budget trigger
@@ -376,6 +385,10 @@ class DynamicBatcher:
         anchor = order.index(0)  # live[0] is the oldest item
         limits = self.limits
         lengths = [live[i].length for i in order]
+        if self._padding is not None:
+            # NOTE: planned at the padded lengths, so that the token budget counts the padding
+            # the bucket adds and no batch outgrows its engine profile (count x bucket length).
+            lengths = [self._padding.bucket_length(n) for n in lengths]
         lo, hi = plan_batch(
             lengths, anchor, limits.max_batch_size, limits.max_batch_tokens, limits.min_padding_efficiency
         )

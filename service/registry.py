@@ -34,6 +34,7 @@ from bertserve.runtime.base import Backend
 from bertserve.runtime.budget import DeviceSlots, thread_shares
 from bertserve.runtime.errors import BackendError
 from bertserve.runtime.selection import BackendFactory, BackendLoader
+from bertserve.runtime.shapes import padding_plan
 from bertserve.service.batching import BatchLimits, DynamicBatcher
 from bertserve.service.errors import (
     ModelNotFoundError,
@@ -623,6 +624,8 @@ def model_parts(
         b.max_queue_delay_ms / 1000,
         b.max_queue_size,
         settings.padding_efficiency_for(backend.name),
+        # TensorRT's profile buckets, planned from the same limits as the loader's engine
+        padding=padding_plan(backend.name, b, config.max_length),
     )
     try:
         batcher = DynamicBatcher(

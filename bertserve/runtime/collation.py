@@ -6,7 +6,7 @@ figure measured offline was computed on exactly the arrays the service would fee
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -32,9 +32,14 @@ class ModelInput:
 
 
 class Collator:
-    """Pads a batch to its longest sequence (never to max_length) and builds the backend's feeds."""
+    """Pads a batch to its longest sequence (never to max_length) and builds the backend's feeds.
 
-    def __init__(self, input_names: tuple[str, ...], pad_token_id: int) -> None:
+    `width`: the padded length for a batch's longest sequence, for backends that run fixed shapes
+    (TensorRT's profile buckets, `ShapePlan.bucket_length`); default: the longest itself."""
+
+    def __init__(
+        self, input_names: tuple[str, ...], pad_token_id: int, width: Callable[[int], int] | None = None
+    ) -> None:
         unknown = set(input_names) - KNOWN_INPUTS
         if unknown:
             raise ValueError(
@@ -43,10 +48,13 @@ class Collator:
         self._names = input_names
         self._types = "token_type_ids" in input_names
         self._pad = pad_token_id
+        self._width = width
 
     def collate(self, batch: Sequence[ModelInput]) -> tuple[Feeds, int, int]:
         """Returns (feeds, real tokens, padded tokens)."""
         longest = max(x.length for x in batch)
+        if self._width is not None:
+            longest = self._width(longest)
         ids = np.full((len(batch), longest), self._pad, dtype=np.int64)
         mask = np.zeros((len(batch), longest), dtype=np.int64)
         types = np.zeros((len(batch), longest), dtype=np.int64) if self._types else None

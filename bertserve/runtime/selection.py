@@ -29,9 +29,10 @@ from bertserve.modelrepo import (
 from bertserve.runtime.base import Backend, BackendKind
 from bertserve.runtime.errors import ArtifactError, BackendUnavailableError
 from bertserve.runtime.options import RuntimeOptions
+from bertserve.runtime.shapes import ShapePlan, padding_plan
 
 if TYPE_CHECKING:
-    from bertserve.runtime.onnxruntime import GpuOptions, ShapeProfile
+    from bertserve.runtime.onnxruntime import GpuOptions
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +47,18 @@ class Environment:
     ort_providers: frozenset[str]
     cuda_devices: int
     tensorrt_library: bool
+    tensorrt_version: str | None = None  # "10.3.0": part of the engine cache key
 
     @classmethod
     def probe(cls) -> Environment:
         import onnxruntime as ort
 
+        version = tensorrt_library_version()
         return cls(
             ort_providers=frozenset(ort.get_available_providers()),
             cuda_devices=count_cuda_devices(),
-            tensorrt_library=_loadable(_TENSORRT_LIBRARIES),
+            tensorrt_library=version is not None or _loadable(_TENSORRT_LIBRARIES),
+            tensorrt_version=version,
         )
 
     def tensorrt_problem(self) -> str | None:
@@ -90,6 +94,30 @@ def count_cuda_devices() -> int:
     if libcuda.cuInit(0) != 0 or libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
         return 0
     return int(count.value)
+
+
+def tensorrt_version_name(encoded: int) -> str:
+    """libnvinfer's `getInferLibVersion()` as `major.minor.patch` (TensorRT 10 encodes
+    major*10000 + minor*100 + patch, TensorRT 8 major*1000 + minor*100 + patch)."""
+    if encoded >= 10000:
+        return f"{encoded // 10000}.{encoded // 100 % 100}.{encoded % 100}"
+    return f"{encoded // 1000}.{encoded // 100 % 10}.{encoded % 100}"
+
+
+def tensorrt_library_version() -> str | None:
+    """The version of the TensorRT runtime the provider would load, asked of the library itself
+    (no `tensorrt` Python package needed); None without one."""
+    for name in _TENSORRT_LIBRARIES:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        try:
+            encoded = int(lib.getInferLibVersion())
+        except (AttributeError, OSError):
+            return "unknown"
+        return tensorrt_version_name(encoded)
+    return None
 
 
 def _loadable(names: tuple[str, ...]) -> bool:
@@ -158,6 +186,7 @@ _ARTIFACTS: dict[BackendKind, dict[Precision, tuple[tuple[ArtifactFormat, Precis
             (ArtifactFormat.ONNX_OPTIMIZED, Precision.FP32),
             (ArtifactFormat.ONNX, Precision.FP32),
         ),
+        Precision.FP16: ((ArtifactFormat.ONNX_OPTIMIZED, Precision.FP16),),
     },
     # TensorRT parses the portable graph (ORT's fused com.microsoft ops are foreign to it) and
     # lowers precision itself (tensorrt_fp16).
@@ -172,13 +201,28 @@ _ARTIFACTS: dict[BackendKind, dict[Precision, tuple[tuple[ArtifactFormat, Precis
 }
 
 
+# What a backend serves when no precision is requested and the export wrote it: the fp16 graph on
+# CUDA (tensor cores run it about twice as fast; `--precision fp32` keeps the fp32 graph). TensorRT
+# lowers the portable fp32 graph itself (tensorrt_fp16), so it has no entry.
+_PREFERRED: dict[BackendKind, tuple[ArtifactFormat, Precision]] = {
+    BackendKind.ORT_CUDA: (ArtifactFormat.ONNX_OPTIMIZED, Precision.FP16),
+}
+
+
 def choose_artifact(kind: BackendKind, model: ModelConfig, requested: Precision | None) -> Artifact:
-    """The artifact `kind` opens. An explicitly requested precision must be honoured; the model's
-    default precision falls back to fp32 where the backend cannot run it (e.g. int8 on TensorRT)."""
+    """The artifact `kind` opens. An explicitly requested precision must be honoured; without one,
+    the backend's preferred artifact when the export wrote it (`_PREFERRED`), else the model's
+    default precision, which falls back to fp32 where the backend cannot run it (e.g. int8 on
+    TensorRT)."""
     table = _ARTIFACTS[kind]
+    preferred = _PREFERRED.get(kind)
+    if requested is None and preferred is not None:
+        found = model.version.find(*preferred)
+        if found is not None:
+            return found
     precision = requested or model.version.default_precision
-    if precision == Precision.FP16:
-        precision = Precision.FP32  # fp16 IR is an fp32 *choice* on OpenVINO; GPUs cast themselves
+    if precision == Precision.FP16 and precision not in table:
+        precision = Precision.FP32  # fp16 IR is an fp32 *choice* on OpenVINO; TensorRT casts itself
     if precision not in table:
         if requested is not None:
             raise ArtifactError(
@@ -252,15 +296,14 @@ class BackendLoader:
         except RepositoryError as exc:
             raise ArtifactError(f"model {model.name!r}: {exc}") from exc
         batching = o.batching_for(model.batching)
-        gpu = profile = None
+        gpu = None
+        plan = padding_plan(choice.kind, batching, model.max_length)
         if choice.kind in _GPU_KINDS:
-            from bertserve.runtime.onnxruntime import EngineKey, GpuOptions, ShapeProfile
+            from bertserve.runtime.onnxruntime import EngineKey, GpuOptions
 
-            profile = ShapeProfile.for_batching(
-                batching.max_batch_size, batching.max_batch_tokens, model.max_length
-            )
             engine = EngineKey(model.name, model.default_version, artifact.digest)
-            gpu = GpuOptions(o.cuda_device_id, o.tensorrt_fp16, o.tensorrt_cache_dir, engine)
+            version = self.environment().tensorrt_version
+            gpu = GpuOptions(o.cuda_device_id, o.tensorrt_fp16, o.tensorrt_cache_dir, engine, version)
         backend = open_file(
             choice.kind,
             version_dir / artifact.main_file,
@@ -271,8 +314,11 @@ class BackendLoader:
             weights=version_dir / artifact.ir_weights if artifact.format == ArtifactFormat.OPENVINO else None,
             input_names=tuple(model.inputs),
             gpu=gpu,
-            profile=profile,
+            plan=plan,
         )
+        if plan is not None:
+            log.info("model %s: TensorRT profiles (length x batch) %s", model.name, plan.describe())
+            warm_profiles(backend, plan, model.pad_token_id)
         reserve_peak_memory(backend, model, batching)
         return backend
 
@@ -287,28 +333,29 @@ def open_file(
     weights: Path | None = None,
     input_names: tuple[str, ...] = (),
     gpu: GpuOptions | None = None,
-    profile: ShapeProfile | None = None,
+    plan: ShapePlan | None = None,
 ) -> Backend:
     """One graph file opened by `kind`'s backend class with `options` (threads, OpenVINO hint and
     streams) — the one construction the service (through `BackendLoader`) and the export's
-    validation share. `weights`: an IR's .bin (default beside the .xml); `gpu`/`profile`: the
-    CUDA/TensorRT provider options (default: none cached, a 1x1 profile)."""
+    validation share. `weights`: an IR's .bin (default beside the .xml); `gpu`: the CUDA/TensorRT
+    provider options (default: device 0, nothing cached); `plan`: TensorRT's profiles (required
+    there)."""
     if kind == BackendKind.OPENVINO_CPU:
         from bertserve.runtime.openvino import OpenVinoBackend, compile_config
 
         config = compile_config(options.openvino_hint, options.intra_op_threads, options.openvino_streams)
         return OpenVinoBackend(path, weights or path.with_suffix(".bin"), precision, config, output)
-    from bertserve.runtime.onnxruntime import (
-        GpuOptions,
-        OnnxRuntimeBackend,
-        ShapeProfile,
-        provider_chain,
-        session_options,
-    )
+    from bertserve.runtime.onnxruntime import GpuOptions, OnnxRuntimeBackend, provider_chain, session_options
 
-    providers = provider_chain(kind, gpu or GpuOptions(), input_names, profile or ShapeProfile(1, 1, 1))
+    gpu = gpu or GpuOptions()
+    providers = provider_chain(kind, gpu, input_names, plan)
     session = session_options(options.intra_op_threads, options.inter_op_threads)
-    return OnnxRuntimeBackend(path, kind, precision, providers, session, output)
+    # GPU providers run through IOBinding (inputs bound once, outputs copied back once); the CPU
+    # keeps `session.run` on numpy arrays, which costs it nothing extra.
+    io_device = "cuda" if kind in _GPU_KINDS else None
+    return OnnxRuntimeBackend(
+        path, kind, precision, providers, session, output, io_device=io_device, device_id=gpu.device_id
+    )
 
 
 def peak_batch_shape(batching: BatchingConfig, max_length: int) -> tuple[int, int]:
@@ -317,6 +364,18 @@ def peak_batch_shape(batching: BatchingConfig, max_length: int) -> tuple[int, in
     attention scores (batch x length^2) and the other activations (batch x length) peak there."""
     length = min(max_length, batching.max_batch_tokens)
     return min(batching.max_batch_size, max(1, batching.max_batch_tokens // length)), length
+
+
+def warm_profiles(backend: Backend, plan: ShapePlan, pad_token_id: int) -> None:
+    """Run every profile's tuned shape once before the model is served: TensorRT builds (or loads
+    from its cache) the engine for each profile on its first batch, which takes seconds to
+    minutes; done here, readiness waits for it and no request does."""
+    import numpy as np
+
+    fill = {"input_ids": pad_token_id, "attention_mask": 1}
+    names = backend.input_names
+    for shape in plan.warmup_shapes():
+        backend.infer({name: np.full(shape, fill.get(name, 0), dtype=np.int64) for name in names})
 
 
 def reserve_peak_memory(backend: Backend, model: ModelConfig, batching: BatchingConfig) -> None:

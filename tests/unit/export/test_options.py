@@ -22,6 +22,7 @@ EXPECTED_FLAGS = {
     "--formats": "onnx,openvino",
     "--int8": False,
     "--fp16-ir": False,
+    "--fp16": False,  # the fp16 ONNX graph for GPUs (#20)
     "--max-length": None,
     "--calibration": None,
     "--eval-file": None,
@@ -32,7 +33,7 @@ EXPECTED_FLAGS = {
     "--pooling": None,  # feature extraction (#17)
     "--fit-thresholds": False,  # per-label thresholds on --eval-file (#19)
 }
-API_ONLY = {"min_int8_agreement", "max_int8_drop_points", "fp32_atol", "measure_speed", "quiet"}
+API_ONLY = {"min_int8_agreement", "max_int8_drop_points", "fp32_atol", "fp16_atol", "measure_speed", "quiet"}
 
 
 def _options() -> dict[str, Any]:

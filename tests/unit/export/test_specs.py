@@ -19,6 +19,7 @@ from bertserve.export.specs import (
     Verdict,
     applicable,
     fp16_agreement,
+    fp16_parity,
     int8_agreement,
     parity,
 )
@@ -26,7 +27,7 @@ from bertserve.modelrepo import Artifact, ArtifactFormat, Precision
 from tests.unit.export.test_specs_external_data import save_graph
 
 BASE = ExportOptions(model="ckpt", task="text-classification", name="m")
-SWITCHES = ("int8", "fp16_ir")
+SWITCHES = ("int8", "fp16_ir", "fp16")
 FORMATS = (("onnx",), ("openvino",), ("onnx", "openvino"))
 
 
@@ -53,6 +54,20 @@ def _every_combination() -> list[tuple[ExportOptions, tuple[str, ...]]]:
             ["onnx/fp32", "onnx-optimized/fp32", "onnx/int8", "openvino/fp32", "openvino/int8"],
         ),
         (("onnx",), {"int8": True}, ["onnx/fp32", "onnx-optimized/fp32", "onnx/int8"]),
+        (("onnx",), {"fp16": True}, ["onnx/fp32", "onnx-optimized/fp32", "onnx-optimized/fp16"]),
+        (
+            ("onnx", "openvino"),
+            {"fp16": True, "int8": True},
+            [
+                "onnx/fp32",
+                "onnx-optimized/fp32",
+                "onnx-optimized/fp16",
+                "onnx/int8",
+                "openvino/fp32",
+                "openvino/int8",
+            ],
+        ),
+        (("openvino",), {"fp16": True}, ["openvino/fp32"]),  # the fp16 graph is ONNX
         (("openvino",), {}, ["openvino/fp32"]),
         (("openvino",), {"fp16_ir": True}, ["openvino/fp16"]),
         (("openvino",), {"fp16_ir": True, "int8": True}, ["openvino/fp16", "openvino/int8"]),
@@ -142,7 +157,19 @@ def test_fp16_weights_must_agree_and_int8_is_left_to_the_gate() -> None:
     assert int8_agreement("x.onnx", _Cmp(0.1, 0.99), options) == Verdict("agreement", True)
 
 
+def test_the_fp16_graph_must_stay_within_its_tolerance_and_agree() -> None:
+    options = dataclasses.replace(BASE, fp16_atol=5e-2, min_int8_agreement=0.99)
+    assert fp16_parity("model.fp16.onnx", _Cmp(4e-2, 1.0), options) == Verdict("parity", True, 5e-2)
+    for diff in (6e-2, math.nan):
+        with pytest.raises(ExportError, match=r"model.fp16.onnx \(fp16 graph\) does not match PyTorch"):
+            fp16_parity("model.fp16.onnx", _Cmp(diff, 1.0), options)
+    with pytest.raises(ExportError, match=r"agrees with PyTorch on only 98.00%"):
+        fp16_parity("model.fp16.onnx", _Cmp(1e-3, 0.98), options)
+
+
 def test_checks_follow_precision() -> None:
     for spec in ARTIFACTS:
-        expected = {Precision.FP32: parity, Precision.FP16: fp16_agreement, Precision.INT8: int8_agreement}
+        # fp16 weights in an IR are judged by decisions; the fp16 ONNX graph by a tolerance too
+        fp16 = fp16_parity if spec.format == ArtifactFormat.ONNX_OPTIMIZED else fp16_agreement
+        expected = {Precision.FP32: parity, Precision.FP16: fp16, Precision.INT8: int8_agreement}
         assert spec.check is expected[spec.precision], spec.key

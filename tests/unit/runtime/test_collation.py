@@ -24,6 +24,17 @@ def test_collator_pads_to_the_longest_in_the_batch() -> None:
     assert (real, padded) == (6, 8)
 
 
+def test_collator_pads_to_the_width_a_fixed_shape_backend_wants() -> None:
+    """TensorRT's bucket: the batch is padded past its longest sequence, masked like padding."""
+    collator = Collator(("input_ids", "attention_mask"), pad_token_id=9, width=lambda n: 8 if n <= 8 else 16)
+    feeds, real, padded = collator.collate([seq(2), seq(5)])
+    assert feeds["input_ids"].shape == (2, 8)
+    assert feeds["input_ids"][0].tolist() == [5, 6, 9, 9, 9, 9, 9, 9]
+    assert feeds["attention_mask"].tolist() == [[1, 1, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0, 0]]
+    assert (real, padded) == (7, 16)  # the bucket's padding is counted: the device computes it
+    assert collator.collate([seq(9)])[0]["input_ids"].shape == (1, 16)
+
+
 def test_collator_feeds_only_the_graph_inputs() -> None:
     feeds, _, _ = Collator(("input_ids", "attention_mask"), 0).collate([seq(3, type_ids=True)])
     assert set(feeds) == {"input_ids", "attention_mask"}

@@ -22,7 +22,6 @@ from bertserve.runtime.errors import ArtifactError, BackendUnavailableError
 from bertserve.runtime.onnxruntime import (
     EngineKey,
     GpuOptions,
-    ShapeProfile,
     provider_chain,
     tensorrt_cache_dirs,
     tensorrt_provider_options,
@@ -34,12 +33,15 @@ from bertserve.runtime.selection import (
     choose_backend,
     peak_batch_shape,
     reserve_peak_memory,
+    tensorrt_version_name,
+    warm_profiles,
 )
+from bertserve.runtime.shapes import ShapePlan
 from bertserve.service.settings import Settings
 
 CPU_ONLY = Environment(frozenset({"CPUExecutionProvider"}), cuda_devices=0, tensorrt_library=False)
 GPU_ORT = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"})
-GPU_FULL = Environment(GPU_ORT, cuda_devices=1, tensorrt_library=True)
+GPU_FULL = Environment(GPU_ORT, cuda_devices=1, tensorrt_library=True, tensorrt_version="10.3.0")
 GPU_NO_TRT_LIB = Environment(GPU_ORT, cuda_devices=1, tensorrt_library=False)
 
 
@@ -140,29 +142,47 @@ def test_unrunnable_or_missing_precision_stops_startup() -> None:
         choose_artifact(BackendKind.ORT_CPU, model(ALL_ARTIFACTS[:2]), Precision.INT8)
 
 
-def test_tensorrt_options_cover_every_batch_the_batcher_can_cut(tmp_path: Path) -> None:
-    profile = ShapeProfile.for_batching(max_batch_size=32, max_batch_tokens=4096, max_length=256)
-    assert (profile.max_batch, profile.opt_length, profile.max_length) == (32, 128, 256)
+def test_tensorrt_options_have_one_profile_per_length_bucket(tmp_path: Path) -> None:
+    plan = ShapePlan.for_batching(max_batch_size=32, max_batch_tokens=4096, max_length=256)
+    assert plan.describe() == "32x32,64x32,128x32,256x16"
     engine = EngineKey("m", 3, "ab" * 32)
     opts = tensorrt_provider_options(
-        GpuOptions(1, True, tmp_path, engine), ("input_ids", "attention_mask"), profile
+        GpuOptions(1, True, tmp_path, engine, "10.3.0"), ("input_ids", "attention_mask"), plan
     )
     assert opts["device_id"] == "1"
     assert opts["trt_fp16_enable"] == "True"
     assert opts["trt_engine_cache_enable"] == "True"
-    assert opts["trt_engine_cache_path"] == str(tmp_path / "m" / f"v3-{'ab' * 32}-fp16")
-    assert opts["trt_timing_cache_path"] == str(tmp_path / "m")
-    assert opts["trt_profile_min_shapes"] == "input_ids:1x1,attention_mask:1x1"
-    assert opts["trt_profile_opt_shapes"] == "input_ids:32x128,attention_mask:32x128"
-    assert opts["trt_profile_max_shapes"] == "input_ids:32x256,attention_mask:32x256"
-    fp32 = tensorrt_provider_options(GpuOptions(0, False, tmp_path, engine), ("input_ids",), profile)
+    assert opts["trt_engine_cache_path"] == str(
+        tmp_path / "m" / f"v3-{'ab' * 32}-fp16-p{plan.digest}-trt10.3.0"
+    )
+    assert opts["trt_timing_cache_path"] == str(tmp_path / "m" / "trt10.3.0")
+    # each input once per profile, profile after profile: ORT reads a repeated name as the next one
+    assert opts["trt_profile_min_shapes"] == (
+        "input_ids:1x1,attention_mask:1x1,input_ids:1x33,attention_mask:1x33,"
+        "input_ids:1x65,attention_mask:1x65,input_ids:1x129,attention_mask:1x129"
+    )
+    assert opts["trt_profile_opt_shapes"] == (
+        "input_ids:32x32,attention_mask:32x32,input_ids:32x64,attention_mask:32x64,"
+        "input_ids:32x128,attention_mask:32x128,input_ids:16x256,attention_mask:16x256"
+    )
+    assert opts["trt_profile_max_shapes"] == opts["trt_profile_opt_shapes"]
+    fp32 = tensorrt_provider_options(GpuOptions(0, False, tmp_path, engine), ("input_ids",), plan)
     assert fp32["trt_fp16_enable"] == "False"
-    assert fp32["trt_engine_cache_path"].endswith("-fp32")
+    assert "-fp32-" in fp32["trt_engine_cache_path"]
+    assert fp32["trt_engine_cache_path"].endswith("-trtunknown")  # no version found: its own folder
 
 
-def engine_dir(root: Path, model: str, version: int, artifact_: Artifact, fp16: bool = True) -> Path:
-    gpu = GpuOptions(0, fp16, root, EngineKey(model, version, artifact_.digest))
-    return tensorrt_cache_dirs(gpu)[0]
+def engine_dir(
+    root: Path,
+    model: str,
+    version: int,
+    artifact_: Artifact,
+    fp16: bool = True,
+    plan: ShapePlan = ShapePlan.for_batching(32, 8192, 128),
+    trt: str = "10.3.0",
+) -> Path:
+    gpu = GpuOptions(0, fp16, root, EngineKey(model, version, artifact_.digest), trt)
+    return tensorrt_cache_dirs(gpu, plan)[0]
 
 
 def test_tensorrt_engine_cache_is_keyed_by_the_artifacts_bytes(tmp_path: Path) -> None:
@@ -177,6 +197,13 @@ def test_tensorrt_engine_cache_is_keyed_by_the_artifacts_bytes(tmp_path: Path) -
     assert engine_dir(tmp_path, "m", 1, v1) != engine_dir(tmp_path, "m", 2, v1)
     assert engine_dir(tmp_path, "m", 1, v1) != engine_dir(tmp_path, "other", 1, v1)
     assert engine_dir(tmp_path, "m", 1, v1) != engine_dir(tmp_path, "m", 1, v1, fp16=False)
+    # other profiles (other batch limits) or another TensorRT: another engine
+    other_plan = ShapePlan.for_batching(64, 8192, 128)
+    assert engine_dir(tmp_path, "m", 1, v1) != engine_dir(tmp_path, "m", 1, v1, plan=other_plan)
+    assert engine_dir(tmp_path, "m", 1, v1) != engine_dir(tmp_path, "m", 1, v1, trt="10.4.0")
+    assert engine_dir(tmp_path, "m", 1, v1, plan=ShapePlan.for_batching(32, 8192, 128)) == engine_dir(
+        tmp_path, "m", 1, v1
+    )
     # weights kept in an external-data file: changing only that file changes the key
     ext = {"model.onnx": "a" * 64, "model.onnx_data": "c" * 64}
     ext_retrained = {"model.onnx": "a" * 64, "model.onnx_data": "d" * 64}
@@ -184,7 +211,7 @@ def test_tensorrt_engine_cache_is_keyed_by_the_artifacts_bytes(tmp_path: Path) -
     with_new_data = Artifact(format=ArtifactFormat.ONNX, precision=Precision.FP32, files=ext_retrained)
     assert engine_dir(tmp_path, "m", 1, with_data) != engine_dir(tmp_path, "m", 1, with_new_data)
     with pytest.raises(ValueError, match="EngineKey"):
-        tensorrt_cache_dirs(GpuOptions(0, True, tmp_path))
+        tensorrt_cache_dirs(GpuOptions(0, True, tmp_path), ShapePlan.for_batching(1, 1, 8))
 
 
 def test_loader_keys_the_tensorrt_cache_by_the_chosen_artifact(
@@ -194,16 +221,19 @@ def test_loader_keys_the_tensorrt_cache_by_the_chosen_artifact(
     import bertserve.runtime.onnxruntime as ort_backend
 
     seen: list[list[tuple[str, dict[str, str]]]] = []
+    ran: list[tuple[int, ...]] = []
+    io: list[object] = []
 
     class Recorder:
         input_names = ("input_ids",)
 
-        def __init__(self, *args: object) -> None:
+        def __init__(self, *args: object, io_device: str | None = None, device_id: int = 0) -> None:
             _path, _kind, _precision, providers, _options, _output = args
             seen.append(providers)  # type: ignore[arg-type]
+            io.append((io_device, device_id))
 
-        def infer(self, feeds: dict[str, object]) -> None:
-            pass
+        def infer(self, feeds: dict[str, np.ndarray]) -> None:
+            ran.append(feeds["input_ids"].shape)
 
     vdir = tmp_path / "m" / "1"
     vdir.mkdir(parents=True)
@@ -218,14 +248,21 @@ def test_loader_keys_the_tensorrt_cache_by_the_chosen_artifact(
     settings = Settings(backend=BackendKind.TENSORRT, tensorrt_cache_dir=tmp_path / "cache")
     BackendLoader(settings.runtime_options(), env_probe=lambda: GPU_FULL)(model([onnx]), vdir)
     trt_options = dict(seen[0])["TensorrtExecutionProvider"]
-    assert trt_options["trt_engine_cache_path"] == str(tmp_path / "cache" / "m" / f"v1-{onnx.digest}-fp16")
+    plan = ShapePlan.for_batching(32, 8192, 128)  # the model's batching block, its max_length
+    assert trt_options["trt_engine_cache_path"] == str(
+        tmp_path / "cache" / "m" / f"v1-{onnx.digest}-fp16-p{plan.digest}-trt10.3.0"
+    )
+    assert trt_options["trt_profile_opt_shapes"] == plan.tensorrt_shapes(tuple(model([onnx]).inputs))[1]
+    # every profile ran before the model is served, then the peak batch; through IOBinding on the GPU
+    assert ran == [(32, 32), (32, 64), (32, 128), (32, 128)]
+    assert io == [("cuda", 0)]
 
 
 def test_provider_chains_fall_back_in_order(tmp_path: Path) -> None:
-    profile = ShapeProfile.for_batching(8, 1024, 128)
+    plan = ShapePlan.for_batching(8, 1024, 128)
     gpu = GpuOptions(0, True, tmp_path, EngineKey("m", 1, "0" * 64))
     names = {
-        kind: [p for p, _ in provider_chain(kind, gpu, ("input_ids",), profile)]
+        kind: [p for p, _ in provider_chain(kind, gpu, ("input_ids",), plan)]
         for kind in (BackendKind.TENSORRT, BackendKind.ORT_CUDA, BackendKind.ORT_CPU)
     }
     assert names[BackendKind.TENSORRT] == [
@@ -235,6 +272,8 @@ def test_provider_chains_fall_back_in_order(tmp_path: Path) -> None:
     ]
     assert names[BackendKind.ORT_CUDA] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert names[BackendKind.ORT_CPU] == ["CPUExecutionProvider"]
+    with pytest.raises(ValueError, match="shape plan"):
+        provider_chain(BackendKind.TENSORRT, gpu, ("input_ids",), None)
 
 
 def test_openvino_bounds_its_per_shape_caches() -> None:
@@ -274,3 +313,69 @@ def test_the_loader_runs_the_peak_batch_before_serving() -> None:
 
     reserve_peak_memory(Probe(), model(ALL_ARTIFACTS), BatchingConfig(max_batch_size=4, max_batch_tokens=256))  # type: ignore[arg-type]
     assert ran == [(2, 128), (2, 128)]
+
+
+FP16_GRAPH = artifact(ArtifactFormat.ONNX_OPTIMIZED, Precision.FP16, "model.fp16.onnx")
+WITH_FP16 = model([*ALL_ARTIFACTS, FP16_GRAPH])
+
+
+def test_cuda_serves_the_fp16_graph_by_default_and_fp32_when_asked() -> None:
+    def main(kind: BackendKind, precision: Precision | None, config: ModelConfig = WITH_FP16) -> str:
+        return choose_artifact(kind, config, precision).main_file
+
+    assert main(BackendKind.ORT_CUDA, None) == "model.fp16.onnx"
+    assert main(BackendKind.ORT_CUDA, Precision.FP32) == "model.ort.onnx"  # --precision fp32
+    assert main(BackendKind.ORT_CUDA, Precision.FP16) == "model.fp16.onnx"
+    # a model whose default is int8 (a CPU choice) still gets the fp16 graph on CUDA
+    assert main(BackendKind.ORT_CUDA, None, model([*ALL_ARTIFACTS, FP16_GRAPH], Precision.INT8)) == (
+        "model.fp16.onnx"
+    )
+    # without the fp16 graph, CUDA keeps the fp32 one
+    assert main(BackendKind.ORT_CUDA, None, WITH_IR) == "model.ort.onnx"
+    # TensorRT parses the portable graph and lowers precision itself; CPUs never take the fp16 graph
+    assert main(BackendKind.TENSORRT, None) == "model.onnx"
+    assert main(BackendKind.ORT_CPU, None) == "model.ort.onnx"
+    assert main(BackendKind.OPENVINO_CPU, None) == "openvino/model.xml"
+    with pytest.raises(ArtifactError, match="no onnx-optimized/fp16"):
+        choose_artifact(BackendKind.ORT_CUDA, WITH_IR, Precision.FP16)
+
+
+def test_warm_up_runs_every_profile_at_its_tuned_shape() -> None:
+    ran: list[dict[str, tuple[tuple[int, ...], int]]] = []
+
+    class Probe:
+        input_names = ("input_ids", "attention_mask", "token_type_ids")
+
+        def infer(self, feeds: dict[str, np.ndarray]) -> None:
+            ran.append({k: (v.shape, int(v.flat[0])) for k, v in feeds.items()})
+
+    plan = ShapePlan.for_batching(64, 8192, 512)
+    warm_profiles(Probe(), plan, pad_token_id=7)  # type: ignore[arg-type]
+    assert [r["input_ids"][0] for r in ran] == [(64, 32), (64, 64), (64, 128), (32, 256), (16, 512)]
+    assert all(r["input_ids"][1] == 7 and r["attention_mask"][1] == 1 for r in ran)
+    assert all(r["token_type_ids"][1] == 0 for r in ran)
+
+
+@pytest.mark.parametrize(
+    ("encoded", "name"), [(100300, "10.3.0"), (101100, "10.11.0"), (8601, "8.6.1"), (8503, "8.5.3")]
+)
+def test_tensorrt_versions_are_read_from_the_library_encoding(encoded: int, name: str) -> None:
+    assert tensorrt_version_name(encoded) == name
+
+
+def test_cpu_backends_open_without_io_binding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bertserve.runtime.onnxruntime as ort_backend
+    from bertserve.runtime.selection import open_file
+
+    seen: list[str | None] = []
+
+    class Recorder:
+        def __init__(self, *args: object, io_device: str | None = None, device_id: int = 0) -> None:
+            seen.append(io_device)
+
+    monkeypatch.setattr(ort_backend, "OnnxRuntimeBackend", Recorder)
+    options = Settings(backend=BackendKind.ORT_CPU).runtime_options()
+    open_file(BackendKind.ORT_CPU, tmp_path / "model.onnx", Precision.FP32, "logits", options)
+    cuda = Settings(backend=BackendKind.ORT_CUDA).runtime_options()
+    open_file(BackendKind.ORT_CUDA, tmp_path / "model.onnx", Precision.FP16, "logits", cuda)
+    assert seen == [None, "cuda"]

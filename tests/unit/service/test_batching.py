@@ -13,6 +13,7 @@ import pytest
 from bertserve.runtime.budget import DeviceSlots
 from bertserve.runtime.collation import ModelInput
 from bertserve.runtime.fake import FakeBackend, fake_logits
+from bertserve.runtime.shapes import ShapePlan
 from bertserve.service.batching import BatchLimits, DynamicBatcher, plan_batch
 from bertserve.service.errors import (
     DeadlineExceededError,
@@ -52,12 +53,13 @@ async def make_batcher() -> AsyncIterator[Factory]:
         token_level: bool = False,
         unhealthy_after: int = 3,
         metrics: Metrics | None = None,
+        padding: ShapePlan | None = None,
     ) -> DynamicBatcher:
         backend = FakeBackend(NUM_LABELS, token_level=token_level)
         batcher = DynamicBatcher(
             "m",
             backend,
-            BatchLimits(max_batch_size, max_batch_tokens, delay_s, queue),
+            BatchLimits(max_batch_size, max_batch_tokens, delay_s, queue, padding=padding),
             pad_token_id=0,
             metrics=metrics or Metrics(process=False),
             unhealthy_after_failures=unhealthy_after,
@@ -230,6 +232,35 @@ async def test_token_level_rows_are_cut_to_each_sequence(make_batcher: Factory) 
     for x, (row,) in zip(inputs, rows, strict=True):
         assert row.shape == (x.length, NUM_LABELS)
         np.testing.assert_allclose(row, expected_row(x, token_level=True), rtol=1e-6)
+
+
+async def test_tensorrt_batches_are_padded_to_their_bucket_and_fit_its_profile(make_batcher: Factory) -> None:
+    """With a shape plan (TensorRT) every batch runs at a bucket length and never outgrows the
+    bucket's batch: the budget is applied to the padded length. Answers are those of each
+    sequence alone: padding is masked, and token rows are cut back to each sequence."""
+    plan = ShapePlan.for_batching(max_batch_size=8, max_batch_tokens=128, max_length=64, lengths=(8, 16, 32))
+    batcher = make_batcher(
+        max_batch_size=8, max_batch_tokens=128, delay_s=0.2, token_level=True, padding=plan
+    )
+    rng = np.random.default_rng(3)
+    inputs = [seq(int(n), start=int(i) * 3) for i, n in enumerate(rng.integers(1, 64, size=40))]
+    for _ in inputs:
+        batcher.announce()
+    rows = await asyncio.gather(*(submit_announced(batcher, [x]) for x in inputs))
+    for x, (row,) in zip(inputs, rows, strict=True):
+        np.testing.assert_allclose(row, expected_row(x, token_level=True), rtol=1e-6)
+    by_length = {b.length: b for b in plan.buckets}
+    shapes = backend_of(batcher).batch_shapes
+    assert sum(b for b, _ in shapes) == 40
+    assert all(n in by_length and b <= by_length[n].max_batch for b, n in shapes), shapes
+
+
+async def test_without_a_shape_plan_batches_pad_to_their_longest(make_batcher: Factory) -> None:
+    batcher = make_batcher(max_batch_size=4, delay_s=0.2)
+    for _ in range(4):
+        batcher.announce()
+    await asyncio.gather(*(submit_announced(batcher, [seq(n)]) for n in (3, 5, 9, 11)))
+    assert list(backend_of(batcher).batch_shapes) == [(4, 11)]
 
 
 async def test_batch_error_reaches_every_waiter_then_recovers(make_batcher: Factory) -> None:
