@@ -73,6 +73,14 @@ SOAK_MINUTES ?= 30
 soak: install
 	$(BIN)/python -m loadtest.soak --minutes $(SOAK_MINUTES) --repo $(REPO)
 
+# The GPU path in one run (needs an NVIDIA GPU and onnxruntime-gpu; under 8 minutes on an H100/H200,
+# nothing downloaded): detect, export BERT-base-sized and MiniLM models with --fp16, parity CPU vs
+# CUDA fp32/fp16 vs TensorRT fp16, raw and service throughput, one table (loadtest/gpu_check.py).
+# Without a GPU it stops at once and says what is missing. Not part of `make test`.
+.PHONY: gpu-check
+gpu-check: install
+	$(BIN)/python -m loadtest.gpu_check
+
 # Dockerfile, compose, Helm chart and dashboard checks (tools land in .tools/ via deploy/tools/install.sh).
 .PHONY: deploy-check
 deploy-check: install
