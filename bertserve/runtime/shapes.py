@@ -76,12 +76,14 @@ class ShapePlan:
         return self.buckets[-1].length
 
     def bucket_length(self, length: int) -> int:
-        """The length a batch whose longest sequence has `length` tokens is padded to."""
+        """The length a batch whose longest sequence has `length` tokens is padded to.
+
+        NOTE: a sequence longer than max_length (which the tokenizer never produces) keeps its
+        length rather than raising: this runs in the batch worker, where an exception would stop
+        the model; TensorRT then refuses that one batch, and its requests get the error."""
         lengths = self.lengths
         i = bisect.bisect_left(lengths, length)
-        if i == len(lengths):
-            raise ValueError(f"a sequence of {length} tokens is longer than max_length {self.max_length}")
-        return lengths[i]
+        return lengths[i] if i < len(lengths) else length
 
     def describe(self) -> str:
         """`32x64,64x64,...` (length x batch per bucket): the profile set, for logs and cache keys."""
