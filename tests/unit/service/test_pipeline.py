@@ -111,3 +111,31 @@ async def test_entities_point_into_the_text_they_came_from(open_model: OpenPipel
         for e in entities:
             assert 0 <= e.start < e.end <= len(text)
             assert e.label != "O"
+
+
+@pytest.mark.parametrize("name", ["tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"])
+async def test_only_a_tensorrt_backend_gets_bucket_padding(repo: Path, name: str) -> None:
+    """The registry plans TensorRT's buckets from the same limits as the loader's engine profiles;
+    answers stay those of each text alone (padding is masked)."""
+    from bertserve.runtime.fake import FakeBackend
+    from bertserve.runtime.shapes import ShapePlan
+
+    settings = Settings(repo=repo, backend="fake", max_batch_size=8, max_batch_tokens=512)
+    config = load_model_config(repo, "cls")
+    backend = FakeBackend(len(config.labels), input_names=tuple(config.inputs), name=name)
+    pipeline = open_pipeline(
+        settings, Metrics(process=False), config, version_dir(repo, "cls", 1), lambda c, v: backend
+    )
+    pipeline.start(asyncio.get_running_loop())
+    try:
+        expected = ShapePlan.for_batching(8, 512, config.max_length) if name == "tensorrt" else None
+        assert pipeline.batcher.limits.padding == expected
+        assert isinstance(pipeline, ClassificationPipeline)
+        answer = await pipeline.classify(["the movie was great", "ok"])
+        want = _expected_scores(repo, pipeline, "ok")
+        assert {s.label: s.score for s in answer.results[1]} == pytest.approx(want, abs=1e-6)
+        lengths = {length for _, length in backend.batch_shapes}
+        if expected is not None:
+            assert lengths <= set(expected.lengths)  # padded to a bucket
+    finally:
+        await pipeline.stop()
