@@ -174,6 +174,12 @@ def _runtime_env(work: Path) -> dict[str, str]:
     }
 
 
+def _save(work: Path, phase: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Write what a phase has so far: a phase killed by its timeout still reports its part."""
+    (work / f"{phase}.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
 def phase_detect() -> dict[str, Any]:
     from bertserve.runtime.selection import Environment
 
@@ -227,7 +233,8 @@ def phase_build(work: Path, demo_repo: Path | None) -> dict[str, Any]:
         ckpt = demo_repo / name / "checkpoint" if demo_repo else None
         if ckpt is not None and (ckpt / "config.json").is_file():
             sources[f"demo-{name}"] = (ckpt, task)
-    built, failed = [], {}
+    built: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}
     for name, (ckpt, task) in sources.items():
         options = ExportOptions(
             model=str(ckpt),
@@ -247,6 +254,7 @@ def phase_build(work: Path, demo_repo: Path | None) -> dict[str, Any]:
             continue
         fp16 = [a for a in result.report.artifacts if a.precision.value == "fp16"]
         built.append({"model": name, "fp16_cpu_max_abs_diff": fp16[0].max_abs_diff if fp16 else None})
+        _save(work, "build", {"built": built, "failed": failed})
     return {"built": built, "failed": failed}
 
 
@@ -254,7 +262,9 @@ def _texts(limit: int = 256) -> tuple[list[str], str]:
     from loadtest.corpus import classify_corpus
 
     corpus = classify_corpus(limit=limit)
-    return list(corpus.texts), corpus.source
+    texts = list(corpus.texts)
+    # the project's own corpus (no SST-2 here) is small: repeated, so every batch size can be cut
+    return [texts[i % len(texts)] for i in range(max(limit, len(texts)))], corpus.source
 
 
 def _open(work: Path, model: str, backend: str, precision: str | None) -> Any:
@@ -274,7 +284,8 @@ def phase_parity(work: Path) -> dict[str, Any]:
     tolerances = {"cuda fp32": CUDA_FP32_ATOL, "cuda fp16": FP16_ATOL, "tensorrt fp16": FP16_ATOL}
     for model in list_models(work / "repo"):
         reference = _open(work, model, "onnxruntime-cpu", "fp32")
-        batches = [reference._collator.collate(reference._inputs[i : i + 16]) for i in range(0, 64, 16)]
+        inputs = reference._inputs[:64]
+        batches = [reference._collator.collate(inputs[i : i + 16]) for i in range(0, len(inputs), 16)]
         expected = [reference.backend.infer(feeds) for feeds, _, _ in batches]
         reference.backend.close()
         for backend, precision in GPU_PATHS:
@@ -303,6 +314,7 @@ def phase_parity(work: Path) -> dict[str, Any]:
                     "passed": worst <= tolerances[name],
                 }
             )
+            _save(work, "parity", {"parity": results, "failed": failed})
     return {"parity": results, "failed": failed}
 
 
@@ -337,6 +349,7 @@ def phase_raw(work: Path, seconds: float) -> dict[str, Any]:
                 bench.backend.close()
             except Exception as exc:
                 failed[f"{model} {name}"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            _save(work, "raw", {"rows": rows, "failed": failed})
     return {"rows": rows, "failed": failed}
 
 
@@ -412,6 +425,7 @@ def phase_service(work: Path, seconds: float) -> dict[str, Any]:
                 else None
             )
             rows.append(asdict(Row(name, path, key, value, None, None, flops)))
+        _save(work, "service", {"rows": rows, "failed": failed})
     return {"rows": rows, "failed": failed}
 
 
@@ -430,7 +444,10 @@ def run_phase(
             cmd, capture_output=True, text=True, timeout=timeout_s, env={**os.environ, **_runtime_env(work)}
         )
     except subprocess.TimeoutExpired:
-        return None, f"timed out after {timeout_s:.0f} s"
+        partial: dict[str, Any] | None = json.loads(out.read_text()) if out.is_file() else None
+        return partial, f"timed out after {timeout_s:.0f} s" + (
+            " (its results so far are shown)" if partial else ""
+        )
     took = time.monotonic() - start
     if proc.returncode != 0 or not out.is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
@@ -447,8 +464,7 @@ def child(args: argparse.Namespace) -> int:
         "raw": lambda: phase_raw(work, args.seconds),
         "service": lambda: phase_service(work, args.seconds),
     }
-    result = phase_detect() if args.phase == "detect" else phases[args.phase]()
-    (work / f"{args.phase}.json").write_text(json.dumps(result, indent=2))
+    _save(work, args.phase, phase_detect() if args.phase == "detect" else phases[args.phase]())
     return 0
 
 
@@ -536,8 +552,8 @@ def main(argv: list[str] | None = None) -> int:
             results[name], problem = run_phase(name, timeout_s, work, extra)
             if problem:
                 problems.append(f"{name}: {problem}")
-            if name == "build" and results[name] is None:
-                break  # nothing to measure
+            if name == "build" and not (results[name] or {}).get("built"):
+                break  # no model was exported: nothing to measure
         print(f"\ngpu-check finished in {time.monotonic() - started:.0f} s\n")
         print(report(detect, results, problems))
     finally:
