@@ -101,3 +101,46 @@ def test_without_a_gpu_the_check_stops_at_once_with_what_is_missing() -> None:
     assert proc.returncode == 2
     assert "gpu-check: no NVIDIA GPU is visible" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_report_lists_parity_the_table_and_what_could_not_be_done() -> None:
+    from dataclasses import asdict
+
+    from loadtest.gpu_check import report
+
+    flops = bert_flops_per_sequence(tokens=128, **BERT_BASE)
+    results = {
+        "build": {"built": [{"model": "bert-base"}], "failed": {"demo-ner": "ExportError: boom"}},
+        "parity": {
+            "parity": [
+                {
+                    "model": "bert-base",
+                    "path": "cuda fp16",
+                    "max_abs_diff": 0.01,
+                    "agreement": 1.0,
+                    "tolerance": 0.05,
+                    "passed": True,
+                },
+                {
+                    "model": "bert-base",
+                    "path": "tensorrt fp16",
+                    "max_abs_diff": 0.2,
+                    "agreement": 0.9,
+                    "tolerance": 0.05,
+                    "passed": False,
+                },
+            ],
+            "failed": {},
+        },
+        "raw": {
+            "rows": [asdict(Row("bert-base", "raw tensorrt fp16", "64x128", 8000.0, 8.0, None, flops))],
+            "failed": {},
+        },
+        "service": None,
+    }
+    text = report({"gpu": "NVIDIA H200, 143771 MiB"}, results, ["service: timed out after 90 s"])
+    assert "max|diff| 1.00e-02 (tolerance 5e-02) argmax agreement 100.00%  ok" in text
+    assert "tensorrt fp16  max|diff| 2.00e-01" in text and "FAILED" in text
+    assert "178.8" in text and "18.1%" in text  # 8,000 x 22.35 GFLOP on a 989 TFLOP/s peak
+    assert "- service: timed out after 90 s" in text
+    assert "- build: demo-ner: ExportError: boom" in text
