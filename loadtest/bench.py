@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING
 
 from loadtest.corpus import Corpus, classify_corpus, sentence_file_corpus
 from loadtest.httpload import LoadResult, encode_post, run_closed_loop, run_open_loop
-from loadtest.report import BackendPoint, BenchRun, LoadPoint, RawPoint, write_results
+from loadtest.report import BackendPoint, BenchRun, LoadPoint, RawPoint, gate_cells, write_results
 from loadtest.slo import RateProbe, find_max_rate
 
 if TYPE_CHECKING:
@@ -400,6 +400,8 @@ def configurations(config: ModelConfig) -> list[Configuration]:
         found.append(Configuration("openvino-cpu", "fp32", "openvino"))
     if ("openvino", "int8") in have:
         found.append(Configuration("openvino-cpu", "int8", "openvino"))
+    if ("openvino", "bf16") in have:
+        found.append(Configuration("openvino-cpu", "bf16", "openvino"))
     return found
 
 
@@ -463,7 +465,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repo", type=Path, default=Path("models"))
     ap.add_argument("--model", default="sentiment")
     ap.add_argument("--backend", default="onnxruntime-cpu", help="backend of phases 1, 2, 3 and 5")
-    ap.add_argument("--precision", default=None, help="fp32 | int8 (default: the model's default)")
+    ap.add_argument("--precision", default=None, help="auto | fp32 | int8 | bf16 (default: auto)")
     ap.add_argument("--checkpoint", type=Path, default=None, help="PyTorch checkpoint for the naive server")
     ap.add_argument(
         "--data", type=Path, default=None, help="sentences: TSV with a `sentence` column, or one a line"
@@ -718,9 +720,23 @@ def measure_backends(
             for cfg, target, raw in targets:
                 service[cfg.label].append(target.closed(COMPARE_CLIENTS, budget.backend_s, 0.5))
                 raw_rates[cfg.label].append(raw.measure(best_bs, budget.backend_s / 2).sequences_per_s)
+        print(
+            f"  {'configuration':<42} {'service req/s':>13} {'p95 ms':>7} {'raw seq/s':>10} "
+            f"{'agreement':>9} {'eval pt':>8} gate"
+        )
         for cfg, _, _ in targets:
             points = sorted(service[cfg.label], key=lambda p: p.throughput_rps)
             middle = points[len(points) // 2]  # the median round, kept whole
+            gate = next(
+                (
+                    a.gate
+                    for a in config.version.artifacts
+                    if a.gate is not None
+                    and a.precision == cfg.precision
+                    and (a.format.value == "openvino") == (cfg.backend == "openvino-cpu")
+                ),
+                None,
+            )
             point = BackendPoint(
                 cfg.label,
                 cfg.backend,
@@ -728,11 +744,14 @@ def measure_backends(
                 cfg.artifact,
                 middle,
                 round(statistics.median(raw_rates[cfg.label]), 2),
+                agreement=gate.agreement if gate is not None else None,
+                drop_points=gate.drop_points if gate is not None else None,
+                gate_passed=gate.passed if gate is not None else None,
             )
             run.backends.append(point)
             print(
-                f"  {cfg.label:<42} service {middle.throughput_rps:8.1f} req/s (p95 {middle.p95_ms:.1f} ms), "
-                f"raw {point.raw_sequences_per_s:8.1f} seq/s"
+                f"  {cfg.label:<42} {middle.throughput_rps:13.1f} {middle.p95_ms:7.1f} "
+                f"{point.raw_sequences_per_s:10.1f} {gate_cells(point).replace(' | ', '  ')}"
             )
     if view is not None:
         shutil.rmtree(view, ignore_errors=True)

@@ -144,5 +144,10 @@ def test_fp16_weights_must_agree_and_int8_is_left_to_the_gate() -> None:
 
 def test_checks_follow_precision() -> None:
     for spec in ARTIFACTS:
-        expected = {Precision.FP32: parity, Precision.FP16: fp16_agreement, Precision.INT8: int8_agreement}
+        expected = {
+            Precision.FP32: parity,
+            Precision.FP16: fp16_agreement,
+            Precision.INT8: int8_agreement,
+            Precision.BF16: int8_agreement,  # the same gate: written always, the default only if it passes
+        }
         assert spec.check is expected[spec.precision], spec.key
