@@ -369,6 +369,7 @@ def test_int8_recipe_search_reports_every_variant(bert_cls_checkpoint, tmp_path:
     assert sorted(p.name for p in failing.version_dir.glob("model*.onnx")) == [
         "model.int8.onnx",
         "model.onnx",
+        "model.ort.onnx",
     ]
     assert failing.config.version.default_precision == Precision.FP32
 
