@@ -176,10 +176,12 @@ def render_summary(report: ExportReport, console: Console) -> None:
             f"speed (median ms per batch of {speed['batch_size']} x {speed['sequence_length']} tokens): "
             + ", ".join(f"{k} {v:.2f}" for k, v in speed["ms_per_batch"].items())
         )
-    if report.int8_gate is not None and not report.int8_gate.passed:
-        why = "; ".join(report.int8_gate.reasons)
-        verdict = "made default anyway (--force)" if report.int8_gate.forced else "kept fp32 as default"
-        console.print(f"[yellow]int8 gate failed[/] ({why}): {verdict}")
+    gate = report.int8_gate
+    if gate is not None and not gate.passed:
+        why = "; ".join(gate.reasons)
+        passed = f"; passed: {', '.join(gate.passed_artifacts)}" if gate.passed_artifacts else ""
+        verdict = " (made default anyway: --force)" if gate.forced else ""
+        console.print(f"[yellow]low-precision gate failed[/] ({why}){verdict}{passed}")
     for note in report.notes:
         console.print(f"[dim]note: {note}[/]")
     console.print(f"default precision: [bold]{report.default_precision.value}[/]")

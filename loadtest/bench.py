@@ -10,7 +10,8 @@
 3. A naive server (loadtest/naive_server.py: FastAPI + the transformers pipeline, one request per
    call) on the same checkpoint, driven by the same client.
 4. Every backend/precision the export wrote (ORT fused fp32, portable ONNX fp32, ORT int8,
-   OpenVINO fp32/int8), each through its own service at 64 clients and raw at the best batch.
+   OpenVINO fp32/int8/bf16), each through its own service at 64 clients and raw at the best batch,
+   in one table with the export gate's agreement and eval change of each (model.yaml).
 5. Open loop: the highest constant arrival rate with p95 under `--slo-ms` (loadtest/slo.py).
 6. Padding efficiency (real / padded tokens) from the service's own /metrics counters.
 7. Embeddings (`--embed-model`, default the demo's `embed`): raw backend vs `/embed`, in this run

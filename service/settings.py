@@ -311,11 +311,15 @@ class Settings(BaseSettings):
             raise ValueError("api_key must be at least 16 characters")
         return value
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _auto_when_unset(cls, value: object) -> object:
+        # None (the Python callers' "no choice") and an empty variable (an unset compose one) mean auto
+        return "auto" if value is None or value == "" else value
+
     @field_validator("precision")
     @classmethod
-    def _servable_precision(cls, value: Precision | Literal["auto"] | None) -> Precision | Literal["auto"]:
-        if value is None:  # an empty value (e.g. an unset compose variable) means auto
-            return "auto"
+    def _servable_precision(cls, value: Precision | Literal["auto"]) -> Precision | Literal["auto"]:
         if value == Precision.FP16:
             raise ValueError("precision must be auto, fp32, int8 or bf16 (fp16 is chosen per backend)")
         return value
