@@ -210,15 +210,28 @@ def quantize_onnx_dynamic(
         raise ExportError(f"ONNX int8 quantization failed: {type(exc).__name__}: {exc}") from exc
 
 
+# NNCF recipes, tried in order until one passes the gate: its transformer preset, then the same
+# with the feed-forward output MatMuls ignored (kept fp32). Measured on the demo models the preset
+# passed (sentiment 99.0 % / +0.16 pt, ner 99.7 % / +0.08 F1 on their held-out splits); on SST-2 dev
+# ignoring FFN outputs, the last layer, SmoothQuant off or the MIXED preset all stayed within
+# 95.3-96.0 % agreement, so only the one exclusion is kept as the fallback.
+NNCF_IGNORED: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("nncf-transformer", ()),
+    ("nncf-transformer-ffn-out-fp32", (f".*{FFN_OUTPUT}.*",)),
+)
+
+
 def quantize_openvino_int8(
-    model: ov.Model, calibration: Sequence[Mapping[str, npt.NDArray[np.int64]]]
+    model: ov.Model,
+    calibration: Sequence[Mapping[str, npt.NDArray[np.int64]]],
+    ignored: Sequence[str] = (),
 ) -> ov.Model:
     """NNCF post-training static quantization with transformer-aware patterns.
 
     `ModelType.TRANSFORMER` keeps the softmax / layer-norm paths and the attention score MatMul
     in floating point, where int8 ranges would hurt accuracy most; `calibration` holds one
     tokenized sentence per item (batch 1, natural length) so activation statistics are not
-    polluted by padding.
+    polluted by padding. `ignored`: regular expressions of operation names left in fp32.
     """
     import nncf
 
@@ -232,6 +245,7 @@ def quantize_openvino_int8(
             nncf.Dataset(items),
             model_type=nncf.ModelType.TRANSFORMER,
             subset_size=len(items),
+            ignored_scope=nncf.IgnoredScope(patterns=list(ignored), validate=False) if ignored else None,
         )
     except Exception as exc:  # NNCF surfaces many internal exception types
         raise ExportError(f"NNCF int8 quantization failed: {type(exc).__name__}: {exc}") from exc

@@ -390,13 +390,16 @@ def test_int8_recipe_search_reports_every_variant(bert_cls_checkpoint, tmp_path:
 def test_bf16_is_gated_like_int8(bert_cls_checkpoint, tmp_path: Path):
     from bertserve.runtime.cpu import CpuFeature, CpuFeatures
 
-    options = _quick(bert_cls_checkpoint.path, tmp_path, bf16=True, min_int8_agreement=0.0)
+    options = _quick(bert_cls_checkpoint.path, tmp_path, bf16=True, int8=True, min_int8_agreement=0.0)
     result = run_export(dataclasses_replace(options, formats=("onnx", "openvino")))
     bf16 = result.config.version.find("openvino", "bf16")
     fp32 = result.config.version.find("openvino", "fp32")
     assert bf16 is not None and fp32 is not None and bf16.files == fp32.files  # the same IR
     assert bf16.gate is not None and bf16.gate.needs == ["bf16"]
+    # NNCF's recipes: the preset passes a 0 % bound at once, and is the one kept
+    (nncf,) = result.report.variants["openvino/int8"]
+    assert nncf.name == "nncf-transformer" and nncf.chosen and nncf.passed
     if CpuFeatures.probe().has(CpuFeature.BF16):
-        assert bf16.gate.passed and result.config.version.default_precision == Precision.BF16
+        assert bf16.gate.passed
     else:
         assert not bf16.gate.passed and "not measured" in bf16.gate.reasons[0]
