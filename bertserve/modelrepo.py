@@ -95,6 +95,7 @@ class Precision(StrEnum):
     FP32 = "fp32"
     FP16 = "fp16"  # fp16-compressed weights (OpenVINO) or fp16 graph
     INT8 = "int8"
+    BF16 = "bf16"  # the fp32 IR run with bf16 inference precision (OpenVINO on AVX-512-BF16/AMX CPUs)
 
 
 class BatchingConfig(BaseModel):
@@ -135,6 +136,33 @@ class EmbeddingConfig(BaseModel):
     dimensions: int = Field(ge=1, description="Width of the pooled vector.")
 
 
+class ArtifactGate(BaseModel):
+    """How a low-precision artifact kept PyTorch's answers at export, and what CPU it needs to
+    keep them: the figures `--precision auto` chooses by and `GET /v1/models/{m}` shows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    passed: bool = Field(description="Agreement and eval-score drop within the export's bounds.")
+    agreement: float = Field(description="Share of decisions that agree with PyTorch (validation text).")
+    min_agreement: float = Field(description="The agreement bound it was held to.")
+    metric: str | None = Field(None, description="Eval-file metric (accuracy, entity_f1), if scored.")
+    drop_points: float | None = Field(None, description="PyTorch minus artifact on the eval file, points.")
+    max_drop_points: float | None = Field(None, description="The drop bound it was held to.")
+    speedup: float | None = Field(None, description="fp32 time / its time at export, same backend.")
+    needs: list[str] = Field(
+        default_factory=list,
+        description="CPU features (vnni, bf16) it needs to run as measured; `auto` skips it without.",
+    )
+    variant: str | None = Field(None, description="How it was built (quantization recipe).")
+    reasons: list[str] = Field(default_factory=list, description="Why it failed the gate.")
+
+    def summary(self) -> str:
+        """ "gate passed -0.30 pt, 99.5 % agreement" """
+        drop = f" {-self.drop_points:+.2f} pt {self.metric}," if self.drop_points is not None else ""
+        verdict = "passed" if self.passed else "failed"
+        return f"gate {verdict}{drop} {self.agreement:.1%} agreement"
+
+
 class Artifact(BaseModel):
     """One runnable graph. `files` maps paths relative to the version folder to sha256 hex digests;
     the first entry is the file a runtime opens (model.onnx, model.xml). Every other file the
@@ -147,6 +175,7 @@ class Artifact(BaseModel):
     precision: Precision
     files: dict[str, str]
     opset: int | None = None
+    gate: ArtifactGate | None = None  # low precision only
 
     @field_validator("files")
     @classmethod

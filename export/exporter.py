@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +33,7 @@ from bertserve.export.specs import (
     BuildInputs,
     BuildOutput,
     Calibration,
+    Judgement,
     applicable,
 )
 from bertserve.export.validate import (
@@ -54,6 +55,7 @@ from bertserve.modelrepo import (
     MODEL_CONFIG_FILE,
     Artifact,
     ArtifactFormat,
+    ArtifactGate,
     BatchingConfig,
     ModelConfig,
     Precision,
@@ -66,6 +68,7 @@ from bertserve.modelrepo import (
     sha256_file,
 )
 from bertserve.runtime.base import Backend
+from bertserve.runtime.cpu import CpuFeature, CpuFeatures
 from bertserve.service.tokenization import TextInput
 
 if TYPE_CHECKING:
@@ -109,9 +112,9 @@ def _check_options(options: ExportOptions) -> tuple[Task, tuple[str, ...]]:
             f"--eval-file scores classifiers and taggers; a {task.value} model's low-precision "
             "artifacts are gated by their agreement with PyTorch on the validation batches"
         )
-    if options.eval_file is not None and not (options.int8 or options.fit_thresholds):
+    if options.eval_file is not None and not (options.int8 or options.bf16 or options.fit_thresholds):
         raise ExportError(
-            "--eval-file gates int8 artifacts or fits thresholds; add --int8 or --fit-thresholds"
+            "--eval-file gates int8/bf16 artifacts or fits thresholds; add --int8, --bf16 or --fit-thresholds"
         )
     if options.fit_thresholds and options.eval_file is None:
         raise ExportError("--fit-thresholds fits on labelled examples; add --eval-file")
@@ -190,7 +193,11 @@ def planned_steps(options: ExportOptions, specs: Sequence[ArtifactSpec]) -> tupl
         PORTABLE_STEP,
         *(spec.step for spec in specs),
         *((THRESHOLD_STEP,) if options.fit_thresholds else ()),
-        *((_eval_step(options.eval_file),) if options.eval_file is not None and options.int8 else ()),
+        *(
+            (_eval_step(options.eval_file),)
+            if options.eval_file is not None and _low_precision(options)
+            else ()
+        ),
         *((SPEED_STEP,) if options.measure_speed else ()),
         WRITE_STEP,
     )
@@ -256,6 +263,12 @@ class _Reference:
     torch_runner: TorchBackend
     logits: list[FloatArray]
 
+    def text(self) -> tuple[list[FloatArray], list[ValidationBatch]]:
+        """The batches of real text (built-in, eval-file or calibration sentences, pairs, the long
+        text) without the random token sequences: what low-precision agreement is counted on."""
+        kept = [(lg, b) for lg, b in zip(self.logits, self.batches, strict=True) if b.kind != "random"]
+        return [lg for lg, _ in kept], [b for _, b in kept]
+
 
 @dataclass(frozen=True)
 class _Written:
@@ -279,8 +292,10 @@ def _export_version(
     existing: ModelConfig | None,
 ) -> ExportResult:
     with steps.step(PORTABLE_STEP):
-        ref = _export_reference(ckpt, portable, existing)
-    written = _build_artifacts(specs, options, ckpt, ref, staging, steps)
+        ref = _export_reference(ckpt, portable, existing, _validation_texts(options, eval_set))
+    tokenizer_files = _save_tokenizer(ckpt, staging)
+    judge = _Judge(options, ckpt, ref, eval_set, staging, tokenizer_files, version, existing)
+    written = _build_artifacts(specs, options, ckpt, ref, staging, steps, judge)
     built = _Built(
         artifacts=[w.artifact for w in written],
         runners={w.result.key: w.runner for w in written},
@@ -291,7 +306,6 @@ def _export_version(
         notes.append(_sentence_transformers_check(ckpt, ref))
     graph, torch_runner = ref.graph, ref.torch_runner
 
-    tokenizer_files = _save_tokenizer(ckpt, staging)
     thresholds: dict[str, float] | None = existing.thresholds if existing else None
     fitted: list[FittedThreshold] = []
     if options.fit_thresholds and eval_set is not None:
@@ -303,25 +317,24 @@ def _export_version(
             fits = (f"{f.label} {f.threshold:.3f} (F1 {f.f1_at_default:.3f} -> {f.f1:.3f})" for f in fitted)
             notes.append(f"thresholds fitted on {eval_set.path.name}: " + ", ".join(fits))
     eval_summary = None
-    if eval_set is not None and options.int8:
+    if eval_set is not None and _low_precision(options):
         with steps.step(_eval_step(eval_set.path)):
             # the model.yaml about to be written, with the artifacts built: what the service
             # would load, for the gate to score
             scored = VersionConfig(artifacts=built.artifacts, tokenizer_files=tokenizer_files)
             served = _config_of(options, ckpt, graph, version, existing, scored, thresholds=thresholds)
-            eval_summary = _evaluate_int8(built, eval_set, torch_runner, served, staging)
-
-    gate = _int8_gate(built.results, options)
-    default_precision = (
-        Precision.INT8 if gate is not None and (gate.passed or options.force) else Precision.FP32
-    )
-    if gate is not None and options.force and not gate.passed:
-        notes.append("int8 is the default precision although it failed the gate (--force)")
+            eval_summary = _evaluate_low_precision(built, eval_set, judge.reference_score(), served, staging)
 
     speed: dict[str, object] = {}
     if options.measure_speed:
         with steps.step(SPEED_STEP):
             speed = _measure_speed(built, ckpt, graph.inputs, torch_runner)
+
+    gate = _int8_gate(built.results, options)
+    built.artifacts = _with_gates(built, written, options)
+    default_precision = _default_precision(built.results, options)
+    if gate is not None and options.force and not gate.passed:
+        notes.append(f"{default_precision} is the default precision although it failed the gate (--force)")
 
     with steps.step(WRITE_STEP):
         created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
@@ -347,6 +360,8 @@ def _export_version(
             artifacts=tuple(built.results),
             speed=speed,
             fusions={op: n for w in written for op, n in w.output.fusions.items()},
+            variants={w.result.key: list(w.output.variants) for w in written if w.output.variants},
+            cpu=_cpu_summary(),
             libraries=_library_versions(),
             steps=tuple(steps.timings),
             created=created,
@@ -359,14 +374,18 @@ def _export_version(
     return ExportResult(config=config, version=version, version_dir=staging, report=report)
 
 
-def _export_reference(ckpt: LoadedCheckpoint, portable: Path, existing: ModelConfig | None) -> _Reference:
+def _export_reference(
+    ckpt: LoadedCheckpoint, portable: Path, existing: ModelConfig | None, texts: Sequence[str]
+) -> _Reference:
     from bertserve.export.onnx_export import export_portable_onnx
 
     pooling = ckpt.embedding.pooling if ckpt.embedding is not None else None
     graph = export_portable_onnx(ckpt.model, ckpt.task, portable, pooling)
     if existing is not None:
         _check_compatible(existing, ckpt, graph.inputs)
-    batches = build_validation_batches(ckpt.tokenizer, ckpt.task, graph.inputs, ckpt.max_length)
+    batches = build_validation_batches(
+        ckpt.tokenizer, ckpt.task, graph.inputs, ckpt.max_length, extra_texts=texts
+    )
     torch_runner = TorchBackend(ckpt.model, graph.inputs, ckpt.embedding)
     logits = [torch_runner.infer(b.feeds) for b in batches]
     return _Reference(graph=graph, path=portable, batches=batches, torch_runner=torch_runner, logits=logits)
@@ -391,14 +410,19 @@ def _build_artifacts(
     ref: _Reference,
     staging: Path,
     steps: StepProgress,
+    judge: _Judge,
 ) -> list[_Written]:
     """Build and validate every spec in order, one progress step each."""
+    cpu = CpuFeatures.probe()
     inputs = BuildInputs(
         folder=staging,
         portable_onnx=ref.path,
         num_heads=ckpt.num_heads,
         hidden_size=ckpt.hidden_size,
         calibration=partial(_calibration, options.calibration, ckpt, ref.graph.inputs),
+        judge=judge,
+        cpu_vnni=cpu.has(CpuFeature.VNNI),
+        cpu_bf16=cpu.has(CpuFeature.BF16),
     )
     written: list[_Written] = []
     for spec in specs:
@@ -414,7 +438,14 @@ def _build_artifact(
     output = spec.build(inputs, main)
     runner = runtime_backend(main, spec.format, spec.precision, ref.graph.outputs[0])
     cmp = compare(ref.logits, runner, ref.batches, ckpt.task, ckpt.problem_type)
+    if spec.precision in LOW_PRECISIONS:
+        # low precision is held to its agreement on real text, not on random token sequences
+        logits, batches = ref.text()
+        text = compare(logits, runner, batches, ckpt.task, ckpt.problem_type)
+        cmp = replace(cmp, agreement=text.agreement, decisions=text.decisions)
     verdict = spec.check(spec.main_file, cmp, options)
+    if spec.precision == Precision.BF16 and not inputs.cpu_bf16:
+        verdict = replace(verdict, passed=False)
     artifact = Artifact(
         format=spec.format,
         precision=spec.precision,
@@ -431,6 +462,10 @@ def _build_artifact(
         decisions=cmp.decisions,
         passed=verdict.passed,
         tolerance=verdict.tolerance,
+        needs=output.needs,
+        variant=next((f"{v.name}: {v.recipe}" for v in output.variants if v.chosen), None),
+        speedup=next((v.speedup for v in output.variants if v.chosen), None),
+        unmeasured=spec.precision == Precision.BF16 and not inputs.cpu_bf16,
     )
     return _Written(artifact=artifact, result=result, runner=runner, output=output)
 
@@ -467,25 +502,218 @@ def _save_tokenizer(ckpt: LoadedCheckpoint, folder: Path) -> dict[str, str]:
     return _files(folder, rels)
 
 
-def _int8_gate(results: Sequence[ArtifactResult], options: ExportOptions) -> GateResult | None:
-    int8 = [r for r in results if r.precision == Precision.INT8]
-    if not int8:
-        return None
+LOW_PRECISIONS = (Precision.INT8, Precision.BF16)
+# the eval-file or calibration sentences added to the validation text (each artifact runs them all)
+MAX_VALIDATION_TEXTS = 1000
+
+
+def _low_precision(options: ExportOptions) -> bool:
+    return options.int8 or options.bf16
+
+
+def _validation_texts(options: ExportOptions, eval_set: EvalSet | None) -> list[str]:
+    """In-domain sentences for the agreement of low-precision artifacts: the eval file's, else the
+    calibration file's (none without either: the built-in sentences only)."""
+    if not _low_precision(options):
+        return []
+    if eval_set is not None:
+        texts = [e.text for e in eval_set.examples] or [s.text for s in eval_set.sentences]
+        return texts[:MAX_VALIDATION_TEXTS]
+    if options.calibration is not None:
+        return _calibration_texts(options.calibration)[0][:MAX_VALIDATION_TEXTS]
+    return []
+
+
+def _gate_reasons(result: ArtifactResult, options: ExportOptions) -> list[str]:
+    """Why a low-precision artifact fails the gate (none: it passes)."""
     reasons: list[str] = []
-    for r in int8:
-        if r.agreement < options.min_int8_agreement:
-            reasons.append(f"{r.key} agreement {r.agreement:.2%} < {options.min_int8_agreement:.2%}")
-        if r.eval_delta_points is not None and r.eval_delta_points > options.max_int8_drop_points:
-            reasons.append(
-                f"{r.key} loses {r.eval_delta_points:.2f} points > {options.max_int8_drop_points:.2f}"
-            )
+    if result.unmeasured:
+        reasons.append(f"{result.key} not measured: the export CPU lacks {', '.join(result.needs)}")
+    if result.agreement < options.min_int8_agreement:
+        reasons.append(f"{result.key} agreement {result.agreement:.2%} < {options.min_int8_agreement:.2%}")
+    if result.eval_delta_points is not None and result.eval_delta_points > options.max_int8_drop_points:
+        reasons.append(
+            f"{result.key} loses {result.eval_delta_points:.2f} points > {options.max_int8_drop_points:.2f}"
+        )
+    return reasons
+
+
+def _int8_gate(results: Sequence[ArtifactResult], options: ExportOptions) -> GateResult | None:
+    """The gate over every low-precision artifact (int8, bf16); each passes or fails on its own."""
+    low = [r for r in results if r.precision in LOW_PRECISIONS]
+    if not low:
+        return None
+    reasons = [reason for r in low for reason in _gate_reasons(r, options)]
     return GateResult(
         min_agreement=options.min_int8_agreement,
         max_drop_points=options.max_int8_drop_points,
         passed=not reasons,
         forced=options.force and bool(reasons),
         reasons=tuple(reasons),
+        passed_artifacts=tuple(r.key for r in low if not _gate_reasons(r, options)),
     )
+
+
+def _speedups(results: Sequence[ArtifactResult]) -> dict[str, float]:
+    """fp32 ms / ms per low-precision artifact, against the fp32 artifact the same backend serves."""
+    fp32 = {
+        ArtifactFormat.ONNX: next(
+            (r.ms_per_batch for r in results if r.key == "onnx-optimized/fp32" and r.ms_per_batch),
+            next((r.ms_per_batch for r in results if r.key == "onnx/fp32" and r.ms_per_batch), None),
+        ),
+        ArtifactFormat.OPENVINO: next(
+            (r.ms_per_batch for r in results if r.key == "openvino/fp32" and r.ms_per_batch), None
+        ),
+    }
+    out = {}
+    for r in results:
+        base = fp32.get(r.format)
+        if r.precision in LOW_PRECISIONS and base and r.ms_per_batch:
+            out[r.key] = round(base / r.ms_per_batch, 3)
+    return out
+
+
+def _with_gates(built: _Built, written: Sequence[_Written], options: ExportOptions) -> list[Artifact]:
+    """model.yaml's artifacts with each low-precision one's gate (what `auto` chooses by)."""
+    speedups = _speedups(built.results)
+    by_key = {r.key: r for r in built.results}
+    out = []
+    for artifact, w in zip(built.artifacts, written, strict=True):
+        r = by_key[w.result.key]
+        if r.precision not in LOW_PRECISIONS:
+            out.append(artifact)
+            continue
+        reasons = _gate_reasons(r, options)
+        speedup = speedups.get(r.key, r.speedup)  # the export's timing, else the recipe search's
+        built.results[built.results.index(r)] = r = _replace(r, passed=not reasons, speedup=speedup)
+        gate = ArtifactGate(
+            passed=not reasons,
+            agreement=round(r.agreement, 5),
+            min_agreement=options.min_int8_agreement,
+            metric=None if r.eval_score is None else _metric_name(r),
+            drop_points=r.eval_delta_points,
+            max_drop_points=options.max_int8_drop_points if r.eval_score is not None else None,
+            speedup=speedup,
+            needs=list(r.needs),
+            variant=r.variant,
+            reasons=reasons,
+        )
+        out.append(artifact.model_copy(update={"gate": gate}))
+    return out
+
+
+def _metric_name(result: ArtifactResult) -> str:
+    return result.eval_metric or "eval"
+
+
+def _default_precision(results: Sequence[ArtifactResult], options: ExportOptions) -> Precision:
+    """What a server without `--precision auto` (or a GPU backend) takes: int8 when an int8 artifact
+    passed, else bf16 when it did, else fp32 (int8 anyway with --force)."""
+    passed = {r.precision for r in results if r.precision in LOW_PRECISIONS and r.passed}
+    for precision in LOW_PRECISIONS:
+        if precision in passed:
+            return precision
+    if options.force and any(r.precision == Precision.INT8 for r in results):
+        return Precision.INT8
+    return Precision.FP32
+
+
+def _cpu_summary() -> dict[str, object]:
+    cpu = CpuFeatures.probe()
+    return {
+        "features": sorted(f.value for f in cpu.features),
+        "flags": sorted(cpu.flags),
+        "known": cpu.known,
+    }
+
+
+class _Judge:
+    """Scores a low-precision candidate file as it would be served: agreement with PyTorch on the
+    validation text, the eval-file score through the served pipeline, speed against the fp32
+    artifact of the same backend (the int8 recipe search calls it once per recipe)."""
+
+    def __init__(
+        self,
+        options: ExportOptions,
+        ckpt: LoadedCheckpoint,
+        ref: _Reference,
+        eval_set: EvalSet | None,
+        staging: Path,
+        tokenizer_files: dict[str, str],
+        version: int,
+        existing: ModelConfig | None,
+    ) -> None:
+        self._options, self._ckpt, self._ref, self._eval_set = options, ckpt, ref, eval_set
+        self._staging, self._tokenizer_files = staging, tokenizer_files
+        self._version, self._existing = version, existing
+        self._reference: float | None = None
+
+    def _config(self, artifacts: list[Artifact]) -> ModelConfig:
+        scored = VersionConfig(artifacts=artifacts, tokenizer_files=self._tokenizer_files)
+        return _config_of(
+            self._options, self._ckpt, self._ref.graph, self._version, self._existing, scored, thresholds=None
+        )
+
+    def reference_score(self) -> float:
+        """PyTorch's eval score through the served pipeline (computed once)."""
+        from bertserve.evaluation.scoring import ServedModel, score
+
+        assert self._eval_set is not None
+        if self._reference is None:
+            # NOTE: PyTorch answers through `factory`; the artifact is a placeholder nobody opens.
+            fp32 = Artifact(
+                format=ArtifactFormat.ONNX, precision=Precision.FP32, files={PORTABLE_ONNX: "0" * 64}
+            )
+            config = self._config([fp32])
+            with ServedModel(config, self._staging, factory=self._ref.torch_runner.factory) as served:
+                self._reference = score(served, self._eval_set).value
+        return self._reference
+
+    def _fp32_file(self, fmt: ArtifactFormat) -> tuple[Path, ArtifactFormat]:
+        if fmt == ArtifactFormat.OPENVINO:
+            return self._staging / "openvino" / "model.xml", ArtifactFormat.OPENVINO
+        fused = self._staging / "model.ort.onnx"
+        return (
+            (fused, ArtifactFormat.ONNX_OPTIMIZED)
+            if fused.is_file()
+            else (self._ref.path, ArtifactFormat.ONNX)
+        )
+
+    def __call__(self, path: Path, fmt: ArtifactFormat, precision: Precision) -> Judgement:
+        from bertserve.evaluation.scoring import ServedModel, score
+
+        output = self._ref.graph.outputs[0]
+        runner = runtime_backend(path, fmt, precision, output)
+        try:
+            logits, batches = self._ref.text()
+            cmp = compare(logits, runner, batches, self._ckpt.task, self._ckpt.problem_type)
+            drop = None
+            if self._eval_set is not None:
+                rel = path.relative_to(self._staging).as_posix()
+                artifact = Artifact(format=fmt, precision=precision, files=_files(self._staging, [rel]))
+                with ServedModel(
+                    self._config([artifact]), self._staging, backend=backend_kind(fmt), precision=precision
+                ) as served:
+                    value = score(served, self._eval_set).value
+                drop = round((self.reference_score() - value) * 100.0, 4)
+            fp32_path, fp32_fmt = self._fp32_file(fmt)
+            speedup = None
+            if fp32_path.is_file():
+                fp32 = runtime_backend(fp32_path, fp32_fmt, Precision.FP32, output)
+                try:
+                    feeds = speed_batch(self._ckpt.tokenizer, self._ref.graph.inputs, self._ckpt.max_length)
+                    t = compare_speed({"fp32": fp32, "candidate": runner}, feeds)
+                    speedup = round(t["fp32"].min_ms / t["candidate"].min_ms, 3)
+                finally:
+                    fp32.close()
+        finally:
+            runner.close()
+        reasons = []
+        if cmp.agreement < self._options.min_int8_agreement:
+            reasons.append(f"agreement {cmp.agreement:.2%} < {self._options.min_int8_agreement:.2%}")
+        if drop is not None and drop > self._options.max_int8_drop_points:
+            reasons.append(f"loses {drop:.2f} points > {self._options.max_int8_drop_points:.2f}")
+        return Judgement(cmp.agreement, drop, speedup, not reasons, tuple(reasons))
 
 
 def _config_of(
@@ -550,26 +778,28 @@ def _fit_thresholds(
     return fit_thresholds(labels, probabilities, list(eval_set.gold), None if independent else labels[1:])
 
 
-def _evaluate_int8(
-    built: _Built, eval_set: EvalSet, torch_backend: TorchBackend, config: ModelConfig, staging: Path
+def _evaluate_low_precision(
+    built: _Built, eval_set: EvalSet, reference: float, config: ModelConfig, staging: Path
 ) -> dict[str, object]:
-    """Score PyTorch and every int8 artifact on the eval file through the served pipeline
-    (`bertserve.evaluation.scoring`): the figures `make demo-eval` measures on the written model."""
+    """Score every int8 and bf16 artifact on the eval file through the served pipeline
+    (`bertserve.evaluation.scoring`) against PyTorch's `reference` score: the figures
+    `make demo-eval` measures on the written model."""
     from bertserve.evaluation.scoring import ServedModel, score
 
-    with ServedModel(config, staging, factory=torch_backend.factory) as served:
-        reference = score(served, eval_set).value
     scores: dict[str, float] = {"pytorch/fp32": reference}
     for i, result in enumerate(built.results):
-        if result.precision != Precision.INT8:
+        if result.precision not in LOW_PRECISIONS:
             continue
         with ServedModel(
-            config, staging, backend=backend_kind(result.format), precision=Precision.INT8
+            config, staging, backend=backend_kind(result.format), precision=result.precision
         ) as served:
             value = score(served, eval_set).value
         scores[result.key] = value
         built.results[i] = _replace(
-            result, eval_score=value, eval_delta_points=round((reference - value) * 100.0, 4)
+            result,
+            eval_score=value,
+            eval_delta_points=round((reference - value) * 100.0, 4),
+            eval_metric=eval_set.metric,
         )
     return {
         "file": str(eval_set.path),
@@ -600,8 +830,6 @@ def _measure_speed(
 
 
 def _replace(result: ArtifactResult, **changes: object) -> ArtifactResult:
-    from dataclasses import replace
-
     return replace(result, **changes)  # type: ignore[arg-type]
 
 

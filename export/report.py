@@ -36,6 +36,11 @@ class ArtifactResult:
     eval_score: float | None = None
     eval_delta_points: float | None = None  # reference minus artifact, in percentage points
     ms_per_batch: float | None = None
+    eval_metric: str | None = None
+    speedup: float | None = None  # fp32 ms / ms, same backend (low precision)
+    needs: tuple[str, ...] = ()  # CPU features it needs to run as measured
+    variant: str | None = None  # the quantization recipe chosen (ONNX int8)
+    unmeasured: bool = False  # bf16 on an export CPU without it: written, never gated as passing
 
     @property
     def key(self) -> str:
@@ -49,6 +54,7 @@ class GateResult:
     passed: bool
     forced: bool
     reasons: tuple[str, ...] = ()
+    passed_artifacts: tuple[str, ...] = ()  # each low-precision artifact passes or fails on its own
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,9 @@ class ExportReport:
     eval: dict[str, Any] | None = None
     thresholds: dict[str, Any] | None = None  # --fit-thresholds: per label threshold, F1 before/after
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # every quantization recipe tried, per artifact key (agreement, eval drop, speedup, chosen)
+    variants: dict[str, Any] = field(default_factory=dict)
+    cpu: dict[str, Any] = field(default_factory=dict)  # the export CPU's features (vnni, bf16)
     schema_version: int = REPORT_SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,10 +176,12 @@ def render_summary(report: ExportReport, console: Console) -> None:
             f"speed (median ms per batch of {speed['batch_size']} x {speed['sequence_length']} tokens): "
             + ", ".join(f"{k} {v:.2f}" for k, v in speed["ms_per_batch"].items())
         )
-    if report.int8_gate is not None and not report.int8_gate.passed:
-        why = "; ".join(report.int8_gate.reasons)
-        verdict = "made default anyway (--force)" if report.int8_gate.forced else "kept fp32 as default"
-        console.print(f"[yellow]int8 gate failed[/] ({why}): {verdict}")
+    gate = report.int8_gate
+    if gate is not None and not gate.passed:
+        why = "; ".join(gate.reasons)
+        passed = f"; passed: {', '.join(gate.passed_artifacts)}" if gate.passed_artifacts else ""
+        verdict = " (made default anyway: --force)" if gate.forced else ""
+        console.print(f"[yellow]low-precision gate failed[/] ({why}){verdict}{passed}")
     for note in report.notes:
         console.print(f"[dim]note: {note}[/]")
     console.print(f"default precision: [bold]{report.default_precision.value}[/]")

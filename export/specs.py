@@ -12,7 +12,7 @@ Every artifact derives from the portable ONNX graph, which the export writes bef
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Protocol
@@ -40,6 +40,36 @@ class Calibration:
 
 
 @dataclass(frozen=True)
+class Judgement:
+    """How a low-precision candidate file kept PyTorch's answers, and its speed (exporter._judge)."""
+
+    agreement: float  # decisions agreeing with PyTorch on the validation text
+    drop_points: float | None  # eval score lost against PyTorch (None without --eval-file)
+    speedup: float | None  # fp32 time / its time, same backend, same batch
+    passed: bool
+    reasons: tuple[str, ...] = ()
+
+
+# (candidate main file, its format, its precision) -> judgement
+Judge = Callable[[Path, ArtifactFormat, Precision], Judgement]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One quantization recipe the export tried, for the report."""
+
+    name: str
+    recipe: str
+    agreement: float
+    drop_points: float | None
+    speedup: float | None
+    passed: bool
+    chosen: bool = False
+    build_seconds: float | None = None
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class BuildInputs:
     """What every builder may read."""
 
@@ -48,6 +78,9 @@ class BuildInputs:
     num_heads: int
     hidden_size: int
     calibration: Callable[[], Calibration]  # called by the builders that need it, not before
+    judge: Judge
+    cpu_vnni: bool  # the export CPU multiplies int8 natively: 8-bit recipes are worth trying
+    cpu_bf16: bool  # the export CPU has AVX-512-BF16/AMX: bf16 can be measured
 
 
 @dataclass(frozen=True)
@@ -56,6 +89,8 @@ class BuildOutput:
 
     fusions: Mapping[str, int] = field(default_factory=dict)  # fused-operator counts
     notes: tuple[str, ...] = ()
+    variants: tuple[Variant, ...] = ()  # the recipes tried, the chosen one marked
+    needs: tuple[str, ...] = ()  # CPU features the artifact needs to run as measured (vnni, bf16)
 
 
 # (inputs, path of the spec's main file) -> report facts; writes every file of the spec
@@ -199,10 +234,68 @@ def _ort_fusions_fp16(inputs: BuildInputs, main: Path) -> BuildOutput:
 
 
 def _onnx_int8(inputs: BuildInputs, main: Path) -> BuildOutput:
-    from bertserve.export.quantize import quantize_onnx_dynamic
+    """Try the recipes of `quantize.ONNX_INT8_RECIPES` stage by stage (the plain ones, then those
+    keeping sensitive nodes in fp32, then 7-bit weights) and keep the fastest that passes the gate
+    of the first stage where one does; none passing, the closest to PyTorch (the gate then keeps
+    fp32 the default). Every candidate is judged as served: agreement, eval score, speed."""
+    import time
 
-    quantize_onnx_dynamic(inputs.portable_onnx, main)
-    return BuildOutput()
+    from bertserve.export.quantize import NO_VNNI_RECIPES, ONNX_INT8_RECIPES, quantize_onnx_int8
+
+    recipes = ONNX_INT8_RECIPES if inputs.cpu_vnni else NO_VNNI_RECIPES
+    calibration = inputs.calibration() if any(r.static for r in recipes) else None
+    tried: list[tuple[Variant, Path]] = []
+    for stage in sorted({r.stage for r in recipes}):
+        for recipe in (r for r in recipes if r.stage == stage):
+            candidate = main.with_name(f"{main.stem}.{recipe.name}.onnx")
+            start = time.perf_counter()
+            quantize_onnx_int8(
+                recipe, inputs.portable_onnx, candidate, calibration.samples if calibration else ()
+            )
+            seconds = round(time.perf_counter() - start, 1)
+            j = inputs.judge(candidate, ArtifactFormat.ONNX, Precision.INT8)
+            variant = Variant(
+                recipe.name,
+                recipe.describe(),
+                j.agreement,
+                j.drop_points,
+                j.speedup,
+                j.passed,
+                False,
+                seconds,
+                j.reasons,
+            )
+            tried.append((variant, candidate))
+        if any(v.passed for v, _ in tried):
+            break
+    passing = [(v, p) for v, p in tried if v.passed]
+    if passing:
+        best, path = max(passing, key=lambda vp: vp[0].speedup or 0.0)
+    else:
+        best, path = max(tried, key=lambda vp: (vp[0].agreement, -(vp[0].drop_points or 0.0)))
+    for _, candidate in tried:
+        if candidate != path:
+            candidate.unlink()
+    path.replace(main)
+    recipe = next(r for r in recipes if r.name == best.name)
+    variants = tuple(replace(v, chosen=v is best) for v, _ in tried)
+    notes: tuple[str, ...] = (f"ONNX int8: {best.name} ({best.recipe}) of {len(tried)} recipe(s) tried",)
+    if calibration is not None:
+        notes += (f"ONNX static int8 calibrated on {calibration.source}",)
+    return BuildOutput(notes=notes, variants=variants, needs=("vnni",) if recipe.needs_vnni else ())
+
+
+def _bf16(inputs: BuildInputs, main: Path) -> BuildOutput:
+    """Nothing to write: the bf16 artifact is the fp32 IR compiled with bf16 inference precision;
+    its own entry in model.yaml carries its gate (agreement and eval score in bf16)."""
+    if not main.is_file():
+        raise ExportError("bf16 needs the fp32 OpenVINO IR, which was not written")
+    if not inputs.cpu_bf16:
+        return BuildOutput(
+            notes=("bf16: this CPU has no AVX-512-BF16/AMX, so bf16 could not be measured; it is not gated",),
+            needs=("bf16",),
+        )
+    return BuildOutput(needs=("bf16",))
 
 
 def _ir(inputs: BuildInputs, main: Path, *, compress_to_fp16: bool) -> BuildOutput:
@@ -213,14 +306,36 @@ def _ir(inputs: BuildInputs, main: Path, *, compress_to_fp16: bool) -> BuildOutp
 
 
 def _ir_int8(inputs: BuildInputs, main: Path) -> BuildOutput:
+    import time
+
     from bertserve.export.openvino_export import convert_to_openvino, save_ir
-    from bertserve.export.quantize import quantize_openvino_int8
+    from bertserve.export.quantize import NNCF_IGNORED, quantize_openvino_int8
 
     calibration = inputs.calibration()
-    # NNCF works on a fresh fp32 graph: the saved IR may have been compressed to fp16.
-    quantized = quantize_openvino_int8(convert_to_openvino(inputs.portable_onnx), calibration.samples)
-    save_ir(quantized, main, compress_to_fp16=False)
-    return BuildOutput(notes=(f"OpenVINO int8 calibrated on {calibration.source}",))
+    tried: list[Variant] = []
+    for name, ignored in NNCF_IGNORED:
+        start = time.perf_counter()
+        # NNCF works on a fresh fp32 graph: the saved IR may have been compressed to fp16.
+        quantized = quantize_openvino_int8(
+            convert_to_openvino(inputs.portable_onnx), calibration.samples, ignored
+        )
+        save_ir(quantized, main, compress_to_fp16=False)
+        seconds = round(time.perf_counter() - start, 1)
+        j = inputs.judge(main, ArtifactFormat.OPENVINO, Precision.INT8)
+        recipe = "NNCF transformer preset" + (", FFN output MatMuls in fp32" if ignored else "")
+        tried.append(
+            Variant(name, recipe, j.agreement, j.drop_points, j.speedup, j.passed, False, seconds, j.reasons)
+        )
+        if j.passed:
+            break
+    if not tried[-1].passed:  # none passed: keep the preset (the gate keeps fp32 the default)
+        quantized = quantize_openvino_int8(convert_to_openvino(inputs.portable_onnx), calibration.samples)
+        save_ir(quantized, main, compress_to_fp16=False)
+        tried[0] = replace(tried[0], chosen=True)
+    else:
+        tried[-1] = replace(tried[-1], chosen=True)
+    notes = (f"OpenVINO int8 calibrated on {calibration.source}",)
+    return BuildOutput(notes=notes, variants=tuple(tried), needs=("vnni",))
 
 
 ARTIFACTS: tuple[ArtifactSpec, ...] = (
@@ -281,6 +396,17 @@ ARTIFACTS: tuple[ArtifactSpec, ...] = (
         build=partial(_ir, compress_to_fp16=True),
         check=fp16_agreement,
         requires=("fp16_ir",),
+    ),
+    ArtifactSpec(
+        format=ArtifactFormat.OPENVINO,
+        precision=Precision.BF16,
+        family="openvino",
+        files=("openvino/model.xml", "openvino/model.bin"),
+        step="OpenVINO bf16 (fp32 IR, bf16 inference)",
+        build=_bf16,
+        check=int8_agreement,
+        requires=("bf16",),
+        excludes=("fp16_ir",),
     ),
     ArtifactSpec(
         format=ArtifactFormat.OPENVINO,

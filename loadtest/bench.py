@@ -10,7 +10,8 @@
 3. A naive server (loadtest/naive_server.py: FastAPI + the transformers pipeline, one request per
    call) on the same checkpoint, driven by the same client.
 4. Every backend/precision the export wrote (ORT fused fp32, portable ONNX fp32, ORT int8,
-   OpenVINO fp32/int8), each through its own service at 64 clients and raw at the best batch.
+   OpenVINO fp32/int8/bf16), each through its own service at 64 clients and raw at the best batch,
+   in one table with the export gate's agreement and eval change of each (model.yaml).
 5. Open loop: the highest constant arrival rate with p95 under `--slo-ms` (loadtest/slo.py).
 6. Padding efficiency (real / padded tokens) from the service's own /metrics counters.
 7. Embeddings (`--embed-model`, default the demo's `embed`): raw backend vs `/embed`, in this run
@@ -59,7 +60,7 @@ from typing import TYPE_CHECKING
 
 from loadtest.corpus import Corpus, classify_corpus, sentence_file_corpus
 from loadtest.httpload import LoadResult, encode_post, run_closed_loop, run_open_loop
-from loadtest.report import BackendPoint, BenchRun, LoadPoint, RawPoint, write_results
+from loadtest.report import BackendPoint, BenchRun, LoadPoint, RawPoint, gate_cells, write_results
 from loadtest.slo import RateProbe, find_max_rate
 
 if TYPE_CHECKING:
@@ -400,6 +401,8 @@ def configurations(config: ModelConfig) -> list[Configuration]:
         found.append(Configuration("openvino-cpu", "fp32", "openvino"))
     if ("openvino", "int8") in have:
         found.append(Configuration("openvino-cpu", "int8", "openvino"))
+    if ("openvino", "bf16") in have:
+        found.append(Configuration("openvino-cpu", "bf16", "openvino"))
     return found
 
 
@@ -463,7 +466,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repo", type=Path, default=Path("models"))
     ap.add_argument("--model", default="sentiment")
     ap.add_argument("--backend", default="onnxruntime-cpu", help="backend of phases 1, 2, 3 and 5")
-    ap.add_argument("--precision", default=None, help="fp32 | int8 (default: the model's default)")
+    ap.add_argument("--precision", default=None, help="auto | fp32 | int8 | bf16 (default: auto)")
     ap.add_argument("--checkpoint", type=Path, default=None, help="PyTorch checkpoint for the naive server")
     ap.add_argument(
         "--data", type=Path, default=None, help="sentences: TSV with a `sentence` column, or one a line"
@@ -718,9 +721,23 @@ def measure_backends(
             for cfg, target, raw in targets:
                 service[cfg.label].append(target.closed(COMPARE_CLIENTS, budget.backend_s, 0.5))
                 raw_rates[cfg.label].append(raw.measure(best_bs, budget.backend_s / 2).sequences_per_s)
+        print(
+            f"  {'configuration':<42} {'service req/s':>13} {'p95 ms':>7} {'raw seq/s':>10} "
+            f"{'agreement':>9} {'eval pt':>8} gate"
+        )
         for cfg, _, _ in targets:
             points = sorted(service[cfg.label], key=lambda p: p.throughput_rps)
             middle = points[len(points) // 2]  # the median round, kept whole
+            gate = next(
+                (
+                    a.gate
+                    for a in config.version.artifacts
+                    if a.gate is not None
+                    and a.precision == cfg.precision
+                    and (a.format.value == "openvino") == (cfg.backend == "openvino-cpu")
+                ),
+                None,
+            )
             point = BackendPoint(
                 cfg.label,
                 cfg.backend,
@@ -728,11 +745,14 @@ def measure_backends(
                 cfg.artifact,
                 middle,
                 round(statistics.median(raw_rates[cfg.label]), 2),
+                agreement=gate.agreement if gate is not None else None,
+                drop_points=gate.drop_points if gate is not None else None,
+                gate_passed=gate.passed if gate is not None else None,
             )
             run.backends.append(point)
             print(
-                f"  {cfg.label:<42} service {middle.throughput_rps:8.1f} req/s (p95 {middle.p95_ms:.1f} ms), "
-                f"raw {point.raw_sequences_per_s:8.1f} seq/s"
+                f"  {cfg.label:<42} {middle.throughput_rps:13.1f} {middle.p95_ms:7.1f} "
+                f"{point.raw_sequences_per_s:10.1f} {gate_cells(point).replace(' | ', '  ')}"
             )
     if view is not None:
         shutil.rmtree(view, ignore_errors=True)

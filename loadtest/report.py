@@ -56,6 +56,10 @@ class BackendPoint:
     artifact: str
     service: LoadPoint  # through the service at the comparison concurrency
     raw_sequences_per_s: float  # the raw backend at the main sweep's best batch size
+    # the export gate's figures of the artifact (model.yaml), None for fp32
+    agreement: float | None = None  # decisions agreeing with PyTorch on the validation text
+    drop_points: float | None = None  # eval-file score lost against PyTorch, points
+    gate_passed: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,14 @@ class BenchRun:
 def _median(values: list[float]) -> float | None:
     finite = [v for v in values if math.isfinite(v)]
     return round(statistics.median(finite), 4) if finite else None
+
+
+def gate_cells(b: BackendPoint) -> str:
+    """agreement | eval change | gate, from the export's figures (fp32: the reference)."""
+    if b.agreement is None:
+        return "reference | | "
+    change = "" if b.drop_points is None else f"{-b.drop_points:+.2f}"
+    return f"{b.agreement:.2%} | {change} | {'passed' if b.gate_passed else 'failed'}"
 
 
 def best_backend(backends: list[BackendPoint]) -> str | None:
@@ -195,8 +207,9 @@ def render_markdown(run: BenchRun, summary: dict[str, object]) -> str:
             "",
             "## Backends and precisions (service at the comparison concurrency; raw at the best batch)",
             "",
-            "| configuration | service req/s | p50 ms | p95 ms | raw seq/s | service / raw |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| configuration | service req/s | p50 ms | p95 ms | raw seq/s | service / raw | agreement "
+            "| eval change (pt) | gate |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for b in run.backends:
             ratio = (
@@ -204,7 +217,7 @@ def render_markdown(run: BenchRun, summary: dict[str, object]) -> str:
             )
             lines.append(
                 f"| {b.label} | {b.service.throughput_rps:.1f} | {b.service.p50_ms:.2f} | "
-                f"{b.service.p95_ms:.2f} | {b.raw_sequences_per_s:.1f} | {ratio:.3f} |"
+                f"{b.service.p95_ms:.2f} | {b.raw_sequences_per_s:.1f} | {ratio:.3f} | {gate_cells(b)} |"
             )
     if run.slo is not None:
         lines += [

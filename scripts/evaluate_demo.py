@@ -1,6 +1,6 @@
 """Evaluate the exported demo models (`sentiment`, `ner`) on their held-out splits and on public data.
 
-    python scripts/evaluate_demo.py --repo models [--data ../shared/data] [--precision fp32|int8]
+    python scripts/evaluate_demo.py --repo models [--data ../shared/data] [--precision auto|fp32|int8|bf16]
         [--backend onnxruntime-cpu|openvino-cpu]
 
 Each model is scored through the served pipeline (`bertserve.evaluation.scoring`): the artifact
@@ -65,8 +65,14 @@ def open_model(
 ) -> ServedModel:
     config = load_model_config(repo, name)
     folder = version_dir(repo, name, config.default_version)
-    chosen = Precision(precision) if precision else None
+    chosen = Precision(precision) if precision and precision != "auto" else None
     return ServedModel(config, folder, backend=backend, precision=chosen, aggregation=aggregation)
+
+
+def _reason(model: ServedModel) -> str | None:
+    """Why the loader chose this precision (`--precision auto`'s verdict for this CPU)."""
+    served = getattr(model.pipeline.backend, "served", None)
+    return None if served is None else str(served.reason)
 
 
 def _scores(value: Any) -> dict[str, Any]:
@@ -78,7 +84,7 @@ def _scores(value: Any) -> dict[str, Any]:
 
 def evaluate_sentiment(model: ServedModel, data: Path) -> dict[str, Any]:
     labels = model.config.labels
-    section: dict[str, Any] = {"artifact": model.artifact}
+    section: dict[str, Any] = {"artifact": model.artifact, "precision_reason": _reason(model)}
     heldout = load_eval_set(DEMO_DATA / "sentiment" / "heldout.tsv", model.config.task, labels)
     section["heldout_accuracy"] = score(model, heldout).value
     sst2 = data / "sst2" / "dev.tsv"
@@ -105,7 +111,7 @@ def _keep(spans: Sequence[set[Span]], types: dict[str, str]) -> list[set[Span]]:
 
 
 def evaluate_ner(model: ServedModel, data: Path) -> dict[str, Any]:
-    section: dict[str, Any] = {"artifact": model.artifact}
+    section: dict[str, Any] = {"artifact": model.artifact, "precision_reason": _reason(model)}
     heldout = load_eval_set(DEMO_DATA / "ner" / "heldout.conll", model.config.task, model.config.labels)
     result = score(model, heldout)
     assert result.entities is not None
@@ -155,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         "--data", type=Path, default=ROOT.parent / "shared" / "data", help="public data folder"
     )
     parser.add_argument(
-        "--precision", choices=["fp32", "int8"], help="default: each model's default precision"
+        "--precision",
+        choices=["auto", "fp32", "int8", "bf16"],
+        default="auto",
+        help="default auto: what `bertserve serve` picks on this CPU for each model",
     )
     parser.add_argument(
         "--backend",

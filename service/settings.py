@@ -59,10 +59,11 @@ class Settings(BaseSettings):
         "CUDA, OpenVINO when IR exists, ONNX Runtime CPU); naming one makes startup fail loudly "
         "when it is unavailable instead of silently running slower.",
     )
-    precision: Precision | None = Field(
-        None,
-        description="fp32 or int8. Default: the model's default_precision from model.yaml, which "
-        "export only sets to int8 when the quantized model passed its accuracy gate.",
+    precision: Precision | Literal["auto"] = Field(
+        "auto",
+        description="auto, fp32, int8 or bf16. `auto` serves, per model, the fastest precision this CPU "
+        "runs well (int8 with VNNI, bf16 with AVX-512-BF16/AMX) whose artifact passed the export's "
+        "accuracy gate, and logs why; naming one forces it (a CPU without its feature is a warning).",
     )
 
     # --- network -------------------------------------------------------------------------------
@@ -310,11 +311,17 @@ class Settings(BaseSettings):
             raise ValueError("api_key must be at least 16 characters")
         return value
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _auto_when_unset(cls, value: object) -> object:
+        # None (the Python callers' "no choice") and an empty variable (an unset compose one) mean auto
+        return "auto" if value is None or value == "" else value
+
     @field_validator("precision")
     @classmethod
-    def _servable_precision(cls, value: Precision | None) -> Precision | None:
+    def _servable_precision(cls, value: Precision | Literal["auto"]) -> Precision | Literal["auto"]:
         if value == Precision.FP16:
-            raise ValueError("precision must be fp32 or int8 (fp16 is chosen per backend)")
+            raise ValueError("precision must be auto, fp32, int8 or bf16 (fp16 is chosen per backend)")
         return value
 
     @classmethod
@@ -344,7 +351,7 @@ class Settings(BaseSettings):
         compute budget (default: `threads`)."""
         return RuntimeOptions(
             backend=self.backend,
-            precision=self.precision,
+            precision=None if self.precision == "auto" else Precision(self.precision),
             intra_op_threads=intra_op_threads or self.threads,
             inter_op_threads=self.inter_op_threads,
             openvino_hint=self.openvino_hint,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from bertserve.modelrepo import Precision
+from bertserve.modelrepo import ArtifactGate, Precision
 
 Feeds = Mapping[str, NDArray[np.int64]]
 Logits = NDArray[np.float32]
@@ -49,6 +50,17 @@ def min_padding_efficiency(backend_name: str) -> float:
         return CPU_MIN_PADDING_EFFICIENCY
 
 
+@dataclass(frozen=True, slots=True)
+class ServedPrecision:
+    """Why a backend runs the precision it runs (`--precision auto`'s verdict, or "requested"),
+    and the export gate's figures of the artifact it opened."""
+
+    precision: Precision
+    reason: str
+    gate: ArtifactGate | None = None
+    warning: str | None = None  # a forced precision the CPU cannot run well, a failed warm-up check
+
+
 class GraphBackend:
     """What a backend over one exported graph reports (the `Backend` properties): its kind (the
     `backend` metric label), the graph's real input names and the artifact's precision."""
@@ -57,6 +69,7 @@ class GraphBackend:
         self._kind = kind
         self._precision = precision
         self._inputs = input_names
+        self.served: ServedPrecision | None = None  # set by the loader that chose it
 
     @property
     def name(self) -> str:

@@ -36,13 +36,15 @@ PRIMITIVE_CACHE_CAPACITY = 256
 _PRIMITIVE_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 
 
-def compile_config(hint: str, threads: int, streams: int | None) -> dict[str, Any]:
+def compile_config(hint: str, threads: int, streams: int | None, *, bf16: bool = False) -> dict[str, Any]:
+    """`bf16`: run the (fp32) IR in bf16 where the CPU has AVX-512-BF16 or AMX, the `bf16`
+    artifact; otherwise every layer that is not quantized runs in fp32."""
     config: dict[str, Any] = {
         hints.performance_mode: _HINTS[hint],
         props.inference_num_threads: threads,
         # NOTE: on CPUs with AMX/AVX512-BF16 OpenVINO would otherwise run fp32 graphs in bf16,
         # which moves scores by ~1e-2; quantized layers of int8 IR still run in int8.
-        hints.inference_precision: ov.Type.f32,
+        hints.inference_precision: ov.Type.bf16 if bf16 else ov.Type.f32,
         "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_CAPACITY,
     }
     if streams is not None:

@@ -26,7 +26,8 @@ from bertserve.modelrepo import (
     VersionConfig,
     verify_files,
 )
-from bertserve.runtime.base import Backend, BackendKind
+from bertserve.runtime.base import Backend, BackendKind, GraphBackend, ServedPrecision
+from bertserve.runtime.cpu import CpuFeature, CpuFeatures
 from bertserve.runtime.errors import ArtifactError, BackendUnavailableError
 from bertserve.runtime.options import RuntimeOptions
 from bertserve.runtime.shapes import ShapePlan, padding_plan
@@ -197,8 +198,85 @@ _ARTIFACTS: dict[BackendKind, dict[Precision, tuple[tuple[ArtifactFormat, Precis
             (ArtifactFormat.OPENVINO, Precision.FP16),
         ),
         Precision.INT8: ((ArtifactFormat.OPENVINO, Precision.INT8),),
+        # the fp32 IR compiled with bf16 inference precision (same files, its own gate)
+        Precision.BF16: ((ArtifactFormat.OPENVINO, Precision.BF16),),
     },
 }
+
+# What `--precision auto` tries on each CPU backend, fastest first (measured on AVX-512 VNNI/BF16:
+# int8 > bf16 > fp32; README "Precision"); GPU backends serve the model's default as before.
+_AUTO_ORDER: dict[BackendKind, tuple[Precision, ...]] = {
+    BackendKind.ORT_CPU: (Precision.INT8, Precision.FP32),
+    BackendKind.OPENVINO_CPU: (Precision.INT8, Precision.BF16, Precision.FP32),
+}
+# The CPU feature without which a precision is slower than fp32 (or, for 8-bit int8 weights, may
+# saturate where the gate measured none).
+_NEEDS: dict[Precision, CpuFeature] = {Precision.INT8: CpuFeature.VNNI, Precision.BF16: CpuFeature.BF16}
+
+
+def _find(kind: BackendKind, model: ModelConfig, precision: Precision) -> Artifact | None:
+    for fmt, prec in _ARTIFACTS[kind].get(precision, ()):
+        artifact = model.version.find(fmt, prec)
+        if artifact is not None:
+            return artifact
+    return None
+
+
+def _why_not(
+    precision: Precision, artifact: Artifact | None, model: ModelConfig, cpu: CpuFeatures
+) -> str | None:
+    """Why `auto` must not serve `artifact` at `precision` on this CPU (None: it may)."""
+    if artifact is None:
+        return f"no {precision} artifact"
+    gate = artifact.gate
+    if gate is None:  # a model.yaml from before per-artifact gates: its default passed the old gate
+        if model.version.default_precision == precision:
+            return None
+        return f"{precision} is not the model's default precision (exported without gate figures)"
+    if not gate.passed:
+        return f"{precision} failed the export gate ({'; '.join(gate.reasons) or gate.summary()})"
+    need = _NEEDS[precision]
+    if need.value in gate.needs and not cpu.has(need):
+        return f"{cpu.describe(need)}, {precision} would be slower"
+    return None
+
+
+def choose_precision(
+    kind: BackendKind, model: ModelConfig, requested: Precision | None, cpu: CpuFeatures
+) -> ServedPrecision | None:
+    """`--precision auto` (requested None): the fastest precision of `kind` whose artifact passed
+    the export gate and whose CPU feature this CPU has, with the reason; a requested precision is
+    honoured, with a warning when the CPU lacks its feature or its gate failed. None: `kind` is a
+    GPU backend, which serves the model's default precision (choose_artifact)."""
+    if requested is not None:
+        warnings = []
+        need = _NEEDS.get(requested)
+        if need is not None and kind in _AUTO_ORDER and not cpu.has(need):
+            warnings.append(
+                f"{requested} forced on a CPU with {cpu.describe(need)}: it may run slower than fp32"
+            )
+        found = _find(kind, model, requested) if requested in _ARTIFACTS[kind] else None
+        if found is not None and found.gate is not None and not found.gate.passed:
+            warnings.append(f"{requested} forced although it failed the export gate ({found.gate.summary()})")
+        gate = found.gate if found is not None else None
+        return ServedPrecision(requested, "requested", gate, "; ".join(warnings) or None)
+    order = _AUTO_ORDER.get(kind)
+    if order is None:
+        return None
+    skipped: list[str] = []
+    for precision in order:
+        if precision == Precision.FP32:
+            break
+        artifact = _find(kind, model, precision)
+        problem = _why_not(precision, artifact, model, cpu)
+        if problem is None and artifact is not None:
+            present = cpu.describe(_NEEDS[precision])
+            gate = artifact.gate
+            figures = gate.summary() if gate is not None else "the model's default precision"
+            speed = f", {gate.speedup:.2f}x fp32 at export" if gate is not None and gate.speedup else ""
+            return ServedPrecision(precision, f"{precision}: {present}, {figures}{speed}", gate)
+        skipped.append(problem or f"no {precision} artifact")
+    return ServedPrecision(Precision.FP32, "fp32: " + "; ".join(skipped or ["no low-precision artifact"]))
 
 
 # What a backend serves when no precision is requested and the export wrote it: the fp16 graph on
@@ -254,12 +332,19 @@ class BackendLoader:
 
     options: RuntimeOptions
     env_probe: Callable[[], Environment] = Environment.probe
+    cpu_probe: Callable[[], CpuFeatures] = CpuFeatures.probe
     _env: Environment | None = None
+    _cpu: CpuFeatures | None = None
 
     def environment(self) -> Environment:
         if self._env is None:
             self._env = self.env_probe()
         return self._env
+
+    def cpu(self) -> CpuFeatures:
+        if self._cpu is None:
+            self._cpu = self.cpu_probe()
+        return self._cpu
 
     def with_options(self, options: RuntimeOptions) -> BackendLoader:
         """The same loader (and the same probed environment) with other options, e.g. another
@@ -277,16 +362,20 @@ class BackendLoader:
                 input_names=tuple(model.inputs),
             )
         choice = choose_backend(o.backend, self.environment(), model)
-        artifact = choose_artifact(choice.kind, model, o.precision)
+        served = choose_precision(choice.kind, model, o.precision, self.cpu())
+        artifact = choose_artifact(choice.kind, model, o.precision if served is None else served.precision)
         log.info(
-            "model %s: backend %s (%s), artifact %s/%s, %d thread(s)",
+            "model %s: backend %s (%s), artifact %s/%s (%s), %d thread(s)",
             model.name,
             choice.kind,
             choice.reason,
             artifact.format,
             artifact.precision,
+            served.reason if served is not None else "the model's default precision",
             o.intra_op_threads,
         )
+        if served is not None and served.warning:
+            log.warning("model %s: %s", model.name, served.warning)
         try:
             verify_files(version_dir, artifact.files)
             if artifact.format != ArtifactFormat.OPENVINO:
@@ -319,8 +408,63 @@ class BackendLoader:
         if plan is not None:
             log.info("model %s: TensorRT profiles (length x batch) %s", model.name, plan.describe())
             warm_profiles(backend, plan, model.pad_token_id)
+        if artifact.precision == Precision.BF16 and served is not None:
+            backend, served = self._check_bf16(backend, served, model, version_dir, o)
+        if isinstance(backend, GraphBackend):
+            backend.served = served
         reserve_peak_memory(backend, model, batching)
         return backend
+
+    def _check_bf16(
+        self,
+        backend: Backend,
+        served: ServedPrecision,
+        model: ModelConfig,
+        version_dir: Path,
+        o: RuntimeOptions,
+    ) -> tuple[Backend, ServedPrecision]:
+        """The export gated bf16 on its CPU; check it again on this one (bf16 kernels differ
+        between AVX-512-BF16 and AMX): decisions on probe sentences against the same IR in fp32.
+        Under `auto` a failure falls back to fp32, logged; a forced bf16 only warns."""
+        from bertserve.runtime.probe import agreement_with_fp32
+
+        fp32 = open_file(
+            BackendKind.OPENVINO_CPU,
+            version_dir / choose_artifact(BackendKind.OPENVINO_CPU, model, Precision.FP32).main_file,
+            Precision.FP32,
+            model.outputs[0],
+            o,
+            input_names=tuple(model.inputs),
+        )
+        try:
+            agreement = agreement_with_fp32(backend, fp32, model, version_dir)
+        finally:
+            fp32.close()
+        bound = served.gate.min_agreement if served.gate is not None else 0.99
+        if agreement >= bound:
+            log.info(
+                "model %s: bf16 warm-up check passed (%.1f%% agreement with fp32)",
+                model.name,
+                100 * agreement,
+            )
+            return backend, served
+        why = f"bf16 agrees with fp32 on {agreement:.1%} of probe decisions on this CPU (< {bound:.0%})"
+        if served.reason == "requested":
+            log.warning("model %s: %s; serving bf16 as requested", model.name, why)
+            return backend, ServedPrecision(served.precision, served.reason, served.gate, why)
+        log.warning("model %s: %s; falling back to fp32", model.name, why)
+        backend.close()
+        artifact = choose_artifact(BackendKind.OPENVINO_CPU, model, Precision.FP32)
+        fallback = open_file(
+            BackendKind.OPENVINO_CPU,
+            version_dir / artifact.main_file,
+            artifact.precision,
+            model.outputs[0],
+            o,
+            weights=version_dir / artifact.ir_weights,
+            input_names=tuple(model.inputs),
+        )
+        return fallback, ServedPrecision(Precision.FP32, f"fp32: {why}", artifact.gate, why)
 
 
 def open_file(
@@ -343,7 +487,12 @@ def open_file(
     if kind == BackendKind.OPENVINO_CPU:
         from bertserve.runtime.openvino import OpenVinoBackend, compile_config
 
-        config = compile_config(options.openvino_hint, options.intra_op_threads, options.openvino_streams)
+        config = compile_config(
+            options.openvino_hint,
+            options.intra_op_threads,
+            options.openvino_streams,
+            bf16=precision == Precision.BF16,
+        )
         return OpenVinoBackend(path, weights or path.with_suffix(".bin"), precision, config, output)
     from bertserve.runtime.onnxruntime import GpuOptions, OnnxRuntimeBackend, provider_chain, session_options
 

@@ -49,6 +49,9 @@ RECIPE_CODE = (
     HERE / "build.py",
     ROOT / "bertserve" / "training" / "finetune.py",
     ROOT / "bertserve" / "evaluation" / "datasets.py",  # reads the training data
+    # how low precision is built and gated: a new recipe or bound changes the artifacts served
+    ROOT / "export" / "quantize.py",
+    ROOT / "export" / "specs.py",
 )
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 CLASSIFY_EXAMPLE = [
@@ -79,7 +82,7 @@ ExportSection = create_model(
     "ExportSection",
     __base__=_RecipeExport,
     **recipe_fields(
-        {"formats": KNOWN_FORMATS, "int8": True, "max_length": 128},
+        {"formats": KNOWN_FORMATS, "int8": True, "bf16": True, "max_length": 128},
         bounds={"max_length": {"ge": 8, "le": 512}},
     ),
 )
@@ -275,7 +278,7 @@ def build_model(repo: Path, name: str, config: DemoConfig, recipe: str) -> dict[
                 repo=repo,
                 **config.export.export_options(),
                 calibration=_calibration_file(section, config.export.calibration_sentences, Path(tmp)),
-                eval_file=HERE / section.heldout if config.export.int8 else None,
+                eval_file=HERE / section.heldout if config.export.int8 or config.export.bf16 else None,
                 measure_speed=False,
                 segmentation=section.segmentation,
             )

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from bertserve.modelrepo import Task
+from bertserve.runtime.base import ServedPrecision
 from bertserve.service import tracing
 from bertserve.service.api.errors import (
     ErrorStyle,
@@ -36,6 +37,7 @@ from bertserve.service.api.schemas import (
     ClassifyResponse,
     EmbedRequest,
     EmbedResponse,
+    GateOut,
     HealthOut,
     ModelInfo,
     ModelList,
@@ -344,6 +346,7 @@ def model_info(
 ) -> ModelInfo:
     """`versions`: every served version of the model (default: this pipeline's only)."""
     config, limits = pipeline.config, pipeline.batcher.limits
+    reason, gate = _served_precision(pipeline.backend)
     return {
         "name": config.name,
         "version": config.default_version,
@@ -365,6 +368,8 @@ def model_info(
         ),
         "backend": pipeline.backend.name,
         "precision": str(pipeline.backend.precision),
+        "precision_reason": reason,
+        "gate": gate,
         "max_length": config.max_length,
         "batching": {
             "max_batch_size": limits.max_batch_size,
@@ -381,6 +386,17 @@ def model_info(
         "ready": ready,
         "reload_error": reload_error,
     }
+
+
+def _served_precision(backend: object) -> tuple[str | None, GateOut | None]:
+    """Why a backend runs its precision and the export gate's figures, where the loader chose it
+    (a GraphBackend; test backends have neither)."""
+    served: ServedPrecision | None = getattr(backend, "served", None)
+    if served is None:
+        return None, None
+    gate = cast(GateOut, served.gate.model_dump(exclude={"reasons"})) if served.gate is not None else None
+    reason = served.reason if served.warning is None else f"{served.reason} (warning: {served.warning})"
+    return reason, gate
 
 
 router = APIRouter()

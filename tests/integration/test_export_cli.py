@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 
 import pytest
@@ -345,3 +346,60 @@ def test_bioes_tagger_and_fp16_ir(tmp_path: Path):
         "tokenizer_config.json",
         "vocab.txt",
     ]
+
+
+# ------------------------------------------------------------------------------ low-precision recipes
+
+
+def test_int8_recipe_search_reports_every_variant(bert_cls_checkpoint, tmp_path: Path):
+    from bertserve.export.quantize import NO_VNNI_RECIPES, ONNX_INT8_RECIPES
+    from bertserve.runtime.cpu import CpuFeature, CpuFeatures
+
+    vnni = CpuFeatures.probe().has(CpuFeature.VNNI)
+    recipes = ONNX_INT8_RECIPES if vnni else NO_VNNI_RECIPES
+    # nothing passes an agreement above 100 %: every stage of the search runs, the closest is kept
+    failing = run_export(_quick(bert_cls_checkpoint.path, tmp_path, int8=True, min_int8_agreement=1.01))
+    tried = failing.report.variants["onnx/int8"]
+    assert [v.name for v in tried] == [r.name for r in recipes]
+    assert sum(v.chosen for v in tried) == 1 and not any(v.passed for v in tried)
+    assert all(0.0 <= v.agreement <= 1.0 and v.speedup is not None for v in tried)
+    gate = failing.config.version.find("onnx", "int8").gate
+    assert gate is not None and not gate.passed and gate.reasons and gate.min_agreement == 1.01
+    # only the chosen candidate stays, under the artifact's own name
+    assert sorted(p.name for p in failing.version_dir.glob("model*.onnx")) == [
+        "model.int8.onnx",
+        "model.onnx",
+        "model.ort.onnx",
+    ]
+    assert failing.config.version.default_precision == Precision.FP32
+
+    passing = run_export(_quick(bert_cls_checkpoint.path, tmp_path, int8=True, min_int8_agreement=0.0))
+    tried = passing.report.variants["onnx/int8"]
+    first_stage = [r.name for r in recipes if r.stage == recipes[0].stage]
+    assert [v.name for v in tried] == first_stage  # the first stage passed: no sensitivity search
+    (chosen,) = [v for v in tried if v.chosen]
+    assert chosen.speedup == max(v.speedup or 0.0 for v in tried)  # the fastest that passed
+    int8 = passing.config.version.find("onnx", "int8")
+    assert int8.gate is not None and int8.gate.passed and int8.gate.variant.startswith(chosen.name)
+    assert int8.gate.needs == (["vnni"] if vnni else [])
+    report = json.loads((passing.version_dir / "export_report.json").read_text())
+    assert report["variants"]["onnx/int8"][0]["name"] == tried[0].name
+    assert set(report["cpu"]) == {"features", "flags", "known"}
+
+
+def test_bf16_is_gated_like_int8(bert_cls_checkpoint, tmp_path: Path):
+    from bertserve.runtime.cpu import CpuFeature, CpuFeatures
+
+    options = _quick(bert_cls_checkpoint.path, tmp_path, bf16=True, int8=True, min_int8_agreement=0.0)
+    result = run_export(dataclasses_replace(options, formats=("onnx", "openvino")))
+    bf16 = result.config.version.find("openvino", "bf16")
+    fp32 = result.config.version.find("openvino", "fp32")
+    assert bf16 is not None and fp32 is not None and bf16.files == fp32.files  # the same IR
+    assert bf16.gate is not None and bf16.gate.needs == ["bf16"]
+    # NNCF's recipes: the preset passes a 0 % bound at once, and is the one kept
+    (nncf,) = result.report.variants["openvino/int8"]
+    assert nncf.name == "nncf-transformer" and nncf.chosen and nncf.passed
+    if CpuFeatures.probe().has(CpuFeature.BF16):
+        assert bf16.gate.passed
+    else:
+        assert not bf16.gate.passed and "not measured" in bf16.gate.reasons[0]

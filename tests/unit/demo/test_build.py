@@ -129,7 +129,10 @@ def test_export_section_reuses_the_export_options(build: ModuleType) -> None:
     what the recipe hash reads of them is what it read before they were shared."""
     types = typing.get_type_hints(ExportOptions)
     option_names = {f.name for f in dataclasses.fields(ExportOptions)}
-    taken = {build.ExportSection: {"formats", "int8", "max_length"}, build.ModelSection: {"segmentation"}}
+    taken = {
+        build.ExportSection: {"formats", "int8", "bf16", "max_length"},
+        build.ModelSection: {"segmentation"},
+    }
     for section, names in taken.items():
         for name in names:
             field = section.model_fields[name]
@@ -139,6 +142,7 @@ def test_export_section_reuses_the_export_options(build: ModuleType) -> None:
     assert build.ExportSection().model_dump(mode="json") == {
         "formats": ["onnx", "openvino"],
         "int8": True,
+        "bf16": True,
         "max_length": 128,
         "calibration_sentences": 300,
     }

@@ -171,5 +171,10 @@ def test_checks_follow_precision() -> None:
     for spec in ARTIFACTS:
         # fp16 weights in an IR are judged by decisions; the fp16 ONNX graph by a tolerance too
         fp16 = fp16_parity if spec.format == ArtifactFormat.ONNX_OPTIMIZED else fp16_agreement
-        expected = {Precision.FP32: parity, Precision.FP16: fp16, Precision.INT8: int8_agreement}
+        expected = {
+            Precision.FP32: parity,
+            Precision.FP16: fp16,
+            Precision.INT8: int8_agreement,
+            Precision.BF16: int8_agreement,  # the same gate: written always, the default only if it passes
+        }
         assert spec.check is expected[spec.precision], spec.key

@@ -13,7 +13,8 @@ def test_defaults_are_safe() -> None:
     s = Settings()
     assert s.host == "127.0.0.1"
     assert s.backend == BackendKind.AUTO
-    assert s.models is None and s.precision is None
+    assert s.models is None and s.precision == "auto"
+    assert s.runtime_options().precision is None  # the loader chooses per model and CPU
     assert s.threads >= 1
 
 
@@ -42,7 +43,7 @@ def test_flags_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValidationError):
         Settings(backend="cuda")  # type: ignore[arg-type]
-    with pytest.raises(ValidationError, match="fp32 or int8"):
+    with pytest.raises(ValidationError, match="auto, fp32, int8 or bf16"):
         Settings(precision=Precision.FP16)
     with pytest.raises(ValidationError):
         Settings(unknown_knob=1)  # type: ignore[call-arg]
@@ -213,3 +214,18 @@ def test_every_kind_of_flag_reaches_the_settings(monkeypatch: pytest.MonkeyPatch
     assert settings.cors_origins == ["https://a.example"] and settings.repo == tmp_path
     assert settings.log_level == "debug" and settings.precision == Precision.INT8
     assert settings.api_key is not None and settings.api_key.get_secret_value() == "k" * 16
+
+
+def test_precision_is_auto_or_a_servable_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    for value, expected in (("auto", None), ("bf16", Precision.BF16), ("int8", Precision.INT8)):
+        monkeypatch.setenv("BERTSERVE_PRECISION", value)
+        assert Settings().runtime_options().precision == expected
+    monkeypatch.setenv("BERTSERVE_PRECISION", "fp16")
+    with pytest.raises(ValueError, match="auto, fp32, int8 or bf16"):
+        Settings()
+
+
+def test_no_precision_means_auto() -> None:
+    """Offline callers (evaluation, bench) pass None for "what the service would choose"."""
+    assert Settings(precision=None).precision == "auto"  # type: ignore[arg-type]
+    assert Settings.model_validate({"precision": ""}).precision == "auto"

@@ -250,3 +250,39 @@ def test_model_info_of_an_embedding_model(tmp_path: Path) -> None:
         "dimensions": 8,
     }
     assert EmbeddingConfig(pooling=Pooling.MEAN, dimensions=8).normalize
+
+
+def test_model_info_shows_the_served_precision_its_reason_and_gate(tmp_path: Path) -> None:
+    from bertserve.modelrepo import ArtifactGate
+    from bertserve.runtime.base import ServedPrecision
+
+    pipeline = fake_pipeline(Task.TEXT_CLASSIFICATION, ["negative", "positive"])
+    plain = model_info(pipeline, True, Settings(repo=tmp_path))
+    assert plain["precision_reason"] is None and plain["gate"] is None  # a backend no loader chose
+    gate = ArtifactGate(
+        passed=True,
+        agreement=0.995,
+        min_agreement=0.99,
+        metric="accuracy",
+        drop_points=0.23,
+        max_drop_points=0.5,
+        speedup=2.3,
+        needs=["vnni"],
+        variant="dynamic-8bit",
+        reasons=[],
+    )
+    reason = "int8: VNNI present (avx512_vnni), gate passed -0.23 pt accuracy, 99.5% agreement"
+    pipeline.backend.served = ServedPrecision(Precision.INT8, reason, gate)  # type: ignore[attr-defined]
+    pipeline.backend.precision = Precision.INT8  # type: ignore[misc]
+    info = model_info(pipeline, True, Settings(repo=tmp_path))
+    assert_valid(ModelInfo, info)
+    assert (info["precision"], info["precision_reason"]) == ("int8", reason)
+    assert (
+        info["gate"] is not None and info["gate"]["drop_points"] == 0.23 and info["gate"]["needs"] == ["vnni"]
+    )
+    assert "reasons" not in info["gate"]
+    pipeline.backend.served = ServedPrecision(  # type: ignore[attr-defined]
+        Precision.INT8, "requested", gate, warning="int8 forced on a CPU with no VNNI"
+    )
+    forced = model_info(pipeline, True, Settings(repo=tmp_path))
+    assert forced["precision_reason"] == "requested (warning: int8 forced on a CPU with no VNNI)"
