@@ -86,6 +86,7 @@ FALLBACK_MODEL = "minilm-sst2-untrained"
 CHECKPOINT_CACHE = Path.home() / ".cache" / "bertserve" / "checkpoints"
 RAW_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 COMPARE_CLIENTS = 64
+MULTI_CLIENTS = 8  # clients of the several-inputs-per-request phase
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +212,10 @@ class RawBench:
         self._collator = Collator(backend.input_names, config.pad_token_id)
 
         self.sorted = False
+
+    @property
+    def sequences(self) -> int:
+        return len(self._inputs)
 
     def sorted_by_length(self) -> RawBench:
         """The same backend and sentences in length order: batches of near-equal lengths, the
@@ -682,6 +687,9 @@ def measure_raw(
     raw: list[RawPoint] = []
     ordered: list[RawPoint] = []
     for bs in RAW_BATCH_SIZES:
+        if bs > raw_bench.sequences:
+            print(f"  raw batch {bs:>3}: SKIPPED, only {raw_bench.sequences} sentences")
+            continue
         for bench, rows in ((sorted_bench, ordered), (raw_bench, raw)):
             p = bench.measure(bs, budget.raw_s)
             rows.append(p)
@@ -747,12 +755,15 @@ def measure_multi_input(
     best_bs: int,
     budget: Budget,
 ) -> None:
-    """Clients that batch on their side: 8 and 32 sentences per request, as many clients as keep
-    `COMPARE_CLIENTS` sentences in flight (at least 2), paired with the sorted raw ceiling."""
-    print(f"   several inputs per request {MULTI_INPUTS}, paired with sorted raw batch {best_bs}")
+    """Clients that batch on their side: 8 and 32 sentences per request from `MULTI_CLIENTS`
+    clients (64 and 256 sentences in flight), paired with the sorted raw ceiling."""
+    print(
+        f"   {MULTI_CLIENTS} clients sending {MULTI_INPUTS} inputs per request, "
+        f"paired with sorted raw batch {best_bs}"
+    )
     for k in MULTI_INPUTS:
         target = Target.classify(port, model, sentences, pid=pid, inputs=k)
-        clients = max(2, COMPARE_CLIENTS // k)
+        clients = MULTI_CLIENTS
         pairs = run.multi_input_pairs.setdefault(k, [])
         points = []
         for _ in range(budget.repeats):

@@ -196,12 +196,19 @@ def run_server(
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     app = create_app(settings, registry=registry)
+    # uvloop and httptools (uvicorn[standard]) cost a fraction of asyncio's loop and h11 per request
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    if (loop, http) != ("uvloop", "httptools"):
+        log.warning(
+            "serving with the %s event loop and the %s HTTP parser (uvloop/httptools missing)", loop, http
+        )
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        loop=loop,
+        http=http,
         log_config=None,  # keep configure_logging's handler for uvicorn's loggers too
         log_level=settings.log_level,
         access_log=False,  # bertserve's own (RequestIdMiddleware), with the request id and model
