@@ -189,7 +189,7 @@ class DynamicBatcher:
             thread.start()
 
     async def stop(self, timeout_s: float = 30.0) -> None:
-        """Run what is queued, then end the worker thread."""
+        """Run what is queued, then end the worker threads."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
