@@ -17,7 +17,7 @@ import asyncio
 import ipaddress
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -68,6 +68,8 @@ class LoadResult:
     codes: dict[int, int] = field(default_factory=dict)
     errors: int = 0
     elapsed_s: float = 0.0
+    # what `probe` returned at the start and at the end of the counted window (closed loop)
+    probed: tuple[object, object] | None = None
 
     @property
     def ok(self) -> int:
@@ -150,13 +152,22 @@ async def run_closed_loop(
     concurrency: int,
     duration_s: float,
     warmup_s: float = 1.0,
+    probe: Callable[[], object] | None = None,
 ) -> LoadResult:
     """`concurrency` users, each sending requests back to back for `duration_s` (after a warm-up
-    whose requests are not counted). Requests are taken round-robin from `requests`."""
+    whose requests are not counted). Requests are taken round-robin from `requests`. `probe` is
+    called when the counted window opens and when it closes (e.g. to read CPU times); its two
+    values land in `LoadResult.probed`."""
     check_loopback(host)
     result = LoadResult()
     counted_from = time.perf_counter() + warmup_s
     stop_at = counted_from + duration_s
+
+    async def sample(probe: Callable[[], object]) -> None:
+        await asyncio.sleep(max(0.0, counted_from - time.perf_counter()))
+        first = probe()
+        await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+        result.probed = (first, probe())
 
     async def user(uid: int) -> None:
         conn = _Connection(host, port)
@@ -173,7 +184,8 @@ async def run_closed_loop(
         finally:
             conn.close()
 
-    await asyncio.gather(*(user(u) for u in range(concurrency)))
+    samplers = [sample(probe)] if probe is not None else []
+    await asyncio.gather(*(user(u) for u in range(concurrency)), *samplers)
     result.elapsed_s = duration_s
     return result
 

@@ -1,8 +1,10 @@
 """Dynamic batching: many concurrent requests become few, well-packed batches.
 
-One `DynamicBatcher` per model owns ONE worker thread that cuts batches and runs them back to
-back, so the backend never waits for the event loop between batches. The event loop only
-enqueues (under a lock held for microseconds) and resolves futures (one callback per batch).
+One `DynamicBatcher` per model owns ONE worker thread per backend instance that cuts batches
+and runs them back to back, so the backend never waits for the event loop between batches. The
+event loop only enqueues (under a lock held for microseconds) and resolves futures (one callback
+per batch). Several instances (`instances`: more sessions of the same model, as Triton's instance
+groups) cut from the one queue, each running its own batch while the others run theirs.
 
 A batch closes when the queue holds `max_batch_size` sequences, or `max_batch_tokens` padded
 tokens, or when its oldest sequence has waited `max_queue_delay_ms`, or as soon as no other
@@ -136,13 +138,16 @@ class DynamicBatcher:
         unhealthy_after_failures: int = 3,
         stalled_after_s: float | None = None,
         slots: DeviceSlots | None = None,
+        instances: Sequence[Backend] = (),
     ) -> None:
         """`slots`: the compute slots this model's batches share with other models' (the
-        process's `max_concurrent_batches`); None runs every batch as soon as it is cut."""
+        process's `max_concurrent_batches`); None runs every batch as soon as it is cut.
+        `instances`: more sessions of the same model as `backend`, one more worker each."""
         self.model = model
         self.limits = limits
         self._backend = backend
         self._padding = limits.padding
+        self._backends = (backend, *instances)
         self._collator = Collator(
             backend.input_names,
             pad_token_id,
@@ -154,7 +159,7 @@ class DynamicBatcher:
         self._incoming = 0  # requests announced (being tokenized) but not yet enqueued
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._failures = 0
         self._unhealthy_after = unhealthy_after_failures
         self._crash: BaseException | None = None
@@ -163,7 +168,8 @@ class DynamicBatcher:
         # readiness reports it and new requests are refused at once instead of queueing behind
         # it until their deadlines; both recover when the call returns.
         self._stalled_after = stalled_after_s
-        self._running_since: float | None = None  # monotonic start of the batch in the backend
+        # monotonic start of the batch each worker is running in its backend (None: none)
+        self._running_since: list[float | None] = [None] * len(self._backends)
         self._slots = slots
         # Children bound once: label lookups are not free on the hot path.
         self._m_queue = metrics.queue_duration.labels(model)
@@ -182,20 +188,24 @@ class DynamicBatcher:
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._thread is not None:
+        if self._threads:
             raise RuntimeError("batcher already started")
         self._loop = loop
-        self._thread = threading.Thread(target=self._run, name=f"batcher-{self.model}", daemon=True)
-        self._thread.start()
+        for k in range(len(self._backends)):
+            name = f"batcher-{self.model}" + (f"-{k}" if k else "")
+            self._threads.append(threading.Thread(target=self._run, args=(k,), name=name, daemon=True))
+        for thread in self._threads:
+            thread.start()
 
     async def stop(self, timeout_s: float = 30.0) -> None:
-        """Run what is queued, then end the worker thread."""
+        """Run what is queued, then end the worker threads."""
         with self._cond:
             self._closing = True
-            self._cond.notify()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, timeout_s)
-            if self._thread.is_alive():
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join, max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
                 log.error("batcher %s: worker did not finish within %.0fs", self.model, timeout_s)
 
     @property
@@ -219,11 +229,17 @@ class DynamicBatcher:
         return None
 
     def _stalled_for(self) -> float | None:
-        since, limit = self._running_since, self._stalled_after
-        if since is None or limit is None:
+        limit = self._stalled_after
+        started = [since for since in self._running_since if since is not None]
+        if not started or limit is None:
             return None
-        running = time.monotonic() - since
+        running = time.monotonic() - min(started)
         return running if running > limit else None
+
+    @property
+    def backends(self) -> tuple[Backend, ...]:
+        """Every session of the model this batcher runs: the backend, then its other instances."""
+        return self._backends
 
     @property
     def queue_depth(self) -> int:
@@ -338,14 +354,14 @@ class DynamicBatcher:
 
     # --- worker thread ----------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, worker: int = 0) -> None:
         try:
             while True:
                 batch = self._next_batch()
                 if batch is None:
                     return
                 if batch:
-                    self._execute(batch)
+                    self._execute(batch, worker)
         except BaseException as exc:  # NOTE: a dead worker must be visible, not silent
             log.exception("batcher %s: worker crashed", self.model)
             with self._cond:
@@ -369,7 +385,10 @@ class DynamicBatcher:
                 if wait <= 0:
                     break
                 self._cond.wait(wait)
-            return self._cut()
+            batch = self._cut()
+            if self._items and len(self._backends) > 1:
+                self._cond.notify()  # another instance may take what is left while this one runs
+            return batch
 
     def _cut(self) -> list[_Item]:
         """Called with the lock held. Drops abandoned items, then cuts one batch."""
@@ -399,7 +418,8 @@ class DynamicBatcher:
         self._m_depth.set(len(self._items))
         return batch
 
-    def _execute(self, batch: list[_Item]) -> None:
+    def _execute(self, batch: list[_Item], worker: int = 0) -> None:
+        backend = self._backends[worker]
         start = time.monotonic()
         waited = 0.0
         for item in batch:
@@ -411,16 +431,16 @@ class DynamicBatcher:
                 tracing.batch_span(traced, model=self.model, batch_size=len(batch), padded_tokens=padded),
                 self._slot() as waited,
             ):
-                self._running_since = time.monotonic()
+                self._running_since[worker] = time.monotonic()
                 try:
-                    logits = self._backend.infer(feeds)
+                    logits = backend.infer(feeds)
                 finally:
-                    self._running_since = None
+                    self._running_since[worker] = None
             check_logits(logits, len(batch))
         except Exception as exc:
             self._failures += 1
             reason = "non_finite" if isinstance(exc, NonFiniteOutputError) else "backend_error"
-            self._m_failures.labels(self.model, self._backend.name, reason).inc()
+            self._m_failures.labels(self.model, backend.name, reason).inc()
             log.error(
                 "batcher %s: batch of %d failed (%d in a row): %s: %s",
                 self.model,

@@ -116,7 +116,8 @@ class Pipeline:
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         await self.batcher.stop(timeout_s)
-        self.backend.close()
+        for backend in self.batcher.backends:
+            backend.close()
         if isinstance(self._pool, ThreadPoolExecutor):
             self._pool.shutdown(wait=False, cancel_futures=True)
 

@@ -367,10 +367,14 @@ class ModelRegistry:
                 log.exception("repository poll failed")
 
     def _backend_factory(self, name: str) -> BackendFactory:
-        """The injected factory, else the runtime's loader with this model's share of the threads."""
+        """The injected factory, else the runtime's loader with this model's share of the threads
+        (split between its `instances` unless `intra_op_threads` names each one's)."""
         if self._factory is not None:
             return self._factory
-        return self._loader.with_options(self.settings.runtime_options(intra_op_threads=self.threads[name]))
+        threads = self.threads[name]
+        if self.settings.intra_op_threads is None:
+            threads = max(1, threads // self.settings.instances)
+        return self._loader.with_options(self.settings.runtime_options(intra_op_threads=threads))
 
     def _set_served(self, name: str, served: ServedModel) -> None:
         """Serve `served` for `name`: a request sees the old versions or the new, never a mix."""
@@ -578,7 +582,8 @@ class ServedModel:
 
 def _release(pipeline: Pipeline) -> None:
     """Free what opening a pipeline took, when it never served (or the server never started)."""
-    pipeline.backend.close()
+    for backend in pipeline.batcher.backends:
+        backend.close()
     pool = pipeline.parts.pool
     if isinstance(pool, ThreadPoolExecutor):
         pool.shutdown(wait=False, cancel_futures=True)
@@ -603,8 +608,16 @@ def open_pipeline(
     # that it exists inside the folder and is the file that was exported.
     verify_files(vdir, config.version.tokenizer_files)
     tokenizer = TextTokenizer(resolve_inside(vdir, TOKENIZER_FILE), config.max_length)
-    backend = factory(config, vdir)
-    return pipeline_cls(model_parts(settings, metrics, config, tokenizer, backend, slots=slots))
+    backends = [factory(config, vdir)]
+    try:
+        backends += [factory(config, vdir) for _ in range(settings.instances - 1)]
+    except BaseException:
+        for opened in backends:
+            opened.close()
+        raise
+    return pipeline_cls(
+        model_parts(settings, metrics, config, tokenizer, backends[0], slots=slots, instances=backends[1:])
+    )
 
 
 def model_parts(
@@ -615,8 +628,10 @@ def model_parts(
     backend: Backend,
     *,
     slots: DeviceSlots | None = None,
+    instances: Sequence[Backend] = (),
 ) -> ModelParts:
-    """`slots`: the compute slots shared by the process's models (`ModelRegistry.slots`)."""
+    """`slots`: the compute slots shared by the process's models (`ModelRegistry.slots`);
+    `instances`: more sessions of the model beside `backend` (`Settings.instances`)."""
     b = settings.batching_for(config.batching)
     limits = BatchLimits(
         b.max_batch_size,
@@ -638,9 +653,11 @@ def model_parts(
             # A batch still running when every request in it has timed out is stuck.
             stalled_after_s=settings.request_timeout_ms / 1000,
             slots=slots,
+            instances=instances,
         )
     except ValueError as exc:
-        backend.close()
+        for opened in (backend, *instances):
+            opened.close()
         raise StartupError(f"model {config.name!r}: {exc}") from None
     s = settings
     return ModelParts(

@@ -153,6 +153,15 @@ class Settings(BaseSettings):
         "inference threads). Default: the model's share of cpu_budget. Setting it gives every "
         "model this many, whatever the budget (e.g. every CPU, with max_concurrent_batches=1).",
     )
+    instances: int = Field(
+        1,
+        ge=1,
+        description="Backend sessions per model, each with its own batch worker cutting from the "
+        "model's one queue, the model's threads split between them (as Triton's instance groups): "
+        "on machines with more cores than one session keeps busy, two batches then run at once "
+        "instead of one on twice the threads. With intra_op_threads set, each session gets that "
+        "many. Costs one more copy of the model's weights in memory per instance.",
+    )
     max_concurrent_batches: int | None = Field(
         None,
         ge=1,

@@ -112,6 +112,10 @@ def create_app(
         summary="Batched inference for fine-tuned BERT-family encoders.",
         lifespan=lifespan,
         access_log=settings.access_log,
+        # Traces are bertserve's own (BERTSERVE_OTEL_ENDPOINT, `_traced` below, on a provider of
+        # its own); FastAPI's native telemetry would otherwise look for global OpenTelemetry
+        # providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.bertserve = AppState(settings=settings, registry=reg, metrics=reg.metrics)
     install_error_handlers(app, observe=count_unobserved_error)

@@ -31,6 +31,7 @@ from bertserve.service.api.errors import (
     status_for,
     style_of_path,
 )
+from bertserve.service.api.fastpath import InferenceRoute
 from bertserve.service.api.middleware import ACCESS_SCOPE_KEY
 from bertserve.service.api.schemas import (
     ClassifyRequest,
@@ -193,7 +194,8 @@ def observe_request(request: Request, model: str, endpoint: str) -> Iterator[Non
         route = request.scope.get("route")
         tracing.rename_current(f"{request.method} {getattr(route, 'path', request.url.path)}")
     access = request.scope.get(ACCESS_SCOPE_KEY)
-    with observe(app_state(request), model, endpoint, access, style_of_path(request.url.path)):
+    # NOTE: the scope's path, not request.url.path: the same routed path without building a URL
+    with observe(app_state(request), model, endpoint, access, style_of_path(request.scope["path"])):
         yield
 
 
@@ -235,23 +237,32 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     The body has been read by then, so the next ASGI message can only be `http.disconnect`.
     Cancelling the work cancels the batcher future, and the batch worker drops the request's
     queued sequences before inference: a client that gave up costs no backend time.
+
+    NOTE: the work runs in the request's own task and one watcher task cancels it on a
+    disconnect (one task per request instead of two plus an `asyncio.wait`: this runs on the
+    event loop for every inference request).
     """
-    task = asyncio.ensure_future(work)
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
 
     async def disconnected() -> None:
+        nonlocal gone
         while (await request.receive())["type"] != "http.disconnect":
             pass
+        gone = True
+        current.cancel()
 
     watcher = asyncio.ensure_future(disconnected())
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise  # cancelled from outside (shutdown): not the client's doing
+        current.uncancel()
+        raise ClientClosedError("client closed the connection before the answer") from None
     finally:
-        if not task.done():
-            task.cancel()
         watcher.cancel()
-    if task.cancelled() or not task.done():
-        raise ClientClosedError("client closed the connection before the answer")
-    return task.result()
 
 
 def timeout_s(header_ms: float | None) -> float | None:
@@ -399,7 +410,8 @@ def _served_precision(backend: object) -> tuple[str | None, GateOut | None]:
     return reason, gate
 
 
-router = APIRouter()
+# InferenceRoute: the plain request skips FastAPI's generic handler (api/fastpath.py)
+router = APIRouter(route_class=InferenceRoute)
 
 # what an inference route may answer, on every protocol (the compatible routes document it too)
 INFERENCE_ERROR_TYPES: Final = (

@@ -44,6 +44,11 @@ EXIT_CONFIG = 2  # bad settings, repository or backend: fix the deployment
 EXIT_SERVER = 1  # the server itself failed (e.g. the port is taken), or its exit overran the drain
 DRAIN_QUIET_S = 0.3  # no request arrived for this long: the drain may end
 HARD_EXIT_MARGIN_S = 5.0  # after the drain deadline, for uvicorn's close and the interpreter's exit
+# NOTE: a batch worker returning from the backend (which runs without the GIL) must get the GIL back
+# to hand its results over and cut the next batch; with Python's default 5 ms switch interval it
+# waits up to 5 ms behind the event loop, the backend idle meanwhile (measured on 2 cores at 64
+# clients: ~8 % more throughput at 1 ms, and 2 instances x 1 thread went from 130 to 200 req/s).
+GIL_SWITCH_INTERVAL_S = 0.001
 
 log = logging.getLogger("service")
 
@@ -196,18 +201,26 @@ def run_server(
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     app = create_app(settings, registry=registry)
+    # uvloop and httptools (uvicorn[standard]) cost a fraction of asyncio's loop and h11 per request
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    if (loop, http) != ("uvloop", "httptools"):
+        log.warning(
+            "serving with the %s event loop and the %s HTTP parser (uvloop/httptools missing)", loop, http
+        )
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        loop=loop,
+        http=http,
         log_config=None,  # keep configure_logging's handler for uvicorn's loggers too
         log_level=settings.log_level,
         access_log=False,  # bertserve's own (RequestIdMiddleware), with the request id and model
         lifespan="on",
         server_header=False,  # no software/version banner for scanners
     )
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     watchdog = ExitWatchdog()
     watchdog.start()
     server = _draining_server(config, registry, settings.drain_timeout_s, watchdog)

@@ -32,3 +32,33 @@ def test_urls_are_checked_by_their_host() -> None:
 async def test_the_load_loops_refuse_before_connecting() -> None:
     with pytest.raises(ValueError, match="loopback"):
         await run_closed_loop("10.1.2.3", 80, [b"GET / HTTP/1.1\r\n\r\n"], 1, 0.1)
+
+
+async def test_the_probe_brackets_the_counted_window() -> None:
+    """`probe` runs once when counting starts (after the warm-up) and once when it stops, so CPU
+    read through it covers exactly the requests that were counted."""
+    import asyncio
+    import time
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.readuntil(b"\r\n\r\n"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    calls: list[float] = []
+
+    def probe() -> float:
+        calls.append(time.perf_counter())
+        return float(len(calls))
+
+    started = time.perf_counter()
+    async with server:
+        res = await run_closed_loop(
+            "127.0.0.1", port, [b"GET / HTTP/1.1\r\n\r\n"], 2, 0.3, warmup_s=0.2, probe=probe
+        )
+    assert res.probed == (1.0, 2.0)
+    # (the event loop's timers may fire up to a clock tick early)
+    assert calls[0] - started >= 0.19 and calls[1] - calls[0] >= 0.29
+    assert res.ok > 0 and res.errors == 0

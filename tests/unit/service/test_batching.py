@@ -411,3 +411,87 @@ async def test_without_slots_no_wait_is_observed(make_batcher: Factory) -> None:
     batcher = make_batcher(metrics=metrics, delay_s=0.0)
     await batcher.submit([seq(3)])
     assert metrics.registry.get_sample_value("bertserve_compute_wait_seconds_count", {"model": "m"}) == 0
+
+
+# --- several instances of one model -------------------------------------------------------------
+
+
+async def test_a_second_instance_runs_a_batch_while_the_first_is_busy() -> None:
+    """Two sessions of one model cut from one queue: while instance 0 is stuck in a batch,
+    instance 1 answers the next request; results stay exact and every instance is closed by
+    its owner (the batcher lists them all)."""
+    first, second = FakeBackend(NUM_LABELS), FakeBackend(NUM_LABELS)
+    gate = threading.Event()
+    first.faults.hang = gate
+    batcher = DynamicBatcher(
+        "m", first, BatchLimits(32, 8192, 0.0, 64), 0, Metrics(process=False), instances=[second]
+    )
+    assert batcher.backends == (first, second)
+    batcher.start(asyncio.get_running_loop())
+    try:
+        held = asyncio.ensure_future(batcher.submit([seq(3)]))
+        assert await asyncio.to_thread(first.started.wait, 5)
+        (row,) = await asyncio.wait_for(batcher.submit([seq(6)]), 5)
+        np.testing.assert_allclose(row, expected_row(seq(6)))
+        assert second.started.is_set() and not held.done()
+        gate.set()
+        (held_row,) = await asyncio.wait_for(held, 5)
+        np.testing.assert_allclose(held_row, expected_row(seq(3)))
+    finally:
+        gate.set()
+        await batcher.stop(timeout_s=5)
+    assert not any(t.is_alive() for t in batcher._threads)
+
+
+async def test_instances_keep_every_result_in_order_under_random_load() -> None:
+    rng = np.random.default_rng(1)
+    backends = [FakeBackend(NUM_LABELS) for _ in range(3)]
+    batcher = DynamicBatcher(
+        "m", backends[0], BatchLimits(4, 8192, 0.001, 1024), 0, Metrics(process=False), instances=backends[1:]
+    )
+    batcher.start(asyncio.get_running_loop())
+    try:
+        requests = [
+            [
+                seq(int(n), start=int(s))
+                for n, s in zip(rng.integers(1, 20, k), rng.integers(1, 50, k), strict=True)
+            ]
+            for k in rng.integers(1, 6, 60)
+        ]
+        answers = await asyncio.wait_for(asyncio.gather(*(batcher.submit(r) for r in requests)), 10)
+        for inputs, rows in zip(requests, answers, strict=True):
+            for x, row in zip(inputs, rows, strict=True):
+                np.testing.assert_allclose(row, expected_row(x), rtol=1e-6)
+        # every sequence ran exactly once, on one instance or another
+        assert sum(b.sequences_run for b in backends) == sum(len(r) for r in requests)
+    finally:
+        await batcher.stop(timeout_s=5)
+
+
+async def test_a_stalled_instance_is_reported_while_another_is_free() -> None:
+    first, second = FakeBackend(NUM_LABELS), FakeBackend(NUM_LABELS)
+    gate = threading.Event()
+    first.faults.hang = gate
+    batcher = DynamicBatcher(
+        "m",
+        first,
+        BatchLimits(32, 8192, 0.0, 64),
+        0,
+        Metrics(process=False),
+        stalled_after_s=0.05,
+        instances=[second],
+    )
+    batcher.start(asyncio.get_running_loop())
+    try:
+        held = asyncio.ensure_future(batcher.submit([seq(3)]))
+        assert await asyncio.to_thread(first.started.wait, 5)
+        await asyncio.sleep(0.1)
+        assert batcher.health_problem is not None and "running for" in batcher.health_problem
+        with pytest.raises(NotReadyError):
+            await batcher.submit([seq(4)])
+        gate.set()
+        await asyncio.wait_for(held, 5)
+        assert batcher.healthy
+    finally:
+        gate.set()
+        await batcher.stop(timeout_s=5)

@@ -89,3 +89,24 @@ def test_every_batcher_shares_the_process_slots(repo: Path, monkeypatch: pytest.
         assert {id(p.batcher._slots) for p in registry.pipelines()} == {id(registry.slots)}
     finally:
         registry.close()
+
+
+def test_instances_split_the_model_threads_between_sessions(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`instances`: that many backend sessions per model, its share of the threads split between
+    them (an explicit intra_op_threads is each session's), each with its own batch worker; all of
+    them closed with the model."""
+    registry, opened = load(repo, monkeypatch, cpus=4, models=["cls"], instances=2)
+    try:
+        assert opened == {"cls": 2}  # 4 CPUs for the model, 2 threads per session
+        backends = registry.pipelines()[0].batcher.backends
+        assert len(backends) == 2 and backends[0] is not backends[1]
+    finally:
+        registry.close()
+    assert all(getattr(b, "closed", False) for b in backends)
+    registry, opened = load(repo, monkeypatch, cpus=4, models=["cls"], instances=2, intra_op_threads=1)
+    try:
+        assert opened == {"cls": 1} and len(registry.pipelines()[0].batcher.backends) == 2
+    finally:
+        registry.close()
