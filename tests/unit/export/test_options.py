@@ -37,7 +37,8 @@ EXPECTED_FLAGS = {
     "--min-int8-agreement": 0.99,
     "--max-int8-drop-points": 0.5,
 }
-API_ONLY = {"fp32_atol", "fp16_atol", "measure_speed", "quiet"}  # the gate bounds are flags: the gate is explicit
+# the gate bounds are flags: the gate is explicit
+API_ONLY = {"fp32_atol", "fp16_atol", "measure_speed", "quiet"}
 
 
 def _options() -> dict[str, Any]:
