@@ -120,7 +120,7 @@ def gate_cells(b: BackendPoint) -> str:
     """agreement | eval change | gate, from the export's figures (fp32: the reference)."""
     if b.agreement is None:
         return "reference | | "
-    change = "" if b.drop_points is None else f"{-b.drop_points:+.2f}"
+    change = "" if b.drop_points is None else f"{-b.drop_points or 0.0:+.2f}"  # no "-0.00"
     return f"{b.agreement:.2%} | {change} | {'passed' if b.gate_passed else 'failed'}"
 
 
