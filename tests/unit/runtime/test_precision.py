@@ -13,14 +13,13 @@ from bertserve.modelrepo import (
     ArtifactGate,
     ModelConfig,
     Precision,
-    Task,
-    VersionConfig,
 )
 from bertserve.runtime.base import BackendKind
 from bertserve.runtime.cpu import CpuFeature, CpuFeatures, parse_cpuinfo_flags
 from bertserve.runtime.errors import ArtifactError
 from bertserve.runtime.options import RuntimeOptions
 from bertserve.runtime.selection import BackendLoader, Environment, choose_artifact, choose_precision
+from tests.helpers.model_configs import artifact, classifier
 
 EPYC_FLAGS = "fpu vme sse2 avx2 avx512f avx512bw avx512_vnni avx512_bf16 avx512vl"
 CPUINFO = (
@@ -47,40 +46,19 @@ def gate(passed: bool = True, needs: tuple[str, ...] = ("vnni",), drop: float = 
     )
 
 
-def art(fmt: ArtifactFormat, precision: Precision, main: str, g: ArtifactGate | None = None) -> Artifact:
-    files = {main: "0" * 64}
-    if fmt == ArtifactFormat.OPENVINO:
-        files[main.replace(".xml", ".bin")] = "1" * 64
-    return Artifact(format=fmt, precision=precision, files=files, gate=g)
-
-
 def model(*artifacts: Artifact, default: Precision = Precision.FP32) -> ModelConfig:
-    return ModelConfig(
-        name="m",
-        task=Task.TEXT_CLASSIFICATION,
-        architecture="bert",
-        labels=["a", "b"],
-        max_length=128,
-        inputs=["input_ids", "attention_mask", "token_type_ids"],
-        versions={
-            1: VersionConfig(
-                artifacts=list(artifacts),
-                default_precision=default,
-                tokenizer_files={"tokenizer.json": "2" * 64},
-            )
-        },
-    )
+    return classifier(artifacts, default)
 
 
 FP32 = [
-    art(ArtifactFormat.ONNX_OPTIMIZED, Precision.FP32, "model.ort.onnx"),
-    art(ArtifactFormat.OPENVINO, Precision.FP32, "openvino/model.xml"),
+    artifact(ArtifactFormat.ONNX_OPTIMIZED, Precision.FP32, "model.ort.onnx"),
+    artifact(ArtifactFormat.OPENVINO, Precision.FP32, "openvino/model.xml"),
 ]
 GATED = model(
     *FP32,
-    art(ArtifactFormat.ONNX, Precision.INT8, "model.int8.onnx", gate()),
-    art(ArtifactFormat.OPENVINO, Precision.INT8, "openvino-int8/model.xml", gate(passed=False)),
-    art(ArtifactFormat.OPENVINO, Precision.BF16, "openvino/model.xml", gate(needs=("bf16",), drop=0.0)),
+    artifact(ArtifactFormat.ONNX, Precision.INT8, "model.int8.onnx", gate()),
+    artifact(ArtifactFormat.OPENVINO, Precision.INT8, "openvino-int8/model.xml", gate(passed=False)),
+    artifact(ArtifactFormat.OPENVINO, Precision.BF16, "openvino/model.xml", gate(needs=("bf16",), drop=0.0)),
     default=Precision.INT8,
 )
 
@@ -132,17 +110,19 @@ def test_auto_on_openvino_skips_failed_int8_for_bf16_only_with_bf16() -> None:
 
 
 def test_auto_without_gates_falls_back_to_the_old_default_precision() -> None:
-    legacy = model(*FP32, art(ArtifactFormat.ONNX, Precision.INT8, "model.int8.onnx"), default=Precision.INT8)
+    legacy = model(
+        *FP32, artifact(ArtifactFormat.ONNX, Precision.INT8, "model.int8.onnx"), default=Precision.INT8
+    )
     served = choose_precision(BackendKind.ORT_CPU, legacy, None, AVX2_ONLY)
     assert served is not None and served.precision == Precision.INT8
-    plain = model(*FP32, art(ArtifactFormat.ONNX, Precision.INT8, "model.int8.onnx"))
+    plain = model(*FP32, artifact(ArtifactFormat.ONNX, Precision.INT8, "model.int8.onnx"))
     served = choose_precision(BackendKind.ORT_CPU, plain, None, EPYC)
     assert served is not None and served.precision == Precision.FP32
     assert "not the model's default precision" in served.reason
 
 
 def test_seven_bit_int8_needs_no_vnni() -> None:
-    anywhere = model(*FP32, art(ArtifactFormat.ONNX, Precision.INT8, "model.int8.onnx", gate(needs=())))
+    anywhere = model(*FP32, artifact(ArtifactFormat.ONNX, Precision.INT8, "model.int8.onnx", gate(needs=())))
     served = choose_precision(BackendKind.ORT_CPU, anywhere, None, AVX2_ONLY)
     assert served is not None and served.precision == Precision.INT8
 

@@ -13,8 +13,6 @@ from bertserve.modelrepo import (
     BatchingConfig,
     ModelConfig,
     Precision,
-    Task,
-    VersionConfig,
     sha256_file,
 )
 from bertserve.runtime.base import BackendKind
@@ -38,18 +36,12 @@ from bertserve.runtime.selection import (
 )
 from bertserve.runtime.shapes import ShapePlan
 from bertserve.service.settings import Settings
+from tests.helpers.model_configs import artifact, classifier
 
 CPU_ONLY = Environment(frozenset({"CPUExecutionProvider"}), cuda_devices=0, tensorrt_library=False)
 GPU_ORT = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"})
 GPU_FULL = Environment(GPU_ORT, cuda_devices=1, tensorrt_library=True, tensorrt_version="10.3.0")
 GPU_NO_TRT_LIB = Environment(GPU_ORT, cuda_devices=1, tensorrt_library=False)
-
-
-def artifact(fmt: ArtifactFormat, precision: Precision, main: str) -> Artifact:
-    files = {main: "0" * 64}
-    if fmt == ArtifactFormat.OPENVINO:
-        files[main.replace(".xml", ".bin")] = "1" * 64
-    return Artifact(format=fmt, precision=precision, files=files)
 
 
 ALL_ARTIFACTS = [
@@ -61,24 +53,8 @@ ALL_ARTIFACTS = [
 ]
 
 
-def model(artifacts: list[Artifact], default: Precision = Precision.FP32) -> ModelConfig:
-    return ModelConfig(
-        name="m",
-        task=Task.TEXT_CLASSIFICATION,
-        architecture="bert",
-        labels=["a", "b"],
-        max_length=128,
-        inputs=["input_ids", "attention_mask", "token_type_ids"],
-        versions={
-            1: VersionConfig(
-                artifacts=artifacts, default_precision=default, tokenizer_files={"tokenizer.json": "2" * 64}
-            )
-        },
-    )
-
-
-ONNX_ONLY = model(ALL_ARTIFACTS[:3])
-WITH_IR = model(ALL_ARTIFACTS)
+ONNX_ONLY = classifier(ALL_ARTIFACTS[:3])
+WITH_IR = classifier(ALL_ARTIFACTS)
 
 
 @pytest.mark.parametrize(
@@ -129,17 +105,17 @@ def test_artifact_choice_per_backend_and_precision() -> None:
     assert main(BackendKind.TENSORRT, None) == "model.onnx"  # portable graph, never the fused one
     assert main(BackendKind.OPENVINO_CPU, None) == "openvino/model.xml"
     assert main(BackendKind.OPENVINO_CPU, Precision.INT8) == "openvino-int8/model.xml"
-    assert main(BackendKind.ORT_CPU, None, model([ALL_ARTIFACTS[0]])) == "model.onnx"
+    assert main(BackendKind.ORT_CPU, None, classifier([ALL_ARTIFACTS[0]])) == "model.onnx"
     # The model's own int8 default falls back to fp32 where a backend cannot run int8 ...
-    assert main(BackendKind.TENSORRT, None, model(ALL_ARTIFACTS, Precision.INT8)) == "model.onnx"
-    assert main(BackendKind.ORT_CPU, None, model(ALL_ARTIFACTS, Precision.INT8)) == "model.int8.onnx"
+    assert main(BackendKind.TENSORRT, None, classifier(ALL_ARTIFACTS, Precision.INT8)) == "model.onnx"
+    assert main(BackendKind.ORT_CPU, None, classifier(ALL_ARTIFACTS, Precision.INT8)) == "model.int8.onnx"
 
 
 def test_unrunnable_or_missing_precision_stops_startup() -> None:
     with pytest.raises(ArtifactError, match="cannot run int8"):
         choose_artifact(BackendKind.TENSORRT, WITH_IR, Precision.INT8)
     with pytest.raises(ArtifactError, match="no onnx/int8"):
-        choose_artifact(BackendKind.ORT_CPU, model(ALL_ARTIFACTS[:2]), Precision.INT8)
+        choose_artifact(BackendKind.ORT_CPU, classifier(ALL_ARTIFACTS[:2]), Precision.INT8)
 
 
 def test_tensorrt_options_have_one_profile_per_length_bucket(tmp_path: Path) -> None:
@@ -246,13 +222,13 @@ def test_loader_keys_the_tensorrt_cache_by_the_chosen_artifact(
     monkeypatch.setattr(ort_backend, "OnnxRuntimeBackend", Recorder)
     monkeypatch.setattr("bertserve.runtime.onnx_files.check_external_data", lambda *a: None)
     settings = Settings(backend=BackendKind.TENSORRT, tensorrt_cache_dir=tmp_path / "cache")
-    BackendLoader(settings.runtime_options(), env_probe=lambda: GPU_FULL)(model([onnx]), vdir)
+    BackendLoader(settings.runtime_options(), env_probe=lambda: GPU_FULL)(classifier([onnx]), vdir)
     trt_options = dict(seen[0])["TensorrtExecutionProvider"]
     plan = ShapePlan.for_batching(32, 8192, 128)  # the model's batching block, its max_length
     assert trt_options["trt_engine_cache_path"] == str(
         tmp_path / "cache" / "m" / f"v1-{onnx.digest}-fp16-p{plan.digest}-trt10.3.0"
     )
-    assert trt_options["trt_profile_opt_shapes"] == plan.tensorrt_shapes(tuple(model([onnx]).inputs))[1]
+    assert trt_options["trt_profile_opt_shapes"] == plan.tensorrt_shapes(tuple(classifier([onnx]).inputs))[1]
     # every profile ran before the model is served, then the peak batch; through IOBinding on the GPU
     assert ran == [(32, 32), (32, 64), (32, 128), (32, 128)]
     assert io == [("cuda", 0)]
@@ -311,12 +287,14 @@ def test_the_loader_runs_the_peak_batch_before_serving() -> None:
             assert feeds["attention_mask"].all()
             ran.extend(f.shape for f in feeds.values())
 
-    reserve_peak_memory(Probe(), model(ALL_ARTIFACTS), BatchingConfig(max_batch_size=4, max_batch_tokens=256))  # type: ignore[arg-type]
+    reserve_peak_memory(
+        Probe(), classifier(ALL_ARTIFACTS), BatchingConfig(max_batch_size=4, max_batch_tokens=256)
+    )  # type: ignore[arg-type]
     assert ran == [(2, 128), (2, 128)]
 
 
 FP16_GRAPH = artifact(ArtifactFormat.ONNX_OPTIMIZED, Precision.FP16, "model.fp16.onnx")
-WITH_FP16 = model([*ALL_ARTIFACTS, FP16_GRAPH])
+WITH_FP16 = classifier([*ALL_ARTIFACTS, FP16_GRAPH])
 
 
 def test_cuda_serves_the_fp16_graph_by_default_and_fp32_when_asked() -> None:
@@ -327,7 +305,7 @@ def test_cuda_serves_the_fp16_graph_by_default_and_fp32_when_asked() -> None:
     assert main(BackendKind.ORT_CUDA, Precision.FP32) == "model.ort.onnx"  # --precision fp32
     assert main(BackendKind.ORT_CUDA, Precision.FP16) == "model.fp16.onnx"
     # a model whose default is int8 (a CPU choice) still gets the fp16 graph on CUDA
-    assert main(BackendKind.ORT_CUDA, None, model([*ALL_ARTIFACTS, FP16_GRAPH], Precision.INT8)) == (
+    assert main(BackendKind.ORT_CUDA, None, classifier([*ALL_ARTIFACTS, FP16_GRAPH], Precision.INT8)) == (
         "model.fp16.onnx"
     )
     # without the fp16 graph, CUDA keeps the fp32 one
