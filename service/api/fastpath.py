@@ -137,9 +137,11 @@ class _Plan:
                 return None
             try:
                 data = json.loads(body)
-            except ValueError:  # JSONDecodeError, or bytes that are not UTF-8/16/32
+                value, errors = self.body.validate(data, values, loc=("body",))
+            except (ValueError, RecursionError):
+                # JSONDecodeError, bytes that are not UTF-8/16/32, or nesting deeper than the
+                # interpreter's stack: FastAPI's handler answers these as it always has.
                 return None
-            value, errors = self.body.validate(data, values, loc=("body",))
             if errors:
                 return None
             values[self.body.name] = value
