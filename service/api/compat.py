@@ -42,7 +42,7 @@ from bertserve.service.api.routes import (
     tokens_of,
     unless_disconnected,
 )
-from bertserve.service.api.schemas import RankedOut, RequestBody, Text, TextPair
+from bertserve.service.api.schemas import Count, PositiveCount, RankedOut, RequestBody, Text, TextPair
 from bertserve.service.errors import (
     InvalidInputError,
     ModelNotFoundError,
@@ -95,7 +95,9 @@ class TeiEmbedRequest(RequestBody):
         None, description="Cut texts over max_length (TEI's default: refuse, 413)."
     )
     truncation_direction: Direction = None
-    dimensions: int | None = Field(None, ge=1, description="Matryoshka truncation to this many dimensions.")
+    dimensions: PositiveCount | None = Field(
+        None, description="Matryoshka truncation to this many dimensions."
+    )
 
 
 class PredictParameters(RequestBody):
@@ -104,7 +106,7 @@ class PredictParameters(RequestBody):
 
     model_config = ConfigDict(extra="forbid")
 
-    top_k: int | None = Field(None, ge=1)
+    top_k: PositiveCount | None = None
     function_to_apply: Activation | None = None
 
 
@@ -399,12 +401,12 @@ class HfParameters(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     # text classification
-    top_k: int | None = Field(None, ge=1)
+    top_k: PositiveCount | None = None
     function_to_apply: Activation | None = None
     # token classification
     aggregation_strategy: AggregationStrategy | None = None
     ignore_labels: list[str] | None = None
-    stride: int | None = None
+    stride: Count | None = None
     # feature extraction (huggingface_hub sends these at the top level; accepted here as well)
     normalize: StrictBool | None = None
     truncate: StrictBool | None = None
@@ -566,7 +568,9 @@ class OpenAiEmbeddingsRequest(RequestBody):
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="base64: each vector as little-endian float32 bytes."
     )
-    dimensions: int | None = Field(None, ge=1, description="Matryoshka truncation to this many dimensions.")
+    dimensions: PositiveCount | None = Field(
+        None, description="Matryoshka truncation to this many dimensions."
+    )
     user: str | None = Field(None, description="Accepted and ignored (OpenAI's end-user id).")
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any, NotRequired
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -46,10 +47,24 @@ Text = Annotated[
 TextPair = tuple[Text, Text]
 
 
+def _number_not_switch(value: Any) -> Any:
+    if isinstance(value, bool | str):
+        raise ValueError("must be an integer (not a boolean or a string)")
+    return value
+
+
+# A count in a request: a JSON integer (563.0 is one too, as JSON Schema reads it), never `true` or
+# "2", which pydantic would otherwise read as 1 and 2, against the schema.
+Count = Annotated[int, BeforeValidator(_number_not_switch)]
+# NOTE: the bound sits before the validator, inside the Annotated: applied to the plain int there,
+# it is documented as JSON Schema's `minimum` (a `ge=1` on the field would not be).
+PositiveCount = Annotated[int, Field(ge=1), BeforeValidator(_number_not_switch)]
+
+
 class RequestBody(BaseModel):
     """A request body: unknown fields are refused with one error, before any field is validated.
     Switches are `StrictBool`: `true`/`false` only, never 0, 1 or "yes" (which pydantic would
-    otherwise read as booleans, against the schema).
+    otherwise read as booleans, against the schema); counts are `Count`s.
 
     NOTE: with only `extra="forbid"` pydantic reports one error per unknown key, and a 2 MB body of
     150,000 keys then costs 1.5 s of validation on the event loop, stalling every other request."""
@@ -81,7 +96,7 @@ class ClassifyRequest(RequestBody):
     inputs: (
         Text | Annotated[list[Text], Field(min_length=1)] | Annotated[list[TextPair], Field(min_length=1)]
     ) = Field(description="One text, a list of texts, or a list of [text_a, text_b] pairs.")
-    top_k: int | None = Field(None, ge=1, description="Labels per input, best first; null = all labels.")
+    top_k: PositiveCount | None = Field(None, description="Labels per input, best first; null = all labels.")
     truncate: StrictBool = Field(
         True,
         description="Cut inputs longer than the model's max_length (the response lists them); "
@@ -148,9 +163,8 @@ class EmbedRequest(RequestBody):
     normalize: StrictBool | None = Field(
         None, description="L2-normalize each vector. Default: the model's setting (model.yaml)."
     )
-    dimensions: int | None = Field(
+    dimensions: PositiveCount | None = Field(
         None,
-        ge=1,
         description="Keep the first this many dimensions (Matryoshka models), normalized after the cut.",
     )
     truncate: StrictBool = Field(
@@ -176,7 +190,7 @@ class RerankRequest(RequestBody):
 
     query: Text
     texts: Annotated[list[Text], Field(min_length=1)] = Field(description="The documents to rank.")
-    top_n: int | None = Field(None, ge=1, description="Keep the best this many; null = all.")
+    top_n: PositiveCount | None = Field(None, description="Keep the best this many; null = all.")
     raw_scores: StrictBool = Field(
         False, description="Cross-encoders: the raw logit instead of its sigmoid (no effect on cosine)."
     )

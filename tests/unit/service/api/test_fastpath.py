@@ -81,6 +81,15 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/v1/models/m/versions/2/classify", {"json": {"inputs": "x", "unknown": 1}}),
     ("POST", "/v1/models/m/versions/2/classify", {"json": ["not", "an", "object"]}),
     ("POST", "/v1/models/m/versions/2/classify", {"json": {}}),
+    # a count is an integer, never a boolean or a numeric string (StrictInt)
+    ("POST", "/v1/models/m/versions/2/classify", {"json": {"inputs": "x", "top_k": True}}),
+    ("POST", "/v1/models/m/versions/2/classify", {"json": {"inputs": "x", "top_k": "2"}}),
+    (
+        "POST",
+        "/v1/models/m/versions/2/classify",
+        # nested past the interpreter's recursion limit: the short path steps aside, not a 500
+        {"content": b"[" * 100_000 + b"]" * 100_000, "headers": {"content-type": "application/json"}},
+    ),
     (
         "POST",
         "/v1/models/m/versions/2/classify",

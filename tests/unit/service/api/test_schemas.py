@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import TypeAdapter
+import pytest
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from bertserve.service.api import schemas
+from bertserve.service.api import compat, schemas
 from bertserve.service.heads import token_classification
 
 
@@ -22,3 +23,26 @@ def test_documented_examples_are_valid_bodies() -> None:
     for body_cls in (schemas.NerResponse, schemas.ClassifyResponse, schemas.ModelInfo, schemas.ErrorEnvelope):
         (example,) = TypeAdapter(body_cls).json_schema()["examples"]
         assert TypeAdapter(body_cls).validate_python(example, strict=True) == example, body_cls.__name__
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "field"),
+    [
+        (schemas.ClassifyRequest, {"inputs": "x"}, "top_k"),
+        (schemas.EmbedRequest, {"inputs": "x"}, "dimensions"),
+        (schemas.RerankRequest, {"query": "q", "texts": ["t"]}, "top_n"),
+        (compat.TeiEmbedRequest, {"inputs": "x"}, "dimensions"),
+        (compat.PredictParameters, {}, "top_k"),
+        (compat.HfParameters, {}, "top_k"),
+        (compat.HfParameters, {}, "stride"),
+    ],
+)
+def test_counts_are_integers_never_booleans_or_strings(
+    model: type[BaseModel], body: dict[str, object], field: str
+) -> None:
+    assert getattr(model.model_validate({**body, field: 2}), field) == 2
+    assert getattr(model.model_validate({**body, field: 2.0}), field) == 2  # a JSON Schema integer
+    bounded = field != "stride"  # the other counts are at least 1
+    for wrong in (True, "2", 2.5, *((0,) if bounded else ())):
+        with pytest.raises(ValidationError):
+            model.model_validate({**body, field: wrong})
