@@ -60,6 +60,13 @@ class ProblemType(StrEnum):
     MULTI_LABEL = "multi_label_classification"
 
 
+def uses_sigmoid(num_labels: int, problem_type: ProblemType | None) -> bool:
+    """Whether scores are independent sigmoids: multi-label models, and models with one logit
+    (cross-encoders, binary scorers), whose softmax would always be 1.0. The transformers
+    text-classification pipeline and TEI decide the same way."""
+    return problem_type == ProblemType.MULTI_LABEL or num_labels == 1
+
+
 class TagScheme(StrEnum):
     IOB1 = "IOB1"
     IOB2 = "IOB2"

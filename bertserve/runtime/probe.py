@@ -1,11 +1,11 @@
 """The warm-up check of a bf16 artifact on the serving CPU: its decisions on a few probe sentences
 against the same IR run in fp32.
 
-The export gated bf16 on its own CPU against PyTorch (bertserve.evaluation.metrics.decisions);
+The export gated bf16 on its own CPU against PyTorch;
 the serving CPU may run other bf16 kernels (AMX instead of AVX-512-BF16), so the service checks
-again before it serves. Decisions are counted as the export counts them: class per row, sign per
-logit for sigmoid models, tag per real token, cosine >= 0.99 per embedding.
-NOTE: the runtime may not import bertserve.evaluation (the layers), hence this short copy of its rule.
+again before it serves. Decisions are counted by the export gate's own rule
+(`bertserve.runtime.decisions`): class per row, sign per logit for sigmoid models, tag per real
+token, cosine >= 0.99 per embedding.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Tokenizer
 
-from bertserve.modelrepo import TOKENIZER_FILE, ModelConfig, ProblemType, Task
+from bertserve.modelrepo import TOKENIZER_FILE, ModelConfig, Task
 from bertserve.runtime.base import Backend, Logits
+from bertserve.runtime.decisions import agreement, decisions, embedding_agreement
 
 PROBE_SENTENCES = (
     "The film was a delight from start to finish.",
@@ -37,7 +38,6 @@ PROBE_SENTENCES = (
     "The new policy takes effect in January across all European offices.",
     "I loved the book but the movie adaptation was a disappointment.",
 )
-EMBEDDING_COSINE = 0.99
 
 
 def probe_feeds(
@@ -62,18 +62,15 @@ def probe_feeds(
 def decision_agreement(
     reference: Logits, candidate: Logits, mask: npt.NDArray[np.int64], model: ModelConfig
 ) -> float:
-    """Share of the decisions a user sees that are the same in both outputs."""
+    """Share of the decisions a user sees that are the same in both outputs (the export gate's rule)."""
     if model.task == Task.FEATURE_EXTRACTION:
-        x, y = reference.astype(np.float64), candidate.astype(np.float64)
-        norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
-        cos = (x * y).sum(axis=1) / np.where(norms > 0, norms, 1.0)
-        return float((cos >= EMBEDDING_COSINE).mean())
-    if model.task == Task.TOKEN_CLASSIFICATION:
-        real = mask.astype(bool)
-        return float((reference.argmax(-1)[real] == candidate.argmax(-1)[real]).mean())
-    if reference.shape[-1] == 1 or model.problem_type == ProblemType.MULTI_LABEL:
-        return float(((reference > 0) == (candidate > 0)).mean())
-    return float((reference.argmax(-1) == candidate.argmax(-1)).mean())
+        same, total = embedding_agreement(reference, candidate)
+    else:
+        same, total = agreement(
+            decisions(reference, mask, model.task, model.problem_type),
+            decisions(candidate, mask, model.task, model.problem_type),
+        )
+    return same / total
 
 
 def agreement_with_fp32(candidate: Backend, fp32: Backend, model: ModelConfig, version_dir: Path) -> float:

@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from bertserve.modelrepo import ProblemType
+from bertserve.modelrepo import ProblemType, uses_sigmoid
 from bertserve.service.heads.activations import sigmoid, softmax
 
 __all__ = ["Activation", "ClassificationHead", "LabelScore", "decided", "sigmoid", "softmax", "uses_sigmoid"]
@@ -45,13 +45,6 @@ def decided(
     out[:, j] = chosen
     out[:, 1 - j] = ~chosen
     return out
-
-
-def uses_sigmoid(num_labels: int, problem_type: ProblemType | None) -> bool:
-    """Whether scores are independent sigmoids: multi-label models, and models with one logit
-    (cross-encoders, binary scorers), whose softmax would always be 1.0. The transformers
-    text-classification pipeline and TEI decide the same way."""
-    return problem_type == ProblemType.MULTI_LABEL or num_labels == 1
 
 
 class ClassificationHead:
