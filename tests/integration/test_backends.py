@@ -182,7 +182,8 @@ async def test_auto_picks_openvino_on_a_cpu_machine_with_ir(serve: Callable[...,
 async def test_64_concurrent_clients_get_batched_and_their_own_answers(
     serve: Callable[..., Any], exported_repo: Path, bert_cls_checkpoint: Any
 ) -> None:
-    client = await serve("bert-cls", "onnxruntime-cpu", max_queue_delay_ms=5)
+    # fp32: compared with PyTorch at fp32's tolerance (auto may serve int8 when its gate passes)
+    client = await serve("bert-cls", "onnxruntime-cpu", "fp32", max_queue_delay_ms=5)
     words = (
         "the",
         "movie",
@@ -222,6 +223,8 @@ def test_tampered_artifact_stops_loading(exported_repo: Path, tmp_path: Path, vi
     shutil.copytree(exported_repo / "bert-cls", repo / "bert-cls")
     with (repo / "bert-cls" / "1" / victim).open("ab") as fh:
         fh.write(b"\0")
-    registry = ModelRegistry(Settings(repo=repo, backend="onnxruntime-cpu"), Metrics(process=False))  # type: ignore[arg-type]
+    # fp32: the artifact that loads is model.ort.onnx (auto may take int8 when its gate passes)
+    settings = Settings(repo=repo, backend="onnxruntime-cpu", precision="fp32")  # type: ignore[arg-type]
+    registry = ModelRegistry(settings, Metrics(process=False))
     with pytest.raises(StartupError, match=f"{victim}.*sha256"):
         registry.load()
