@@ -690,7 +690,9 @@ class _Judge:
             drop = None
             if self._eval_set is not None:
                 rel = path.relative_to(self._staging).as_posix()
-                artifact = Artifact(format=fmt, precision=precision, files=_files(self._staging, [rel]))
+                # an IR is opened only with its weights listed (and verified) beside it
+                rels = [rel, str(Path(rel).with_suffix(".bin"))] if fmt == ArtifactFormat.OPENVINO else [rel]
+                artifact = Artifact(format=fmt, precision=precision, files=_files(self._staging, rels))
                 with ServedModel(
                     self._config([artifact]), self._staging, backend=backend_kind(fmt), precision=precision
                 ) as served:

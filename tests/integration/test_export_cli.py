@@ -15,7 +15,7 @@ from bertserve.cli import app
 from bertserve.export.errors import ExportError
 from bertserve.export.exporter import ExportOptions, planned_steps, run_export
 from bertserve.export.specs import applicable
-from bertserve.modelrepo import Precision, TagScheme, load_model_config, sha256_file
+from bertserve.modelrepo import ArtifactFormat, Precision, TagScheme, load_model_config, sha256_file
 from tests.helpers.checkpoints import (
     TinyCheckpoint,
     build_bare_bert,
@@ -403,3 +403,19 @@ def test_bf16_is_gated_like_int8(bert_cls_checkpoint, tmp_path: Path):
         assert bf16.gate.passed
     else:
         assert not bf16.gate.passed and "not measured" in bf16.gate.reasons[0]
+
+
+def test_eval_file_scores_the_nncf_int8_ir_with_its_weights(bert_cls_checkpoint, tmp_path: Path):
+    """The gate opens the int8 IR as the service would: with its .bin listed and verified."""
+    eval_file = tmp_path / "dev.tsv"
+    eval_file.write_text("the movie was great\t1\nboring\t0\n", encoding="utf-8")
+    options = dataclasses_replace(
+        _quick(bert_cls_checkpoint.path, tmp_path / "repo", int8=True, eval_file=eval_file),
+        formats=("onnx", "openvino"),
+    )
+    result = run_export(options)
+    (ir,) = [a for a in result.report.artifacts if a.key == "openvino/int8"]
+    assert ir.eval_delta_points is not None
+    artifact = result.config.version.find(ArtifactFormat.OPENVINO, Precision.INT8)
+    assert artifact is not None
+    assert set(artifact.files) == {"openvino-int8/model.xml", "openvino-int8/model.bin"}
