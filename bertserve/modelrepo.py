@@ -324,6 +324,13 @@ class ModelConfig(BaseModel):
     )
     embedding: EmbeddingConfig | None = Field(None, description="Feature extraction: pooling and width.")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    instances: int | None = Field(
+        None,
+        ge=1,
+        description="Backend sessions this model is served by (as Triton's instance groups), each "
+        "with its own batch worker on the model's one queue and the model's threads split between "
+        "them. Unset: 1, or the service's `instances` setting, which overrides this for every model.",
+    )
     default_version: int = 1
     versions: dict[int, VersionConfig]
     version_policy: VersionPolicy | None = Field(

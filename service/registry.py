@@ -247,7 +247,12 @@ class ModelRegistry:
             # check below (which only looks inside the folder) along with it.
             resolve_inside(repo, f"{name}/{version}")
             return open_pipeline(
-                self.settings, self.metrics, config, vdir, self._backend_factory(name), slots=self.slots
+                self.settings,
+                self.metrics,
+                config,
+                vdir,
+                self._backend_factory(name, config),
+                slots=self.slots,
             )
         except BackendError as exc:  # the runtime's messages name the model where it matters
             raise StartupError(str(exc)) from None
@@ -366,14 +371,14 @@ class ModelRegistry:
             except Exception:  # the watcher must outlive any one bad poll
                 log.exception("repository poll failed")
 
-    def _backend_factory(self, name: str) -> BackendFactory:
+    def _backend_factory(self, name: str, config: ModelConfig) -> BackendFactory:
         """The injected factory, else the runtime's loader with this model's share of the threads
-        (split between its `instances` unless `intra_op_threads` names each one's)."""
+        (split between its instances unless `intra_op_threads` names each one's)."""
         if self._factory is not None:
             return self._factory
         threads = self.threads[name]
         if self.settings.intra_op_threads is None:
-            threads = max(1, threads // self.settings.instances)
+            threads = max(1, threads // self.settings.instances_for(config))
         return self._loader.with_options(self.settings.runtime_options(intra_op_threads=threads))
 
     def _set_served(self, name: str, served: ServedModel) -> None:
@@ -610,7 +615,7 @@ def open_pipeline(
     tokenizer = TextTokenizer(resolve_inside(vdir, TOKENIZER_FILE), config.max_length)
     backends = [factory(config, vdir)]
     try:
-        backends += [factory(config, vdir) for _ in range(settings.instances - 1)]
+        backends += [factory(config, vdir) for _ in range(settings.instances_for(config) - 1)]
     except BaseException:
         for opened in backends:
             opened.close()
@@ -631,7 +636,7 @@ def model_parts(
     instances: Sequence[Backend] = (),
 ) -> ModelParts:
     """`slots`: the compute slots shared by the process's models (`ModelRegistry.slots`);
-    `instances`: more sessions of the model beside `backend` (`Settings.instances`)."""
+    `instances`: more sessions of the model beside `backend` (`Settings.instances_for`)."""
     b = settings.batching_for(config.batching)
     limits = BatchLimits(
         b.max_batch_size,

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from bertserve.modelrepo import BatchingConfig, Precision
+from bertserve.modelrepo import BatchingConfig, ModelConfig, Precision
 from bertserve.runtime.base import BackendKind, min_padding_efficiency
 from bertserve.runtime.options import OpenVinoHint, RuntimeOptions, default_tensorrt_cache_dir
 from bertserve.service.logs import LogFormat
@@ -153,14 +153,16 @@ class Settings(BaseSettings):
         "inference threads). Default: the model's share of cpu_budget. Setting it gives every "
         "model this many, whatever the budget (e.g. every CPU, with max_concurrent_batches=1).",
     )
-    instances: int = Field(
-        1,
+    instances: int | None = Field(
+        None,
         ge=1,
         description="Backend sessions per model, each with its own batch worker cutting from the "
         "model's one queue, the model's threads split between them (as Triton's instance groups): "
-        "on machines with more cores than one session keeps busy, two batches then run at once "
-        "instead of one on twice the threads. With intra_op_threads set, each session gets that "
-        "many. Costs one more copy of the model's weights in memory per instance.",
+        "two batches then run at once instead of one on twice the threads, which wins under load "
+        "where Python shares the cores with the backend (measured on 2 cores: docs/benchmarks.md) "
+        "and costs batch-1 latency. With intra_op_threads set, each session gets that many. Costs "
+        "one more copy of the model's weights in memory per instance. Default: each model's "
+        "`instances` in model.yaml, else 1; set, it applies to every model.",
     )
     max_concurrent_batches: int | None = Field(
         None,
@@ -338,6 +340,12 @@ class Settings(BaseSettings):
         """The settings of `bertserve serve`: its flags, then BERTSERVE_* environment variables,
         then the BERTSERVE_* lines of `env_file` (when it exists), then the defaults."""
         return cls(_env_file=env_file, **flags)
+
+    def instances_for(self, config: ModelConfig) -> int:
+        """Backend sessions for a model: this setting when set, else its model.yaml's, else 1."""
+        if self.instances is not None:
+            return self.instances
+        return config.instances or 1
 
     def padding_efficiency_for(self, backend: str) -> float:
         """`min_padding_efficiency` if set, else what the backend (named by its kind) says."""

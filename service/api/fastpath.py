@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 from collections.abc import Callable, Coroutine
 from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any, cast
 
+import fastapi
 import fastapi.routing
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
@@ -32,6 +34,8 @@ from starlette.responses import Response
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 JSON_CONTENT_TYPE = "application/json"
+
+log = logging.getLogger(__name__)
 
 
 class InferenceRoute(APIRoute):
@@ -69,7 +73,24 @@ class _Plan:
     @classmethod
     def of(cls, route: APIRoute) -> _Plan | None:
         """None when the endpoint takes anything this does not handle exactly as FastAPI does
-        (dependencies, security, query or cookie parameters, form or embedded bodies, ...)."""
+        (dependencies, security, query or cookie parameters, form or embedded bodies, ...), or
+        when this FastAPI's internals are not the ones the short path was written against (it
+        reads the route's dependant and validates through FastAPI's fields): the route then
+        runs FastAPI's own handler, as any APIRoute does, instead of failing its requests."""
+        try:
+            return cls._read(route)
+        except (AttributeError, TypeError) as exc:
+            log.warning(
+                "route %s: FastAPI %s internals differ from what the short request path expects "
+                "(%s); serving it with FastAPI's own handler",
+                route.path,
+                getattr(fastapi, "__version__", "?"),
+                exc,
+            )
+            return None
+
+    @classmethod
+    def _read(cls, route: APIRoute) -> _Plan | None:
         effective: Any = route
         context_var = getattr(fastapi.routing, "_effective_route_context_var", None)
         context = context_var.get() if context_var is not None else None
@@ -101,6 +122,9 @@ class _Plan:
             # Only explicitly named single-value headers (no underscore conversion, no lists).
             if header.field_info.alias is None or not _is_scalar(header.field_info.annotation):
                 return None
+        for field in (*d.path_params, *d.header_params, *([body] if body is not None else [])):
+            if not callable(field.validate) or not field.name or not field.alias:
+                raise AttributeError(f"field {field!r} cannot be validated as FastAPI 0.115-0.165 does")
         return cls(d.call, d.request_param_name, tuple(d.path_params), tuple(d.header_params), body)
 
     async def arguments(self, request: Request) -> dict[str, Any] | None:

@@ -110,3 +110,33 @@ def test_instances_split_the_model_threads_between_sessions(
         assert opened == {"cls": 1} and len(registry.pipelines()[0].batcher.backends) == 2
     finally:
         registry.close()
+
+
+def test_a_model_yaml_sets_its_own_instances_and_the_setting_overrides_it(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`instances` in model.yaml: that model's sessions (its threads split between them); the
+    service's `instances` setting, when given, applies to every model instead."""
+    import shutil
+
+    import yaml
+
+    own = tmp_path / "repo"
+    shutil.copytree(repo, own)
+    path = own / "cls" / "model.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["instances"] = 3
+    path.write_text(yaml.safe_dump(doc))
+    registry, opened = load(own, monkeypatch, cpus=6, models=["cls", "ner"], cpu_budget=12)
+    try:
+        by_name = {p.name: p for p in registry.pipelines()}
+        assert len(by_name["cls"].batcher.backends) == 3
+        assert len(by_name["ner"].batcher.backends) == 1  # its model.yaml says nothing: one session
+        assert opened == {"cls": 2, "ner": 6}  # 6 threads per model, split 3 ways for cls
+    finally:
+        registry.close()
+    registry, opened = load(own, monkeypatch, cpus=6, models=["cls"], instances=1)
+    try:
+        assert len(registry.pipelines()[0].batcher.backends) == 1 and opened == {"cls": 6}
+    finally:
+        registry.close()

@@ -180,3 +180,50 @@ async def test_an_endpoint_with_a_dependency_keeps_fastapis_handler() -> None:
         router.routes[0].get_route_handler().__qualname__
         != "InferenceRoute.get_route_handler.<locals>.handler"
     )
+
+
+def test_a_fastapi_whose_internals_differ_gets_no_short_path(caplog: pytest.LogCaptureFixture) -> None:
+    """A FastAPI release whose route internals are not the ones the short path reads (here: a
+    dependant without the fields it checks, and a field without `validate`) gets no plan, so the
+    route keeps FastAPI's own handler (as the dependency test shows), with a warning, instead of
+    failing its requests."""
+    from types import SimpleNamespace
+
+    from bertserve.service.api.fastpath import _Plan
+
+    async def endpoint() -> Response:
+        return JSONResponse({})
+
+    bare = SimpleNamespace(path="/x", dependant=SimpleNamespace(call=endpoint))
+    odd_field = SimpleNamespace(name="model", alias="model", field_info=None)  # no validate
+    odd = SimpleNamespace(
+        path="/y/{model}",
+        dependant=SimpleNamespace(
+            call=endpoint,
+            dependencies=[],
+            query_params=[],
+            cookie_params=[],
+            header_params=[],
+            path_params=[odd_field],
+            body_params=[],
+            websocket_param_name=None,
+            http_connection_param_name=None,
+            response_param_name=None,
+            background_tasks_param_name=None,
+            security_scopes_param_name=None,
+            request_param_name=None,
+        ),
+        _embed_body_fields=False,
+    )
+    with caplog.at_level("WARNING", logger="bertserve.service.api.fastpath"):
+        assert _Plan.of(bare) is None  # type: ignore[arg-type]
+        assert _Plan.of(odd) is None  # type: ignore[arg-type]
+    assert caplog.text.count("FastAPI's own handler") == 2
+    # the real route of this FastAPI still gets its plan
+    router = APIRouter(route_class=InferenceRoute)
+    router.add_api_route("/z/{model}", plain_endpoint, methods=["GET"])
+    assert _Plan.of(router.routes[0]) is not None  # type: ignore[arg-type]
+
+
+async def plain_endpoint(model: str) -> Response:
+    return JSONResponse({"model": model})
