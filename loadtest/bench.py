@@ -256,8 +256,14 @@ class RawBench:
 
 
 def open_raw(
-    repo: Path, model: str, backend: str, precision: str | None, sentences: Sequence[str]
+    repo: Path,
+    model: str,
+    backend: str,
+    precision: str | None,
+    sentences: Sequence[str],
+    threads: int | None = None,
 ) -> RawBench:
+    """`threads`: the session's intra-op threads; default the service's (every CPU for one model)."""
     from bertserve.modelrepo import load_model_config, version_dir
     from bertserve.runtime.selection import BackendLoader
     from bertserve.service.settings import Settings
@@ -265,7 +271,7 @@ def open_raw(
     settings = Settings.model_validate({"repo": repo, "backend": backend, "precision": precision})
     config = load_model_config(repo, model)
     vdir = version_dir(repo, model, config.default_version)
-    opened = BackendLoader(settings.runtime_options())(config, vdir)
+    opened = BackendLoader(settings.runtime_options(intra_op_threads=threads))(config, vdir)
     return RawBench(opened, config, vdir / "tokenizer.json", sentences)
 
 
@@ -627,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         measure_pairs(run, sorted_bench, raw_bench, target, best_bs, budget)
         measure_multi_input(run, sorted_bench, port, service_pid, model, sentences, best_bs, budget)
         if "instances" not in skip:
-            measure_instances(run, args, model, sentences, target, budget)
+            measure_instances(run, args, model, sentences, best_bs, budget)
         if args.profile:
             profile_service(service_pid, target, budget, out)
         if "naive" not in skip:
@@ -783,18 +789,46 @@ def measure_multi_input(
 INSTANCE_LAYOUTS = ((1, 2), (2, 1))  # (backend sessions per model, intra-op threads per session)
 
 
+def raw_layout(benches: Sequence[RawBench], batch_size: int, seconds: float) -> float:
+    """Sequences/s of `benches` (one backend session each) run at once, each on its own thread
+    over length-sorted batches: the raw ceiling of a layout of several sessions."""
+    import threading
+
+    results: list[RawPoint | None] = [None] * len(benches)
+
+    def run_one(i: int) -> None:
+        results[i] = benches[i].measure(batch_size, seconds)
+
+    threads = [threading.Thread(target=run_one, args=(i,)) for i in range(len(benches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(r.sequences_per_s for r in results if r is not None)
+
+
 def measure_instances(
     run: BenchRun,
     args: argparse.Namespace,
     model: str,
     sentences: Sequence[str],
-    main: Target,
+    best_bs: int,
     budget: Budget,
 ) -> None:
     """The model as 1 session x 2 threads and as 2 sessions x 1 thread (`BERTSERVE_INSTANCES`),
-    at 1 and 64 clients, in interleaved rounds with both servers up."""
+    at 1 and 64 clients, in interleaved rounds with both servers up; in each round also the raw
+    backend in each layout (2 sessions: both run sorted batches at once), so that each layout's
+    service is compared with its own ceiling and the best layout's ceiling bounds them all."""
     print("   instances x threads per model: " + ", ".join(f"{i} x {t}" for i, t in INSTANCE_LAYOUTS))
     levels = (1, COMPARE_CLIENTS)
+    raws = {
+        (i, t): [
+            open_raw(args.repo, model, args.backend, args.precision, sentences, threads=t).sorted_by_length()
+            for _ in range(i)
+        ]
+        for i, t in INSTANCE_LAYOUTS
+    }
+    raw_rounds: dict[tuple[int, int], list[float]] = {}
     with contextlib.ExitStack() as stack:
         targets: list[tuple[int, int, Target]] = []
         for instances, threads in INSTANCE_LAYOUTS:
@@ -807,16 +841,35 @@ def measure_instances(
         rounds: dict[tuple[int, int, int], list[LoadPoint]] = {}
         for _ in range(budget.backend_rounds):
             for instances, threads, target in targets:
+                raw_rounds.setdefault((instances, threads), []).append(
+                    raw_layout(raws[(instances, threads)], best_bs, budget.pair_s)
+                )
                 for c in levels:
                     point = target.closed(c, budget.backend_s, 0.5)
                     rounds.setdefault((instances, threads, c), []).append(point)
+        for benches in raws.values():
+            for b in benches:
+                b.backend.close()
+        best_raw = 0.0
         for instances, threads, _ in targets:
             kept = []
             for c in levels:
                 points = sorted(rounds[(instances, threads, c)], key=lambda p: p.throughput_rps)
                 kept.append(points[len(points) // 2])
                 show(f"{instances} x {threads} ", kept[-1])
-            run.instances.append(InstancesPoint(instances, threads, kept))
+            raw = statistics.median(raw_rounds[(instances, threads)])
+            best_raw = max(best_raw, raw)
+            print(
+                f"   {instances} x {threads} raw, sorted batches of {best_bs}, sessions at once: "
+                f"{raw:.1f} seq/s; "
+                f"service at {COMPARE_CLIENTS} clients / this raw {kept[-1].throughput_rps / raw:.3f}"
+            )
+            run.instances.append(InstancesPoint(instances, threads, kept, round(raw, 2)))
+        best_service = max(p.service[-1].throughput_rps for p in run.instances)
+        print(
+            f"   best layout: service {best_service:.1f} req/s / best raw layout {best_raw:.1f} seq/s = "
+            f"{best_service / best_raw:.3f} (the honest ceiling on this machine is the best raw layout)"
+        )
 
 
 def search_slo(
@@ -855,6 +908,12 @@ def print_summary(
     for k in MULTI_INPUTS:
         key = f"service_vs_raw_{k}_inputs"
         print(f"{key} = {summary[key]}" + (" (goal >= 0.95)" if k == 32 else ""))
+    if summary.get("raw_best_layout"):
+        print(
+            f"best_layout_service_vs_raw = {summary['best_layout_service_vs_raw']} (best served layout "
+            f"over the best raw layout, {summary['raw_best_layout']}: the ceiling of this machine, not "
+            "only of one session)"
+        )
     print(f"service_vs_naive = {summary['service_vs_naive']} (goal >= 5)")
     print(f"latency_overhead_ms = {summary['latency_overhead_ms']} (batch-1 p50, service - raw; goal <= 1.0)")
     print(f"real_token_ratio = {summary['real_token_ratio']} (at {COMPARE_CLIENTS} clients; goal >= 0.85)")

@@ -85,6 +85,9 @@ class InstancesPoint:
     instances: int
     threads: int
     service: list[LoadPoint]  # one per concurrency level, the median round
+    # The raw backend laid out alike: `instances` sessions of `threads` threads, each fed its own
+    # length-sorted batches at the best batch size, all at once (median round); None: not measured.
+    raw_sequences_per_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +149,21 @@ def goal_verdicts(summary: dict[str, object]) -> dict[str, dict[str, object]]:
     return verdicts
 
 
+def layout_ceiling(points: list[InstancesPoint]) -> dict[str, object]:
+    """The instances phase's raw ceiling: the fastest raw layout (sessions x threads, all sessions
+    at once), and the best served layout at the comparison concurrency over it."""
+    measured = [p for p in points if p.raw_sequences_per_s and p.service]
+    if not measured:
+        return {"raw_best_layout": None, "best_layout_service_vs_raw": None}
+    raw = max(measured, key=lambda p: p.raw_sequences_per_s or 0.0)
+    served = max(measured, key=lambda p: p.service[-1].throughput_rps)
+    ceiling = raw.raw_sequences_per_s or 1.0
+    return {
+        "raw_best_layout": {"instances": raw.instances, "threads": raw.threads, "sequences_per_s": ceiling},
+        "best_layout_service_vs_raw": round(served.service[-1].throughput_rps / ceiling, 4),
+    }
+
+
 def build_summary(run: BenchRun) -> dict[str, object]:
     """summary.json: the headline figures at the top level, every measurement below them."""
     slo = run.slo
@@ -160,6 +178,7 @@ def build_summary(run: BenchRun) -> dict[str, object]:
         **{f"service_vs_raw_{k}_inputs": _median(run.multi_input_pairs.get(k, [])) for k in MULTI_INPUTS},
         "raw_ceiling_sequences_per_s": _best_rate(run.raw_sorted),
         "raw_arrival_order_best_sequences_per_s": _best_rate(run.raw),
+        **layout_ceiling(run.instances),
         "best_backend": best_backend(run.backends),
         "max_rate_at_slo": round(slo.max_rate, 1) if slo and slo.max_rate is not None else None,
         "slo_p95_ms": slo.slo_p95_ms if slo else None,
@@ -252,6 +271,15 @@ def render_markdown(run: BenchRun, summary: dict[str, object]) -> str:
             "",
             f"## {inst.instances} instance(s) x {inst.threads} thread(s) per model",
             "",
+            *(
+                [
+                    "Raw backend in this layout (sorted batches, all sessions at once): "
+                    f"{inst.raw_sequences_per_s} seq/s",
+                    "",
+                ]
+                if inst.raw_sequences_per_s is not None
+                else []
+            ),
             *_load_table(inst.service),
         ]
     if run.backends:

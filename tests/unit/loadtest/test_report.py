@@ -12,6 +12,7 @@ from loadtest.report import (
     LoadPoint,
     RawPoint,
     build_summary,
+    render_markdown,
     write_results,
 )
 from loadtest.slo import RateProbe, SloSearch
@@ -106,3 +107,29 @@ def test_write_results_produces_json_markdown_and_plots(tmp_path: Path) -> None:
     assert "openvino int8" in report and "make loadtest RATE=240" in report
     for name in ("throughput.png", "latency.png", "backends.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_layout_ceiling_is_the_fastest_raw_layout() -> None:
+    """A layout of two single-thread sessions can outrun one two-thread session raw; the ceiling
+    is then that layout's, and the best served layout is measured against it."""
+    from loadtest.report import layout_ceiling
+
+    layouts = [
+        InstancesPoint(1, 2, [point(1, 120.0), point(64, 200.0)], 275.0),
+        InstancesPoint(2, 1, [point(1, 90.0), point(64, 230.0)], 370.0),
+    ]
+    summary = layout_ceiling(layouts)
+    assert summary["raw_best_layout"] == {"instances": 2, "threads": 1, "sequences_per_s": 370.0}
+    assert summary["best_layout_service_vs_raw"] == round(230.0 / 370.0, 4)
+    assert layout_ceiling([InstancesPoint(2, 1, [point(64, 300.0)])]) == {
+        "raw_best_layout": None,
+        "best_layout_service_vs_raw": None,
+    }
+    run = synthetic_run()
+    assert build_summary(run)["raw_best_layout"] is None  # its instances phase has no raw figure
+    assert "Raw backend in this layout" not in render_markdown(run, build_summary(run))
+    run.instances[0] = InstancesPoint(2, 1, run.instances[0].service, 370.0)
+    assert (
+        "Raw backend in this layout (sorted batches, all sessions at once): 370.0 seq/s"
+        in render_markdown(run, build_summary(run))
+    )
