@@ -46,6 +46,9 @@ def probe_feeds(
     """The probe sentences tokenized by the model's own tokenizer, padded: (feeds, attention mask)."""
     tokenizer = Tokenizer.from_file(str(version_dir / TOKENIZER_FILE))
     tokenizer.enable_truncation(model.max_length)
+    # NOTE: a saved tokenizer.json may carry padding (transformers writes BatchLongest); its padded
+    # encodings would count pad tokens as real here, so the mask below would attend to them.
+    tokenizer.no_padding()
     encodings = tokenizer.encode_batch(list(PROBE_SENTENCES))
     width = max(len(e.ids) for e in encodings)
     ids = np.full((len(encodings), width), model.pad_token_id, dtype=np.int64)

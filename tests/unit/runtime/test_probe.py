@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from bertserve.modelrepo import EmbeddingConfig, ModelConfig, Pooling, ProblemType, Task, VersionConfig
-from bertserve.runtime.probe import decision_agreement
+from bertserve.runtime.probe import PROBE_SENTENCES, decision_agreement, probe_feeds
 
 
 def config(task: Task, labels: list[str], problem_type: ProblemType | None = None) -> ModelConfig:
@@ -57,3 +59,24 @@ def test_embeddings_by_cosine() -> None:
     cand = np.array([[2.0, 0.01, 0.0], [1.0, 1.0, 0.0]], dtype=np.float32)
     mask = np.ones((2, 3), dtype=np.int64)
     assert decision_agreement(ref, cand, mask, config(Task.FEATURE_EXTRACTION, [])) == 0.5
+
+
+def test_probe_masks_padding_of_a_tokenizer_saved_with_padding(tmp_path: Path) -> None:
+    """transformers saves tokenizer.json with BatchLongest padding: the probe must still mask the
+    pad tokens of its shorter sentences, not count them as real ones."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    words = sorted({w for s in PROBE_SENTENCES for w in s.replace(".", " . ").replace(",", " , ").split()})
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    tokenizer = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = Whitespace()
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    feeds, mask = probe_feeds(config(Task.TEXT_CLASSIFICATION, ["a", "b"]), tmp_path)
+    tokenizer.no_padding()
+    lengths = [len(e.ids) for e in tokenizer.encode_batch(list(PROBE_SENTENCES))]
+    assert mask.sum(axis=1).tolist() == [min(n, 16) for n in lengths]
+    assert len(set(lengths)) > 1  # some rows are padded
+    assert (feeds["input_ids"][mask == 0] == 0).all()
