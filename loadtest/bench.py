@@ -75,6 +75,7 @@ from loadtest.report import (
     LoadPoint,
     RawPoint,
     gate_cells,
+    layout_ceiling,
     write_results,
 )
 from loadtest.slo import RateProbe, find_max_rate
@@ -804,7 +805,10 @@ def raw_layout(benches: Sequence[RawBench], batch_size: int, seconds: float) -> 
         t.start()
     for t in threads:
         t.join()
-    return sum(r.sequences_per_s for r in results if r is not None)
+    done = [r for r in results if r is not None]
+    if len(done) != len(benches):  # a session's thread died: its error went to stderr
+        raise RuntimeError(f"{len(benches) - len(done)} of {len(benches)} raw sessions failed")
+    return sum(r.sequences_per_s for r in done)
 
 
 def measure_instances(
@@ -850,7 +854,6 @@ def measure_instances(
         for benches in raws.values():
             for b in benches:
                 b.backend.close()
-        best_raw = 0.0
         for instances, threads, _ in targets:
             kept = []
             for c in levels:
@@ -858,17 +861,16 @@ def measure_instances(
                 kept.append(points[len(points) // 2])
                 show(f"{instances} x {threads} ", kept[-1])
             raw = statistics.median(raw_rounds[(instances, threads)])
-            best_raw = max(best_raw, raw)
             print(
                 f"   {instances} x {threads} raw, sorted batches of {best_bs}, sessions at once: "
                 f"{raw:.1f} seq/s; "
                 f"service at {COMPARE_CLIENTS} clients / this raw {kept[-1].throughput_rps / raw:.3f}"
             )
             run.instances.append(InstancesPoint(instances, threads, kept, round(raw, 2)))
-        best_service = max(p.service[-1].throughput_rps for p in run.instances)
+        ceiling = layout_ceiling(run.instances)
         print(
-            f"   best layout: service {best_service:.1f} req/s / best raw layout {best_raw:.1f} seq/s = "
-            f"{best_service / best_raw:.3f} (the honest ceiling on this machine is the best raw layout)"
+            f"   best served layout / best raw layout {ceiling['raw_best_layout']}: "
+            f"{ceiling['best_layout_service_vs_raw']} (the honest ceiling of this machine)"
         )
 
 
