@@ -25,7 +25,7 @@ import os
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -324,12 +324,13 @@ class ModelConfig(BaseModel):
     )
     embedding: EmbeddingConfig | None = Field(None, description="Feature extraction: pooling and width.")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
-    instances: int | None = Field(
+    instances: Annotated[int, Field(ge=1)] | Literal["adaptive"] | None = Field(
         None,
-        ge=1,
         description="Backend sessions this model is served by (as Triton's instance groups), each "
         "with its own batch worker on the model's one queue and the model's threads split between "
-        "them. Unset: 1, or the service's `instances` setting, which overrides this for every model.",
+        "them; `adaptive`: one session with all the model's threads for lone requests and one "
+        "single-thread session per thread that take over as soon as requests queue. Unset: 1, or "
+        "the service's `instances` setting, which overrides this for every model.",
     )
     default_version: int = 1
     versions: dict[int, VersionConfig]

@@ -819,11 +819,17 @@ def measure_instances(
     best_bs: int,
     budget: Budget,
 ) -> None:
-    """The model as 1 session x 2 threads and as 2 sessions x 1 thread (`BERTSERVE_INSTANCES`),
-    at 1 and 64 clients, in interleaved rounds with both servers up; in each round also the raw
-    backend in each layout (2 sessions: both run sorted batches at once), so that each layout's
-    service is compared with its own ceiling and the best layout's ceiling bounds them all."""
-    print("   instances x threads per model: " + ", ".join(f"{i} x {t}" for i, t in INSTANCE_LAYOUTS))
+    """The model as 1 session x 2 threads, as 2 sessions x 1 thread (`BERTSERVE_INSTANCES`) and
+    in the adaptive layout (`BERTSERVE_INSTANCES=adaptive`: the first alone, the second under
+    load), at 1 and 64 clients, in interleaved rounds with all servers up; in each round also the
+    raw backend in each fixed layout (2 sessions: both run sorted batches at once), so that each
+    layout's service is compared with its own ceiling and the best layout's ceiling bounds them
+    all (the adaptive one's included)."""
+    print(
+        "   instances x threads per model: "
+        + ", ".join(f"{i} x {t}" for i, t in INSTANCE_LAYOUTS)
+        + ", adaptive"
+    )
     levels = (1, COMPARE_CLIENTS)
     raws = {
         (i, t): [
@@ -842,12 +848,20 @@ def measure_instances(
                 running_service(args.repo, model, args.backend, args.precision, port, env)
             )
             targets.append((instances, threads, Target.classify(port, model, sentences, pid=pid)))
+        port = free_port()
+        pid = stack.enter_context(
+            running_service(
+                args.repo, model, args.backend, args.precision, port, {"BERTSERVE_INSTANCES": "adaptive"}
+            )
+        )
+        adaptive = Target.classify(port, model, sentences, pid=pid)
         rounds: dict[tuple[int, int, int], list[LoadPoint]] = {}
         for _ in range(budget.backend_rounds):
-            for instances, threads, target in targets:
-                raw_rounds.setdefault((instances, threads), []).append(
-                    raw_layout(raws[(instances, threads)], best_bs, budget.pair_s)
-                )
+            for instances, threads, target in [*targets, (0, 0, adaptive)]:
+                if instances:
+                    raw_rounds.setdefault((instances, threads), []).append(
+                        raw_layout(raws[(instances, threads)], best_bs, budget.pair_s)
+                    )
                 for c in levels:
                     point = target.closed(c, budget.backend_s, 0.5)
                     rounds.setdefault((instances, threads, c), []).append(point)
@@ -867,6 +881,14 @@ def measure_instances(
                 f"service at {COMPARE_CLIENTS} clients / this raw {kept[-1].throughput_rps / raw:.3f}"
             )
             run.instances.append(InstancesPoint(instances, threads, kept, round(raw, 2)))
+        kept = [
+            sorted(rounds[(0, 0, c)], key=lambda p: p.throughput_rps)[budget.backend_rounds // 2]
+            for c in levels
+        ]
+        threads = max(t for _, t in INSTANCE_LAYOUTS)
+        for k in kept:
+            show("adaptive ", k)
+        run.instances.append(InstancesPoint(threads, threads, kept, None, adaptive=True))
         ceiling = layout_ceiling(run.instances)
         print(
             f"   best served layout / best raw layout {ceiling['raw_best_layout']}: "
@@ -1043,7 +1065,9 @@ def measure_backends(
 
 def profile_service(pid: int, target: Target, budget: Budget, out: Path) -> None:
     """py-spy the service while 64 clients load it; the collapsed stacks are kept and summarised by stage."""
-    spy = shutil.which("py-spy")
+    # `make bench` runs the venv's python without the venv on PATH: its own py-spy comes first.
+    beside = Path(sys.executable).with_name("py-spy")
+    spy = str(beside) if beside.is_file() else shutil.which("py-spy")
     if spy is None:
         print("   profile: SKIPPED, py-spy is not installed (pip install py-spy)")
         return

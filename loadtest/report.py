@@ -88,6 +88,15 @@ class InstancesPoint:
     # The raw backend laid out alike: `instances` sessions of `threads` threads, each fed its own
     # length-sorted batches at the best batch size, all at once (median round); None: not measured.
     raw_sequences_per_s: float | None = None
+    # `instances: adaptive`: one session of `threads` threads for lone requests and `instances`
+    # single-thread ones under load, never at once; its ceiling is the best raw layout's
+    adaptive: bool = False
+
+    @property
+    def label(self) -> str:
+        if self.adaptive:
+            return f"adaptive (1 x {self.threads} alone, {self.instances} x 1 under load)"
+        return f"{self.instances} x {self.threads}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +165,7 @@ def layout_ceiling(points: list[InstancesPoint]) -> dict[str, object]:
     if not measured:
         return {"raw_best_layout": None, "best_layout_service_vs_raw": None}
     raw = max(measured, key=lambda p: p.raw_sequences_per_s or 0.0)
-    served = max(measured, key=lambda p: p.service[-1].throughput_rps)
+    served = max((p for p in points if p.service), key=lambda p: p.service[-1].throughput_rps)
     ceiling = raw.raw_sequences_per_s or 1.0
     return {
         "raw_best_layout": {"instances": raw.instances, "threads": raw.threads, "sequences_per_s": ceiling},
@@ -267,9 +276,10 @@ def render_markdown(run: BenchRun, summary: dict[str, object]) -> str:
             continue
         lines += ["", f"## {title}", "", *_load_table(points)]
     for inst in run.instances:
+        layout = inst.label if inst.adaptive else f"{inst.instances} instance(s) x {inst.threads} thread(s)"
         lines += [
             "",
-            f"## {inst.instances} instance(s) x {inst.threads} thread(s) per model",
+            f"## {layout} per model",
             "",
             *(
                 [

@@ -6,6 +6,12 @@ event loop only enqueues (under a lock held for microseconds) and resolves futur
 per batch). Several instances (`instances`: more sessions of the same model, as Triton's instance
 groups) cut from the one queue, each running its own batch while the others run theirs.
 
+The adaptive layout (`instances: adaptive`) holds one session with all of the model's threads
+("wide") and one single-thread session per thread ("narrow"), and never runs both kinds at once,
+so the cores are never oversubscribed: a lone sequence runs wide, at the latency of every core;
+as soon as two or more wait, the narrow sessions take them, one batch per core, which on a
+saturated CPU wastes less than one session's threads handing work to each other.
+
 A batch closes when the queue holds `max_batch_size` sequences, or `max_batch_tokens` padded
 tokens, or when its oldest sequence has waited `max_queue_delay_ms`, or as soon as no other
 request for this model is still being tokenized: waiting for company that is not on its way
@@ -139,15 +145,23 @@ class DynamicBatcher:
         stalled_after_s: float | None = None,
         slots: DeviceSlots | None = None,
         instances: Sequence[Backend] = (),
+        narrow: Sequence[Backend] = (),
     ) -> None:
         """`slots`: the compute slots this model's batches share with other models' (the
         process's `max_concurrent_batches`); None runs every batch as soon as it is cut.
-        `instances`: more sessions of the same model as `backend`, one more worker each."""
+        `instances`: more sessions of the same model as `backend`, one more worker each.
+        `narrow`: the adaptive layout's single-thread sessions (then `backend` is the wide one
+        and `instances` must be empty)."""
+        if narrow and instances:
+            raise ValueError("the adaptive layout's narrow sessions replace `instances`")
         self.model = model
         self.limits = limits
         self._backend = backend
         self._padding = limits.padding
-        self._backends = (backend, *instances)
+        self._backends = (backend, *instances, *narrow)
+        self._adaptive = bool(narrow)
+        self._wide_running = False  # adaptive: the wide session is running a batch
+        self._narrow_running = 0  # adaptive: narrow sessions running a batch
         self._collator = Collator(
             backend.input_names,
             pad_token_id,
@@ -261,7 +275,7 @@ class DynamicBatcher:
         with self._cond:
             self._incoming -= 1
             if self._incoming == 0 and self._items:
-                self._cond.notify()
+                self._wake()
 
     async def submit(
         self, inputs: Sequence[ModelInput], *, announced: bool = False, timeout_s: float | None = None
@@ -303,7 +317,7 @@ class DynamicBatcher:
                 self._longest = max(self._longest, x.length)
             # Wake the worker only when its decision can change; otherwise its timed wait stands.
             if was_empty or self._incoming == 0 or self._full():
-                self._cond.notify()
+                self._wake()
             # NOTE: the gauge is set under the lock, so a later value set by the worker's cut
             # can never be overwritten by this (older) one.
             self._m_depth.set(len(self._items))
@@ -348,6 +362,15 @@ class DynamicBatcher:
             retry_after_s=1,
         )
 
+    def _wake(self) -> None:
+        """Called with the lock held: the queue changed. The adaptive layout's workers wait for
+        different things (the wide one for a lone sequence, the narrow ones for company), so
+        all of them look; otherwise one worker is enough."""
+        if self._adaptive:
+            self._cond.notify_all()
+        else:
+            self._cond.notify()
+
     def _full(self) -> bool:
         n = len(self._items)
         return n >= self.limits.max_batch_size or n * self._longest >= self.limits.max_batch_tokens
@@ -357,11 +380,15 @@ class DynamicBatcher:
     def _run(self, worker: int = 0) -> None:
         try:
             while True:
-                batch = self._next_batch()
+                batch = self._next_batch(worker)
                 if batch is None:
                     return
                 if batch:
-                    self._execute(batch, worker)
+                    try:
+                        self._execute(batch, worker)
+                    finally:
+                        if self._adaptive:
+                            self._done(worker)
         except BaseException as exc:  # NOTE: a dead worker must be visible, not silent
             log.exception("batcher %s: worker crashed", self.model)
             with self._cond:
@@ -369,8 +396,9 @@ class DynamicBatcher:
                 stranded, self._items = self._items, []
             self._deliver_error(stranded, InferenceError(f"model {self.model}: batch worker stopped"))
 
-    def _next_batch(self) -> list[_Item] | None:
-        """Block until a batch should close, then cut it. None = closing and drained."""
+    def _next_batch(self, worker: int = 0) -> list[_Item] | None:
+        """Block until a batch should close, then cut it (for `worker`; [] when there is nothing
+        for it after all). None = closing and drained."""
         limits = self.limits
         with self._cond:
             while True:
@@ -385,13 +413,55 @@ class DynamicBatcher:
                 if wait <= 0:
                     break
                 self._cond.wait(wait)
+            if self._adaptive:
+                if not self._adaptive_turn(worker):
+                    self._cond.wait()
+                    return []  # looked again by the worker loop
+                return self._adaptive_cut(worker)
             batch = self._cut()
             if self._items and len(self._backends) > 1:
                 self._cond.notify()  # another instance may take what is left while this one runs
             return batch
 
-    def _cut(self) -> list[_Item]:
-        """Called with the lock held. Drops abandoned items, then cuts one batch."""
+    def _adaptive_turn(self, worker: int) -> bool:
+        """Called with the lock held and a batch due: whether `worker` is the one to cut it.
+        The wide session (worker 0) runs a lone sequence when nothing else runs; the narrow ones
+        run everything else, never beside the wide one."""
+        if self._closing:
+            # NOTE: draining at shutdown: whoever is free runs what is left, one kind at a time.
+            return not self._narrow_running if worker == 0 else not self._wide_running
+        lone = len(self._items) == 1
+        if worker == 0:
+            return lone and not self._narrow_running and not self._wide_running
+        return not self._wide_running and (not lone or self._narrow_running > 0)
+
+    def _adaptive_cut(self, worker: int) -> list[_Item]:
+        """Cut for the adaptive layout's `worker` (its turn, lock held) and mark it running. The
+        narrow sessions share what waits: with k of them free, one takes at most 1/k of it."""
+        if worker == 0:
+            batch = self._cut()
+            self._wide_running = bool(batch)
+            return batch
+        free = len(self._backends) - 1 - self._narrow_running
+        batch = self._cut(max_size=-(-len(self._items) // max(free, 1)))
+        if batch:
+            self._narrow_running += 1
+        if self._items:
+            self._cond.notify_all()  # the other narrow sessions may take what is left
+        return batch
+
+    def _done(self, worker: int) -> None:
+        """An adaptive worker's batch is over: the others may have been waiting for it."""
+        with self._cond:
+            if worker == 0:
+                self._wide_running = False
+            else:
+                self._narrow_running -= 1
+            self._cond.notify_all()
+
+    def _cut(self, max_size: int | None = None) -> list[_Item]:
+        """Called with the lock held. Drops abandoned items, then cuts one batch (of at most
+        `max_size` sequences when given, and never more than `max_batch_size`)."""
         live = [item for item in self._items if not item.group.future.done()]
         # NOTE: reading done() from this thread is a plain attribute read; a future that
         # completes right after is handled on the loop side, where results for done futures
@@ -408,9 +478,8 @@ class DynamicBatcher:
             # NOTE: planned at the padded lengths, so that the token budget counts the padding
             # the bucket adds and no batch outgrows its engine profile (count x bucket length).
             lengths = [self._padding.bucket_length(n) for n in lengths]
-        lo, hi = plan_batch(
-            lengths, anchor, limits.max_batch_size, limits.max_batch_tokens, limits.min_padding_efficiency
-        )
+        size = limits.max_batch_size if max_size is None else max(1, min(max_size, limits.max_batch_size))
+        lo, hi = plan_batch(lengths, anchor, size, limits.max_batch_tokens, limits.min_padding_efficiency)
         chosen = set(order[lo:hi])
         batch = [live[i] for i in order[lo:hi]]
         self._items = [item for i, item in enumerate(live) if i not in chosen]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import ClassVar, TypeVar, cast
+from typing import ClassVar, Generic, TypeVar, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -69,6 +69,29 @@ class ModelParts:
     request_timeout_s: float
     limits: RequestLimits
     ner_stride: int = 128  # tokens shared by consecutive windows of a long text (NER, long_text: windows)
+    # A request of at most this many characters is tokenized (and post-processed) on the event
+    # loop instead of in `pool`: see `Pipeline.prepare`.
+    inline_chars: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared(Generic[T]):
+    """What `Pipeline.prepare` made, and whether the batcher was told it was coming (`announced`,
+    to pass on to `submit_sequences`)."""
+
+    value: T
+    announced: bool
+
+
+def text_chars(inputs: Sequence[TextInput] | Sequence[Sequence[int]]) -> int:
+    """Characters of a request's inputs (texts, text pairs; a token-id input counts its ids)."""
+    total = 0
+    for x in inputs:
+        if isinstance(x, str):
+            total += len(x)
+        else:
+            total += sum(len(part) if isinstance(part, str) else 1 for part in x)
+    return total
 
 
 class Pipeline:
@@ -136,21 +159,41 @@ class Pipeline:
             self._m_rejected_large.inc()
             raise
 
-    async def prepare(self, fn: Callable[[WorkBudget], T], budget: WorkBudget) -> T:
-        """Run tokenization work in the model's pool, announced to the batcher so that a batch
-        closing meanwhile may wait (up to max_queue_delay) for this request's sequences.
-        The caller must pass the result to `submit_sequences(..., announced=True)`.
+    def inline(self, chars: int | None) -> bool:
+        """Whether a request of `chars` characters is tokenized on the event loop."""
+        return chars is not None and chars <= self.parts.inline_chars
 
-        The wait is bounded by the request's deadline (504 when it passes, also while the work
-        still queues behind other requests' tokenization), and work nobody waits for any more
-        stops at its next budget check instead of running on.
+    async def prepare(
+        self, fn: Callable[[WorkBudget], T], budget: WorkBudget, *, chars: int | None = None
+    ) -> Prepared[T]:
+        """Run tokenization work for a request of `chars` characters (None: unknown).
+
+        A short request (`inline`: at most `inline_chars`, default 512, ~0.3 ms of Rust tokenizer)
+        is tokenized right here on the event loop: a round trip through the pool costs the loop
+        about as much as the work itself, and the sequences are queued in the same step, so the
+        batcher has nothing to wait for. Anything longer runs in the model's pool, announced to the
+        batcher so that a batch closing meanwhile may wait (up to max_queue_delay) for this
+        request's sequences. Pass `Prepared.announced` on to `submit_sequences`.
+
+        The wait for the pool is bounded by the request's deadline (504 when it passes, also while
+        the work still queues behind other requests' tokenization), and work nobody waits for any
+        more stops at its next budget check instead of running on.
         """
         remaining = budget.remaining_s()
         if remaining is not None and remaining <= 0:
             self._m_rejected_deadline.inc()
             raise DeadlineExceededError(f"model {self.name}: request deadline passed before tokenization")
-        self.batcher.announce()
         start = time.perf_counter()
+        if self.inline(chars):
+            try:
+                with tracing.span("tokenize", model=self.name):
+                    value = fn(budget)
+            except BaseException as exc:
+                self._count_refusal(exc)
+                raise
+            self._m_tokenize.observe(time.perf_counter() - start)
+            return Prepared(value, announced=False)
+        self.batcher.announce()
         try:
             with tracing.span("tokenize", model=self.name):
                 work = asyncio.get_running_loop().run_in_executor(self._pool, fn, budget)
@@ -165,21 +208,29 @@ class Pipeline:
         except BaseException as exc:
             budget.cancel()
             self.batcher.withdraw()
-            if isinstance(exc, DeadlineExceededError):
-                self._m_rejected_deadline.inc()
-            elif isinstance(exc, PayloadTooLargeError):
-                self._m_rejected_large.inc()
+            self._count_refusal(exc)
             raise
         self._m_tokenize.observe(time.perf_counter() - start)
-        return result
+        return Prepared(result, announced=True)
 
-    async def finish(self, fn: Callable[[WorkBudget], T], budget: WorkBudget) -> T:
-        """Post-processing in the model's pool, bounded by the request's deadline like `prepare`."""
+    def _count_refusal(self, exc: BaseException) -> None:
+        if isinstance(exc, DeadlineExceededError):
+            self._m_rejected_deadline.inc()
+        elif isinstance(exc, PayloadTooLargeError):
+            self._m_rejected_large.inc()
+
+    async def finish(
+        self, fn: Callable[[WorkBudget], T], budget: WorkBudget, *, chars: int | None = None
+    ) -> T:
+        """Post-processing in the model's pool (on the loop for a short request, as `prepare`),
+        bounded by the request's deadline like `prepare`."""
         remaining = budget.remaining_s()
         try:
             if remaining is not None and remaining <= 0:
                 raise TimeoutError
             with tracing.span("postprocess", model=self.name):
+                if self.inline(chars):
+                    return fn(budget)
                 work = asyncio.get_running_loop().run_in_executor(self._pool, fn, budget)
                 return await asyncio.wait_for(work, remaining)
         except (TimeoutError, DeadlineExceededError):
@@ -317,14 +368,19 @@ class ClassificationPipeline(Pipeline):
         budget = self.budget(deadline)
         self.refuse_too_large(budget, len(inputs))  # one sequence per input, known before any work
         if not truncate and long_text == LongText.WINDOWS:
-            windowed, counts = await self.prepare(lambda b: self._encode_windowed(inputs, b), budget)
-            rows = await self.submit_sequences(windowed, deadline, announced=True)
+            chars = text_chars(inputs)
+            ready = await self.prepare(lambda b: self._encode_windowed(inputs, b), budget, chars=chars)
+            windowed, counts = ready.value
+            rows = await self.submit_sequences(windowed, deadline, announced=ready.announced)
             with tracing.span("postprocess", model=self.name):
                 logits = self._pool_windows(rows, counts)
                 long = [i for i, n in enumerate(counts) if n > 1]  # a text over max_length is 2+ windows
                 return Classification(self.head.postprocess(logits, top_k, function), [], long)
-        sequences, truncated = await self.prepare(lambda b: self._encode(inputs, truncate, b), budget)
-        rows = await self.submit_sequences(sequences, deadline, announced=True)
+        prepared = await self.prepare(
+            lambda b: self._encode(inputs, truncate, b), budget, chars=text_chars(inputs)
+        )
+        sequences, truncated = prepared.value
+        rows = await self.submit_sequences(sequences, deadline, announced=prepared.announced)
         with tracing.span("postprocess", model=self.name):
             return Classification(self.head.postprocess(np.stack(rows), top_k, function), truncated)
 
@@ -351,8 +407,11 @@ class ClassificationPipeline(Pipeline):
         budget = self.budget(deadline)
         self.refuse_too_large(budget, len(texts))
         pairs: list[TextInput] = [(query, text) for text in texts]
-        sequences, truncated = await self.prepare(lambda b: self._encode(pairs, truncate, b), budget)
-        rows = await self.submit_sequences(sequences, deadline, announced=True)
+        prepared = await self.prepare(
+            lambda b: self._encode(pairs, truncate, b), budget, chars=text_chars(pairs)
+        )
+        sequences, truncated = prepared.value
+        rows = await self.submit_sequences(sequences, deadline, announced=prepared.announced)
         logits = np.stack(rows)[:, 0]
         scores = logits if raw_scores else self.head.scores(logits[:, None])[:, 0]
         return Reranking([float(x) for x in scores], truncated)
@@ -433,10 +492,11 @@ class EmbeddingPipeline(Pipeline):
         deadline = self.deadline(timeout_s)
         budget = self.budget(deadline)
         self.refuse_too_large(budget, len(inputs))
-        sequences, truncated, tokens = await self.prepare(
-            lambda b: self._encode(inputs, truncate, b, framed_ids), budget
+        prepared = await self.prepare(
+            lambda b: self._encode(inputs, truncate, b, framed_ids), budget, chars=text_chars(inputs)
         )
-        rows = await self.submit_sequences(sequences, deadline, announced=True)
+        sequences, truncated, tokens = prepared.value
+        rows = await self.submit_sequences(sequences, deadline, announced=prepared.announced)
         with tracing.span("postprocess", model=self.name):
             vectors = self.head.postprocess(np.stack(rows), normalize=normalize, dimensions=width)
         return Embeddings(vectors, tokens, truncated)
@@ -549,13 +609,18 @@ class TokenClassificationPipeline(Pipeline):
         deadline = self.deadline(timeout_s)
         budget = self.budget(deadline)
         mode = self.config.segmentation if segmentation is None else segmentation
-        documents = await self.prepare(lambda b: self._plan(texts, mode, b), budget)
+        chars = text_chars(texts)
+        prepared = await self.prepare(lambda b: self._plan(texts, mode, b), budget, chars=chars)
+        documents = prepared.value
         rows = await self.submit_sequences(
-            [x for doc in documents for x in doc.sequences], deadline, announced=True
+            [x for doc in documents for x in doc.sequences], deadline, announced=prepared.announced
         )
-        # Aggregation of a long document takes milliseconds of numpy: keep it off the event loop.
+        # Aggregation of a long document takes milliseconds of numpy: keep it off the event loop
+        # (a short one's takes less than the trip to the pool).
         return await self.finish(
-            lambda b: self._aggregate(documents, rows, strategy, ignore_labels, len(texts), b), budget
+            lambda b: self._aggregate(documents, rows, strategy, ignore_labels, len(texts), b),
+            budget,
+            chars=chars,
         )
 
     async def warm_up(self) -> None:

@@ -246,6 +246,14 @@ class ModelRegistry:
             # A version folder that is a symlink out of the repository would carry every file
             # check below (which only looks inside the folder) along with it.
             resolve_inside(repo, f"{name}/{version}")
+            adaptive = self.settings.instances_for(config) == "adaptive"
+            if adaptive and self.threads[name] < 2:
+                log.warning(
+                    "model %s: instances=adaptive needs 2 threads or more, it has %d: one session",
+                    name,
+                    self.threads[name],
+                )
+                adaptive = False
             return open_pipeline(
                 self.settings,
                 self.metrics,
@@ -253,6 +261,7 @@ class ModelRegistry:
                 vdir,
                 self._backend_factory(name, config),
                 slots=self.slots,
+                narrow=(self._narrow_factory(), self.threads[name]) if adaptive else None,
             )
         except BackendError as exc:  # the runtime's messages name the model where it matters
             raise StartupError(str(exc)) from None
@@ -377,9 +386,16 @@ class ModelRegistry:
         if self._factory is not None:
             return self._factory
         threads = self.threads[name]
-        if self.settings.intra_op_threads is None:
-            threads = max(1, threads // self.settings.instances_for(config))
+        instances = self.settings.instances_for(config)
+        if self.settings.intra_op_threads is None and instances != "adaptive":
+            threads = max(1, threads // instances)
         return self._loader.with_options(self.settings.runtime_options(intra_op_threads=threads))
+
+    def _narrow_factory(self) -> BackendFactory:
+        """The adaptive layout's single-thread sessions (the injected factory, when there is one)."""
+        if self._factory is not None:
+            return self._factory
+        return self._loader.with_options(self.settings.runtime_options(intra_op_threads=1))
 
     def _set_served(self, name: str, served: ServedModel) -> None:
         """Serve `served` for `name`: a request sees the old versions or the new, never a mix."""
@@ -602,9 +618,12 @@ def open_pipeline(
     factory: BackendFactory,
     *,
     slots: DeviceSlots | None = None,
+    narrow: tuple[BackendFactory, int] | None = None,
 ) -> Pipeline:
     """One model version wired exactly as the service serves it: its verified tokenizer, the
     backend `factory` opens, the batcher and tokenization pool, in its task's pipeline class.
+    `narrow`: the adaptive layout's single-thread sessions, (their factory, how many: one per
+    thread of the model), beside the one `factory` opens with all of them.
 
     The registry serves what this returns; `bertserve.evaluation.scoring` scores it offline, so
     the export gates and `make demo-eval` measure the served pipeline itself."""
@@ -613,15 +632,29 @@ def open_pipeline(
     # that it exists inside the folder and is the file that was exported.
     verify_files(vdir, config.version.tokenizer_files)
     tokenizer = TextTokenizer(resolve_inside(vdir, TOKENIZER_FILE), config.max_length)
+    instances = settings.instances_for(config)
     backends = [factory(config, vdir)]
     try:
-        backends += [factory(config, vdir) for _ in range(settings.instances_for(config) - 1)]
+        if narrow is not None:
+            narrow_factory, count = narrow
+            backends += [narrow_factory(config, vdir) for _ in range(count)]
+        elif isinstance(instances, int):  # (adaptive without `narrow`: one session)
+            backends += [factory(config, vdir) for _ in range(instances - 1)]
     except BaseException:
         for opened in backends:
             opened.close()
         raise
     return pipeline_cls(
-        model_parts(settings, metrics, config, tokenizer, backends[0], slots=slots, instances=backends[1:])
+        model_parts(
+            settings,
+            metrics,
+            config,
+            tokenizer,
+            backends[0],
+            slots=slots,
+            instances=backends[1:] if narrow is None else (),
+            narrow=backends[1:] if narrow is not None else (),
+        )
     )
 
 
@@ -634,9 +667,11 @@ def model_parts(
     *,
     slots: DeviceSlots | None = None,
     instances: Sequence[Backend] = (),
+    narrow: Sequence[Backend] = (),
 ) -> ModelParts:
     """`slots`: the compute slots shared by the process's models (`ModelRegistry.slots`);
-    `instances`: more sessions of the model beside `backend` (`Settings.instances_for`)."""
+    `instances`: more sessions of the model beside `backend` (`Settings.instances_for`);
+    `narrow`: the adaptive layout's single-thread sessions beside the wide `backend`."""
     b = settings.batching_for(config.batching)
     limits = BatchLimits(
         b.max_batch_size,
@@ -659,9 +694,10 @@ def model_parts(
             stalled_after_s=settings.request_timeout_ms / 1000,
             slots=slots,
             instances=instances,
+            narrow=narrow,
         )
     except ValueError as exc:
-        for opened in (backend, *instances):
+        for opened in (backend, *instances, *narrow):
             opened.close()
         raise StartupError(f"model {config.name!r}: {exc}") from None
     s = settings
@@ -677,4 +713,5 @@ def model_parts(
         request_timeout_s=s.request_timeout_ms / 1000,
         limits=RequestLimits.for_model(s.max_request_sequences, s.max_request_tokens, b.max_queue_size),
         ner_stride=s.ner_stride,
+        inline_chars=s.inline_tokenize_chars,
     )

@@ -153,16 +153,17 @@ class Settings(BaseSettings):
         "inference threads). Default: the model's share of cpu_budget. Setting it gives every "
         "model this many, whatever the budget (e.g. every CPU, with max_concurrent_batches=1).",
     )
-    instances: int | None = Field(
+    instances: Annotated[int, Field(ge=1)] | Literal["adaptive"] | None = Field(
         None,
-        ge=1,
         description="Backend sessions per model, each with its own batch worker cutting from the "
         "model's one queue, the model's threads split between them (as Triton's instance groups): "
         "two batches then run at once instead of one on twice the threads, which wins under load "
         "where Python shares the cores with the backend (measured on 2 cores: docs/benchmarks.md) "
-        "and costs batch-1 latency. With intra_op_threads set, each session gets that many. Costs "
-        "one more copy of the model's weights in memory per instance. Default: each model's "
-        "`instances` in model.yaml, else 1; set, it applies to every model.",
+        "and costs batch-1 latency. With intra_op_threads set, each session gets that many. "
+        "`adaptive`: both, never at once: one session with all the model's threads runs a lone "
+        "request, one single-thread session per thread runs batches side by side whenever two or "
+        "more requests wait. Costs one more copy of the model's weights in memory per session. "
+        "Default: each model's `instances` in model.yaml, else 1; set, it applies to every model.",
     )
     max_concurrent_batches: int | None = Field(
         None,
@@ -221,7 +222,7 @@ class Settings(BaseSettings):
         le=1,
         description="A batch stops growing when real / padded tokens would fall below this; the "
         "sequences left out form the next batch. CPUs pay for every padded token, so packing "
-        "beats size there; GPUs run padding nearly for free. Default: 0.85 on CPU backends, 0.5 "
+        "beats size there; GPUs run padding nearly for free. Default: 0.95 on CPU backends, 0.5 "
         "on GPU backends, 0 for the fake backend.",
     )
     request_timeout_ms: float = Field(
@@ -248,6 +249,13 @@ class Settings(BaseSettings):
         2,
         ge=1,
         description="Threads that tokenize requests off the event loop, overlapping with inference.",
+    )
+    inline_tokenize_chars: int = Field(
+        512,
+        ge=0,
+        description="A request of at most this many characters is tokenized on the event loop "
+        "(~0.3 ms of Rust tokenizer for 512), which costs less than the round trip through the "
+        "tokenization threads; longer ones go to those threads. 0: always the threads.",
     )
     max_body_bytes: int = Field(
         2 * 1024 * 1024,
@@ -341,7 +349,7 @@ class Settings(BaseSettings):
         then the BERTSERVE_* lines of `env_file` (when it exists), then the defaults."""
         return cls(_env_file=env_file, **flags)
 
-    def instances_for(self, config: ModelConfig) -> int:
+    def instances_for(self, config: ModelConfig) -> int | Literal["adaptive"]:
         """Backend sessions for a model: this setting when set, else its model.yaml's, else 1."""
         if self.instances is not None:
             return self.instances

@@ -119,15 +119,19 @@ def envelope(response: httpx.Response, status: int, error_type: str) -> str:
     return str(body["error"]["message"])
 
 
-def slow_tokenizer(pipeline: Pipeline, started: threading.Event, release: threading.Event) -> None:
-    """Make the model's tokenization block (as a huge input would) until `release` is set."""
+def slow_tokenizer(
+    pipeline: Pipeline, started: threading.Event, release: threading.Event, longer_than: int = 0
+) -> None:
+    """Make the model's tokenization of inputs over `longer_than` characters in all block (as a
+    huge input would) until `release` is set."""
     tokenizer = pipeline.tokenizer
     original = tokenizer.encode
 
-    def encode(*args: Any, **kwargs: Any) -> Any:
-        started.set()
-        release.wait(10)
-        return original(*args, **kwargs)
+    def encode(inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        if sum(len(x) for x in inputs) > longer_than:
+            started.set()
+            release.wait(10)
+        return original(inputs, *args, **kwargs)
 
     tokenizer.encode = encode  # type: ignore[method-assign]
 
@@ -203,7 +207,8 @@ async def test_a_request_that_can_never_fit_the_queue_gets_413_not_429(
 
 
 async def test_the_deadline_holds_while_waiting_for_tokenization(make_service: Callable[..., Any]) -> None:
-    svc: Service = await make_service(tokenizer_threads=1)
+    # every request through the tokenization threads, however short (as longer inputs go)
+    svc: Service = await make_service(tokenizer_threads=1, inline_tokenize_chars=0)
     started, release = threading.Event(), threading.Event()
     slow_tokenizer(svc.pipeline("cls"), started, release)
     backend = svc.backends.made["cls"]
@@ -228,7 +233,7 @@ async def test_the_deadline_holds_while_waiting_for_tokenization(make_service: C
 
 
 async def test_one_model_busy_tokenizing_does_not_delay_another(make_service: Callable[..., Any]) -> None:
-    svc: Service = await make_service(tokenizer_threads=1)
+    svc: Service = await make_service(tokenizer_threads=1, inline_tokenize_chars=0)
     started, release = threading.Event(), threading.Event()
     slow_tokenizer(svc.pipeline("cls"), started, release)
     try:
@@ -242,6 +247,31 @@ async def test_one_model_busy_tokenizing_does_not_delay_another(make_service: Ca
     finally:
         release.set()
     assert (await blocked).status_code == 200
+
+
+async def test_a_short_request_is_not_queued_behind_a_long_ones_tokenization(
+    make_service: Callable[..., Any],
+) -> None:
+    """Short requests are tokenized on the event loop (inline_tokenize_chars): one model's pool
+    busy with a long input delays neither its short requests nor, of course, the loop."""
+    svc: Service = await make_service(tokenizer_threads=1, inline_tokenize_chars=64)
+    started, release = threading.Event(), threading.Event()
+    slow_tokenizer(svc.pipeline("cls"), started, release, longer_than=64)
+    backend = svc.backends.made["cls"]
+    try:
+        long = asyncio.create_task(svc.client.post("/v1/models/cls/classify", json={"inputs": "word " * 20}))
+        assert await asyncio.to_thread(started.wait, 5)
+        t0 = time.monotonic()
+        short = await svc.client.post("/v1/models/cls/classify", json={"inputs": ["short", "ones"]})
+        assert short.status_code == 200, short.text
+        assert time.monotonic() - t0 < 0.5
+        assert len(short.json()["results"]) == 2
+        assert not long.done()  # still in the pool, where it holds the one thread
+        ran = backend.sequences_run
+    finally:
+        release.set()
+    assert (await long).status_code == 200
+    assert backend.sequences_run == ran + 1
 
 
 async def test_the_global_inflight_cap_answers_429_at_once(make_service: Callable[..., Any]) -> None:

@@ -133,3 +133,23 @@ def test_the_layout_ceiling_is_the_fastest_raw_layout() -> None:
         "Raw backend in this layout (sorted batches, all sessions at once): 370.0 seq/s"
         in render_markdown(run, build_summary(run))
     )
+
+
+def test_the_adaptive_layout_is_served_against_the_best_raw_layout() -> None:
+    """The adaptive layout has no raw layout of its own: when it serves best, the best-layout
+    ratio is its throughput over the fastest fixed raw layout, and the report names it."""
+    from loadtest.report import layout_ceiling
+
+    layouts = [
+        InstancesPoint(1, 2, [point(1, 120.0), point(64, 200.0)], 275.0),
+        InstancesPoint(2, 1, [point(1, 90.0), point(64, 230.0)], 370.0),
+        InstancesPoint(2, 2, [point(1, 118.0), point(64, 260.0)], None, adaptive=True),
+    ]
+    summary = layout_ceiling(layouts)
+    assert summary["raw_best_layout"] == {"instances": 2, "threads": 1, "sequences_per_s": 370.0}
+    assert summary["best_layout_service_vs_raw"] == round(260.0 / 370.0, 4)
+    assert layout_ceiling([layouts[2]])["raw_best_layout"] is None  # nothing raw to compare with
+    run = synthetic_run()
+    run.instances[:] = layouts
+    text = render_markdown(run, build_summary(run))
+    assert "## adaptive (1 x 2 alone, 2 x 1 under load) per model" in text

@@ -10,13 +10,13 @@ from bertserve.runtime.options import RuntimeOptions
 
 
 def test_padding_costs_compute_on_cpus_and_little_on_gpus() -> None:
-    assert BackendKind.ORT_CPU.min_padding_efficiency == CPU_MIN_PADDING_EFFICIENCY == 0.85
-    assert BackendKind.OPENVINO_CPU.min_padding_efficiency == 0.85
+    assert BackendKind.ORT_CPU.min_padding_efficiency == CPU_MIN_PADDING_EFFICIENCY == 0.95
+    assert BackendKind.OPENVINO_CPU.min_padding_efficiency == 0.95
     assert BackendKind.ORT_CUDA.min_padding_efficiency == 0.5
     assert BackendKind.TENSORRT.min_padding_efficiency == 0.5
     assert BackendKind.FAKE.min_padding_efficiency == 0.0
     assert min_padding_efficiency("tensorrt") == 0.5
-    assert min_padding_efficiency("a-test-backend") == 0.85  # not a kind: pays like a CPU
+    assert min_padding_efficiency("a-test-backend") == 0.95  # not a kind: pays like a CPU
 
 
 def test_batching_for_applies_only_the_batch_shape_overrides() -> None:

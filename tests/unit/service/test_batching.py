@@ -495,3 +495,118 @@ async def test_a_stalled_instance_is_reported_while_another_is_free() -> None:
     finally:
         gate.set()
         await batcher.stop(timeout_s=5)
+
+
+# --- the adaptive layout: one wide session, single-thread ones under load -------------------------
+
+
+class Occupancy:
+    """Which of a batcher's sessions run at the same time (recorded from their infer calls)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: set[str] = set()
+        self.seen: list[frozenset[str]] = []  # the set of running sessions at every start
+
+    def wrap(self, backend: FakeBackend, name: str) -> FakeBackend:
+        inner = backend.infer
+
+        def infer(feeds: object) -> np.ndarray:
+            with self.lock:
+                self.running.add(name)
+                self.seen.append(frozenset(self.running))
+            try:
+                return inner(feeds)  # type: ignore[arg-type]
+            finally:
+                with self.lock:
+                    self.running.discard(name)
+
+        backend.infer = infer  # type: ignore[method-assign]
+        return backend
+
+
+def adaptive_batcher(
+    occupancy: Occupancy, delay_s: float = 0.0, max_batch_size: int = 32
+) -> tuple[DynamicBatcher, FakeBackend, list[FakeBackend]]:
+    wide = occupancy.wrap(FakeBackend(NUM_LABELS), "wide")
+    narrow = [occupancy.wrap(FakeBackend(NUM_LABELS), f"narrow{k}") for k in range(2)]
+    for b in (wide, *narrow):
+        b.faults.delay_s = delay_s
+    batcher = DynamicBatcher(
+        "m", wide, BatchLimits(max_batch_size, 8192, 0.0, 1024), 0, Metrics(process=False), narrow=narrow
+    )
+    return batcher, wide, narrow
+
+
+async def test_adaptive_runs_lone_requests_on_the_wide_session() -> None:
+    occupancy = Occupancy()
+    batcher, wide, narrow = adaptive_batcher(occupancy)
+    assert batcher.backends == (wide, *narrow)
+    batcher.start(asyncio.get_running_loop())
+    try:
+        for n in (3, 7, 12):  # one at a time: each waits alone
+            (row,) = await asyncio.wait_for(batcher.submit([seq(n)]), 5)
+            np.testing.assert_allclose(row, expected_row(seq(n)))
+    finally:
+        await batcher.stop(timeout_s=5)
+    assert wide.sequences_run == 3 and all(b.sequences_run == 0 for b in narrow)
+
+
+async def test_adaptive_shares_queued_work_between_the_narrow_sessions_never_beside_the_wide() -> None:
+    """Requests that queue together run on the single-thread sessions, both at once, and the
+    wide session (all the threads) never runs beside one of them; every result stays exact."""
+    occupancy = Occupancy()
+    batcher, wide, narrow = adaptive_batcher(occupancy, delay_s=0.003, max_batch_size=4)
+    batcher.start(asyncio.get_running_loop())
+    rng = np.random.default_rng(7)
+    try:
+        for _ in range(3):  # bursts, with a lone request between them
+            requests = [
+                [seq(int(n), start=int(s))]
+                for n, s in zip(rng.integers(1, 30, 40), rng.integers(1, 50, 40), strict=True)
+            ]
+            answers = await asyncio.wait_for(asyncio.gather(*(batcher.submit(r) for r in requests)), 10)
+            for inputs, rows in zip(requests, answers, strict=True):
+                np.testing.assert_allclose(rows[0], expected_row(inputs[0]), rtol=1e-6)
+            await asyncio.wait_for(batcher.submit([seq(5)]), 5)
+    finally:
+        await batcher.stop(timeout_s=5)
+    assert all(not ("wide" in s and len(s) > 1) for s in occupancy.seen), "wide ran beside a narrow one"
+    assert frozenset({"narrow0", "narrow1"}) in occupancy.seen  # the narrow ones ran side by side
+    assert sum(b.sequences_run for b in (wide, *narrow)) == 3 * 40 + 3
+    assert all(b.sequences_run > 0 for b in narrow)
+
+
+async def test_adaptive_waits_for_the_wide_batch_before_the_narrow_ones_start() -> None:
+    occupancy = Occupancy()
+    batcher, wide, narrow = adaptive_batcher(occupancy)
+    gate = threading.Event()
+    wide.faults.hang = gate
+    batcher.start(asyncio.get_running_loop())
+    try:
+        lone = asyncio.ensure_future(batcher.submit([seq(4)]))
+        assert await asyncio.to_thread(wide.started.wait, 5)
+        queued = [asyncio.ensure_future(batcher.submit([seq(n)])) for n in (3, 6, 9)]
+        await asyncio.sleep(0.05)
+        assert not any(q.done() for q in queued)  # the cores are the wide session's
+        assert all(b.sequences_run == 0 for b in narrow)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(lone, *queued), 5)
+    finally:
+        gate.set()
+        await batcher.stop(timeout_s=5)
+    assert wide.sequences_run == 1 and sum(b.sequences_run for b in narrow) == 3
+
+
+def test_the_adaptive_layout_takes_no_other_instances() -> None:
+    one, two, three = FakeBackend(NUM_LABELS), FakeBackend(NUM_LABELS), FakeBackend(NUM_LABELS)
+    with pytest.raises(ValueError, match="narrow"):
+        DynamicBatcher(
+            "m",
+            one,
+            BatchLimits(4, 8192, 0.0, 64),
+            0,
+            Metrics(process=False),
+            instances=[two],
+            narrow=[three],
+        )

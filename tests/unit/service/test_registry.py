@@ -140,3 +140,41 @@ def test_a_model_yaml_sets_its_own_instances_and_the_setting_overrides_it(
         assert len(registry.pipelines()[0].batcher.backends) == 1 and opened == {"cls": 6}
     finally:
         registry.close()
+
+
+def test_adaptive_instances_open_a_wide_session_and_one_single_thread_session_per_thread(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`instances: adaptive`: one session with all the model's threads and one single-thread
+    session per thread, in the batcher's adaptive layout; a model with a single thread gets one
+    session (the layout needs two cores to share)."""
+    threads: list[int] = []
+    original = BackendLoader.__call__
+
+    def record(self: BackendLoader, model, version_dir) -> Backend:  # type: ignore[no-untyped-def]
+        threads.append(self.options.intra_op_threads)
+        return original(self, model, version_dir)
+
+    monkeypatch.setattr(BackendLoader, "__call__", record)
+    monkeypatch.setattr(settings_module, "available_cpus", lambda: 3)
+    registry = ModelRegistry(
+        Settings(repo=repo, backend=BackendKind.FAKE, models=["cls"], instances="adaptive"),
+        Metrics(process=False),
+    )
+    registry.load()
+    try:
+        assert threads == [3, 1, 1, 1]
+        batcher = registry.pipelines()[0].batcher
+        assert len(batcher.backends) == 4 and batcher._adaptive
+    finally:
+        registry.close()
+    threads.clear()
+    registry = ModelRegistry(
+        Settings(repo=repo, backend=BackendKind.FAKE, models=["cls"], instances="adaptive", cpu_budget=1),
+        Metrics(process=False),
+    )
+    registry.load()
+    try:
+        assert threads == [1] and not registry.pipelines()[0].batcher._adaptive
+    finally:
+        registry.close()

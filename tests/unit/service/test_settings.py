@@ -53,7 +53,7 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_padding_efficiency_defaults_per_backend() -> None:
-    assert Settings().padding_efficiency_for("onnxruntime-cpu") == 0.85
+    assert Settings().padding_efficiency_for("onnxruntime-cpu") == 0.95
     assert Settings().padding_efficiency_for("tensorrt") == 0.5
     assert Settings().padding_efficiency_for("fake") == 0.0
     assert Settings(min_padding_efficiency=0.3).padding_efficiency_for("onnxruntime-cpu") == 0.3
