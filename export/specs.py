@@ -306,36 +306,52 @@ def _ir(inputs: BuildInputs, main: Path, *, compress_to_fp16: bool) -> BuildOutp
 
 
 def _ir_int8(inputs: BuildInputs, main: Path) -> BuildOutput:
+    """Try `quantize.NNCF_RECIPES` in order (those that run parts in bf16 only where this CPU can
+    measure them) and keep the first that passes the gate, else the preset."""
     import time
 
     from bertserve.export.openvino_export import convert_to_openvino, save_ir
-    from bertserve.export.quantize import NNCF_IGNORED, quantize_openvino_int8
+    from bertserve.export.quantize import NNCF_RECIPES, NncfRecipe, quantize_openvino_int8
+    from bertserve.runtime.openvino import mark_bf16_inference
 
-    calibration = inputs.calibration()
-    tried: list[Variant] = []
-    for name, ignored in NNCF_IGNORED:
-        start = time.perf_counter()
+    def write(recipe: NncfRecipe) -> None:
         # NNCF works on a fresh fp32 graph: the saved IR may have been compressed to fp16.
         quantized = quantize_openvino_int8(
-            convert_to_openvino(inputs.portable_onnx), calibration.samples, ignored
+            convert_to_openvino(inputs.portable_onnx), calibration.samples, recipe.ignored
         )
+        if recipe.bf16:
+            mark_bf16_inference(quantized)
         save_ir(quantized, main, compress_to_fp16=False)
+
+    calibration = inputs.calibration()
+    recipes = [r for r in NNCF_RECIPES if inputs.cpu_bf16 or not r.bf16]
+    tried: list[Variant] = []
+    for recipe in recipes:
+        start = time.perf_counter()
+        write(recipe)
         seconds = round(time.perf_counter() - start, 1)
         j = inputs.judge(main, ArtifactFormat.OPENVINO, Precision.INT8)
-        recipe = "NNCF transformer preset" + (", FFN output MatMuls in fp32" if ignored else "")
         tried.append(
-            Variant(name, recipe, j.agreement, j.drop_points, j.speedup, j.passed, False, seconds, j.reasons)
+            Variant(
+                recipe.name,
+                recipe.what,
+                j.agreement,
+                j.drop_points,
+                j.speedup,
+                j.passed,
+                build_seconds=seconds,
+                reasons=j.reasons,
+            )
         )
         if j.passed:
             break
+    chosen = len(tried) - 1
     if not tried[-1].passed:  # none passed: keep the preset (the gate keeps fp32 the default)
-        quantized = quantize_openvino_int8(convert_to_openvino(inputs.portable_onnx), calibration.samples)
-        save_ir(quantized, main, compress_to_fp16=False)
-        tried[0] = replace(tried[0], chosen=True)
-    else:
-        tried[-1] = replace(tried[-1], chosen=True)
+        chosen = next(i for i, r in enumerate(recipes) if r.name == "nncf-transformer")
+        write(recipes[chosen])
+    tried[chosen] = replace(tried[chosen], chosen=True)
     notes = (f"OpenVINO int8 calibrated on {calibration.source}",)
-    return BuildOutput(notes=notes, variants=tuple(tried), needs=("vnni",))
+    return BuildOutput(notes=notes, variants=tuple(tried), needs=recipes[chosen].needs)
 
 
 ARTIFACTS: tuple[ArtifactSpec, ...] = (

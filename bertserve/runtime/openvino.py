@@ -35,10 +35,32 @@ RUNTIME_CACHE_CAPACITY = 200
 PRIMITIVE_CACHE_CAPACITY = 256
 _PRIMITIVE_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 
+# An IR's own request to run the layers it leaves unquantized in bf16 (an NNCF int8 IR that keeps
+# its feed-forward outputs out of int8: export/quantize.py), stored in the IR's rt_info so that
+# every caller that opens the file (the service, the export's gate and speed check, the
+# evaluation) compiles it the same way. The sha256 of the .xml in model.yaml covers it.
+IR_INFERENCE_PRECISION = ("bertserve", "inference_precision")
+
+
+def mark_bf16_inference(model: ov.Model) -> None:
+    """Ask the runtime to compile `model` with bf16 inference precision where the CPU has it."""
+    model.set_rt_info("bf16", list(IR_INFERENCE_PRECISION))
+
+
+def asks_bf16_inference(model: ov.Model) -> bool:
+    path = list(IR_INFERENCE_PRECISION)
+    return bool(model.has_rt_info(path)) and model.get_rt_info(path).astype(str) == "bf16"
+
+
+def cpu_runs_bf16(core: ov.Core) -> bool:
+    """The CPU plugin has bf16 kernels here (AVX-512-BF16 or AMX)."""
+    return "BF16" in core.get_property("CPU", props.device.capabilities)
+
 
 def compile_config(hint: str, threads: int, streams: int | None, *, bf16: bool = False) -> dict[str, Any]:
     """`bf16`: run the (fp32) IR in bf16 where the CPU has AVX-512-BF16 or AMX, the `bf16`
-    artifact; otherwise every layer that is not quantized runs in fp32."""
+    artifact; otherwise every layer that is not quantized runs in fp32, unless the IR itself asks
+    for bf16 (`IR_INFERENCE_PRECISION`, applied by `OpenVinoBackend`)."""
     config: dict[str, Any] = {
         hints.performance_mode: _HINTS[hint],
         props.inference_num_threads: threads,
@@ -61,6 +83,10 @@ class OpenVinoBackend(GraphBackend):
         os.environ.setdefault(_PRIMITIVE_CACHE_ENV, str(PRIMITIVE_CACHE_CAPACITY))
         core = ov.Core()
         model = core.read_model(str(xml), str(weights))
+        # Without bf16 kernels the hint would be ignored; the gate (needs: bf16) keeps `auto` from
+        # choosing such an IR on that CPU, a forced one runs those layers in fp32.
+        if asks_bf16_inference(model) and cpu_runs_bf16(core):
+            config = {**config, hints.inference_precision: ov.Type.bf16}
         self._compiled = core.compile_model(model, "CPU", config)
         super().__init__(
             BackendKind.OPENVINO_CPU, precision, tuple(port.get_any_name() for port in self._compiled.inputs)

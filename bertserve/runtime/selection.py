@@ -238,6 +238,10 @@ def _why_not(
     need = _NEEDS[precision]
     if need.value in gate.needs and not cpu.has(need):
         return f"{cpu.describe(need)}, {precision} would be slower"
+    # e.g. an int8 IR whose unquantized layers were gated running in bf16 (needs vnni and bf16)
+    for other in (CpuFeature(n) for n in gate.needs if n in set(CpuFeature) and n != need.value):
+        if not cpu.has(other):
+            return f"{cpu.describe(other)}, {precision} was gated with parts running in {other}"
     return None
 
 

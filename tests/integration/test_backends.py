@@ -125,11 +125,15 @@ def direct_int8_scores(repo: Path, backend: str, text: str) -> np.ndarray:
     else:
         import openvino as ov
 
+        from bertserve.runtime.openvino import asks_bf16_inference, cpu_runs_bf16
+
         # f32 for the layers left unquantized, as the service asks: on a CPU with AVX512-BF16 or
-        # AMX, OpenVINO's default would run them in bf16 (~2e-3 off), which the service does not.
-        compiled = ov.Core().compile_model(
-            str(vdir / "openvino-int8" / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
-        )
+        # AMX, OpenVINO's default would run them in bf16 (~2e-3 off), which the service does not,
+        # unless the IR itself asks for bf16 (the FFN-output recipe of export/quantize.py).
+        core = ov.Core()
+        ir = core.read_model(str(vdir / "openvino-int8" / "model.xml"))
+        hint = "bf16" if asks_bf16_inference(ir) and cpu_runs_bf16(core) else "f32"
+        compiled = core.compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": hint})
         logits = compiled(feeds)[compiled.output(0)]
     exp = np.exp(logits[0] - logits[0].max())
     return np.asarray(exp / exp.sum())

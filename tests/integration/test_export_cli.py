@@ -388,7 +388,10 @@ def test_int8_recipe_search_reports_every_variant(bert_cls_checkpoint, tmp_path:
 
 
 def test_bf16_is_gated_like_int8(bert_cls_checkpoint, tmp_path: Path):
+    import openvino as ov
+
     from bertserve.runtime.cpu import CpuFeature, CpuFeatures
+    from bertserve.runtime.openvino import asks_bf16_inference
 
     options = _quick(bert_cls_checkpoint.path, tmp_path, bf16=True, int8=True, min_int8_agreement=0.0)
     result = run_export(dataclasses_replace(options, formats=("onnx", "openvino")))
@@ -396,10 +399,18 @@ def test_bf16_is_gated_like_int8(bert_cls_checkpoint, tmp_path: Path):
     fp32 = result.config.version.find("openvino", "fp32")
     assert bf16 is not None and fp32 is not None and bf16.files == fp32.files  # the same IR
     assert bf16.gate is not None and bf16.gate.needs == ["bf16"]
-    # NNCF's recipes: the preset passes a 0 % bound at once, and is the one kept
+    # NNCF's recipes: the first passes a 0 % bound at once and is the one kept; on a bf16 CPU that
+    # is the FFN-output recipe run in bf16, which the IR itself asks the runtime for
+    has_bf16 = CpuFeatures.probe().has(CpuFeature.BF16)
     (nncf,) = result.report.variants["openvino/int8"]
-    assert nncf.name == "nncf-transformer" and nncf.chosen and nncf.passed
-    if CpuFeatures.probe().has(CpuFeature.BF16):
+    expected = "nncf-transformer-ffn-out-bf16" if has_bf16 else "nncf-transformer"
+    assert nncf.name == expected and nncf.chosen and nncf.passed
+    int8 = result.config.version.find("openvino", "int8")
+    assert int8 is not None and int8.gate is not None
+    assert int8.gate.needs == (["vnni", "bf16"] if has_bf16 else ["vnni"])
+    ir = ov.Core().read_model(str(result.version_dir / int8.main_file))
+    assert asks_bf16_inference(ir) == has_bf16
+    if has_bf16:
         assert bf16.gate.passed
     else:
         assert not bf16.gate.passed and "not measured" in bf16.gate.reasons[0]

@@ -109,6 +109,21 @@ def test_auto_on_openvino_skips_failed_int8_for_bf16_only_with_bf16() -> None:
     assert "no BF16, bf16 would be slower" in icelake.reason
 
 
+def test_int8_gated_with_parts_in_bf16_needs_both_features() -> None:
+    """An int8 IR whose unquantized layers were gated running in bf16 (export/quantize.py) is
+    served only where the CPU has VNNI and BF16; elsewhere `auto` says why and moves on."""
+    needs_both = gate(needs=("vnni", "bf16"))
+    int8 = artifact(ArtifactFormat.OPENVINO, Precision.INT8, "openvino-int8/model.xml", needs_both)
+    both = model(*FP32, int8, default=Precision.INT8)
+    served = choose_precision(BackendKind.OPENVINO_CPU, both, None, EPYC)
+    assert served is not None and served.precision == Precision.INT8
+    assert served.reason.startswith("int8: VNNI present (avx512_vnni)")
+    icelake = choose_precision(BackendKind.OPENVINO_CPU, both, None, ICELAKE)
+    assert icelake is not None and icelake.precision == Precision.FP32
+    assert "no BF16, int8 was gated with parts running in bf16" in icelake.reason
+    assert choose_precision(BackendKind.OPENVINO_CPU, both, None, SAPPHIRE_RAPIDS).precision == Precision.INT8
+
+
 def test_auto_without_gates_falls_back_to_the_old_default_precision() -> None:
     legacy = model(
         *FP32, artifact(ArtifactFormat.ONNX, Precision.INT8, "model.int8.onnx"), default=Precision.INT8
