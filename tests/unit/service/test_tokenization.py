@@ -131,3 +131,39 @@ def test_a_long_pair_is_framed_in_linear_time(tokenizer_path: Path) -> None:
     (pair,) = tok.encode([(side, side)], truncate=True)
     assert time.perf_counter() - start < 2.0
     assert pair.length == 128 and pair.truncated
+
+
+def test_short_calls_encode_one_by_one_exactly_as_the_batch_call(
+    tokenizer_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`encode_all` encodes a short call item by item (holding the GIL) and a long one with
+    `encode_batch`; both give the same encodings: ids, types, masks, words, offsets, overflow."""
+    import bertserve.service.tokenization as tokenization
+
+    ref = _reference(tokenizer_path, 16)
+    items: list[TextInput] = [
+        "the movie was great",
+        ("the actors", "were wonderful and the movie"),
+        LONG[:90],
+    ]
+    calls: list[str] = []
+    for name in ("encode", "encode_batch", "encode_batch_fast"):
+        method = getattr(ref, name)
+        monkeypatch.setattr(ref, name, lambda *a, _m=method, _n=name, **k: calls.append(_n) or _m(*a, **k))
+
+    def fields(e: object) -> tuple[object, ...]:
+        keys = ("ids", "type_ids", "special_tokens_mask", "word_ids", "offsets", "attention_mask")
+        return (*(getattr(e, k) for k in keys), [o.ids for o in e.overflowing])  # type: ignore[attr-defined]
+
+    short = tokenization.encode_all(ref, items)
+    assert set(calls) == {"encode"}
+    calls.clear()
+    monkeypatch.setattr(tokenization, "HOLD_GIL_CHARS", 0)
+    batched = tokenization.encode_all(ref, items)
+    assert calls == ["encode_batch"]
+    assert [fields(e) for e in short] == [fields(e) for e in batched]
+    fast = tokenization.encode_all(ref, items, fast=True, add_special_tokens=False)
+    monkeypatch.setattr(tokenization, "HOLD_GIL_CHARS", 10_000)
+    one_by_one = tokenization.encode_all(ref, items, fast=True, add_special_tokens=False)
+    assert [e.ids for e in fast] == [e.ids for e in one_by_one]
+    assert [e.type_ids for e in fast] == [e.type_ids for e in one_by_one]
