@@ -259,6 +259,14 @@ class DynamicBatcher:
     def queue_depth(self) -> int:
         return len(self._items)
 
+    def warm_other_sessions(self, inputs: Sequence[ModelInput]) -> None:
+        """Run `inputs` once on every session but the first, outside the queue (at warm-up, before
+        requests come: the first session is warmed through the queue by the pipeline). Raises
+        what a session raises, and what `check_logits` raises for logits that are wrong."""
+        feeds, _, _ = self._collator.collate(list(inputs))
+        for backend in self._backends[1:]:
+            check_logits(backend.infer(feeds), len(inputs))
+
     # --- event-loop side --------------------------------------------------------------------
 
     def announce(self) -> None:

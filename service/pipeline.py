@@ -145,7 +145,16 @@ class Pipeline:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def warm_up(self) -> None:
-        """One inference through every stage; readiness waits for it."""
+        """One inference through every stage, then one straight on each other backend session of
+        the model (instances, the adaptive layout's), so that none meets its first-run costs
+        with a client waiting; readiness waits for it."""
+        await self.warm_up_stages()
+        if len(self.batcher.backends) > 1:
+            (enc,) = self.tokenizer.encode(["warm-up"], truncate=True)
+            await asyncio.to_thread(self.batcher.warm_other_sessions, [enc.model_input(self._type_ids)])
+
+    async def warm_up_stages(self) -> None:
+        """One inference through every stage of the task."""
         raise NotImplementedError
 
     def budget(self, deadline: float) -> WorkBudget:
@@ -384,7 +393,7 @@ class ClassificationPipeline(Pipeline):
         with tracing.span("postprocess", model=self.name):
             return Classification(self.head.postprocess(np.stack(rows), top_k, function), truncated)
 
-    async def warm_up(self) -> None:
+    async def warm_up_stages(self) -> None:
         await self.classify(["warm-up"], top_k=1)
 
     async def rerank(
@@ -429,7 +438,7 @@ class RerankPipeline(ClassificationPipeline):
 
     task = Task.RERANK
 
-    async def warm_up(self) -> None:
+    async def warm_up_stages(self) -> None:
         await self.rerank("warm-up", ["warm-up"])
 
 
@@ -517,7 +526,7 @@ class EmbeddingPipeline(Pipeline):
         truncated = [i - 1 for i in out.truncated if i > 0]
         return Reranking([float(x) for x in scores], truncated)
 
-    async def warm_up(self) -> None:
+    async def warm_up_stages(self) -> None:
         await self.embed(["warm-up"])
 
 
@@ -623,7 +632,7 @@ class TokenClassificationPipeline(Pipeline):
             chars=chars,
         )
 
-    async def warm_up(self) -> None:
+    async def warm_up_stages(self) -> None:
         await self.recognize(["Warm-up in Paris."])
 
 

@@ -178,3 +178,18 @@ def test_adaptive_instances_open_a_wide_session_and_one_single_thread_session_pe
         assert threads == [1] and not registry.pipelines()[0].batcher._adaptive
     finally:
         registry.close()
+
+
+async def test_warm_up_runs_every_session_of_a_model(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each backend session warms before readiness, not only the one the queue gives the warm-up
+    request to (instances, the adaptive layout's narrow sessions)."""
+    for instances in (2, "adaptive"):
+        registry, _ = load(repo, monkeypatch, cpus=2, models=["cls"], instances=instances)
+        try:
+            registry.start()
+            await registry.warm_up()
+            backends = registry.pipelines()[0].batcher.backends
+            assert len(backends) >= 2
+            assert all(b.sequences_run >= 1 for b in backends), [b.sequences_run for b in backends]
+        finally:
+            await registry.stop(timeout_s=5)
