@@ -44,7 +44,7 @@ from bertserve.service.heads.token_classification import (
 from bertserve.service.limits import RequestLimits, WorkBudget
 from bertserve.service.metrics import Metrics
 from bertserve.service.segmentation import iter_segments
-from bertserve.service.tokenization import Encoded, EncodedPair, TextInput, TextTokenizer
+from bertserve.service.tokenization import Encoded, EncodedPair, TextInput, TextTokenizer, text_chars
 from bertserve.service.windowing import WindowPlan, plan_windows
 
 T = TypeVar("T")
@@ -81,17 +81,6 @@ class Prepared(Generic[T]):
 
     value: T
     announced: bool
-
-
-def text_chars(inputs: Sequence[TextInput] | Sequence[Sequence[int]]) -> int:
-    """Characters of a request's inputs (texts, text pairs; a token-id input counts its ids)."""
-    total = 0
-    for x in inputs:
-        if isinstance(x, str):
-            total += len(x)
-        else:
-            total += sum(len(part) if isinstance(part, str) else 1 for part in x)
-    return total
 
 
 class Pipeline:
@@ -377,10 +366,11 @@ class ClassificationPipeline(Pipeline):
         budget = self.budget(deadline)
         self.refuse_too_large(budget, len(inputs))  # one sequence per input, known before any work
         if not truncate and long_text == LongText.WINDOWS:
-            chars = text_chars(inputs)
-            ready = await self.prepare(lambda b: self._encode_windowed(inputs, b), budget, chars=chars)
-            windowed, counts = ready.value
-            rows = await self.submit_sequences(windowed, deadline, announced=ready.announced)
+            prepared = await self.prepare(
+                lambda b: self._encode_windowed(inputs, b), budget, chars=text_chars(inputs)
+            )
+            windowed, counts = prepared.value
+            rows = await self.submit_sequences(windowed, deadline, announced=prepared.announced)
             with tracing.span("postprocess", model=self.name):
                 logits = self._pool_windows(rows, counts)
                 long = [i for i, n in enumerate(counts) if n > 1]  # a text over max_length is 2+ windows

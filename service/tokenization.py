@@ -29,13 +29,23 @@ TextInput = str | tuple[str, str]
 HOLD_GIL_CHARS = 1024
 
 
+def text_chars(inputs: Sequence[TextInput] | Sequence[Sequence[int]]) -> int:
+    """Characters of a request's inputs (texts, text pairs; a token-id input counts its ids)."""
+    total = 0
+    for x in inputs:
+        if isinstance(x, str):
+            total += len(x)
+        else:
+            total += sum(len(part) if isinstance(part, str) else 1 for part in x)
+    return total
+
+
 def encode_all(
     tokenizer: Tokenizer, items: Sequence[TextInput], *, fast: bool = False, add_special_tokens: bool = True
 ) -> list[Encoding]:
     """`tokenizer.encode_batch` (`_fast`: without offsets) of `items`, or for a short call the same
     encodings one `encode` at a time (see HOLD_GIL_CHARS)."""
-    chars = sum(len(x) if isinstance(x, str) else len(x[0]) + len(x[1]) for x in items)
-    if chars <= HOLD_GIL_CHARS:
+    if text_chars(items) <= HOLD_GIL_CHARS:
         return [
             tokenizer.encode(x, add_special_tokens=add_special_tokens)
             if isinstance(x, str)
