@@ -324,13 +324,14 @@ class ModelConfig(BaseModel):
     )
     embedding: EmbeddingConfig | None = Field(None, description="Feature extraction: pooling and width.")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
-    instances: Annotated[int, Field(ge=1)] | Literal["adaptive"] | None = Field(
+    instances: Annotated[int, Field(ge=1)] | Literal["adaptive", "auto"] | None = Field(
         None,
         description="Backend sessions this model is served by (as Triton's instance groups), each "
         "with its own batch worker on the model's one queue and the model's threads split between "
         "them; `adaptive`: one session with all the model's threads for lone requests and one "
-        "single-thread session per thread that take over as soon as requests queue. Unset: 1, or "
-        "the service's `instances` setting, which overrides this for every model.",
+        "single-thread session per thread that take over as soon as requests queue; `auto`: "
+        "adaptive where it was measured to pay and its memory fits, else 1. Unset: auto, or the "
+        "service's `instances` setting, which overrides this for every model.",
     )
     default_version: int = 1
     versions: dict[int, VersionConfig]

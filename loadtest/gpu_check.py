@@ -321,15 +321,11 @@ def phase_parity(work: Path) -> dict[str, Any]:
 def fixed_length(bench: Any, tokens: int) -> Any:
     """The same raw bench with every sequence resized to exactly `tokens` tokens (its ids
     repeated): the fixed-shape point that FLOP figures are quoted at."""
-    import copy
-
     import numpy as np
 
     from bertserve.runtime.collation import ModelInput
 
-    twin = copy.copy(bench)
-    twin._inputs = [ModelInput(np.resize(x.ids, tokens)) for x in bench._inputs]
-    return twin
+    return bench.with_inputs([ModelInput(np.resize(x.ids, tokens)) for x in bench._inputs])
 
 
 def phase_raw(work: Path, seconds: float) -> dict[str, Any]:

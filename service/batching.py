@@ -167,7 +167,11 @@ class DynamicBatcher:
             pad_token_id,
             width=None if limits.padding is None else limits.padding.bucket_length,
         )
-        self._cond = threading.Condition(threading.Lock())
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)
+        # The adaptive layout's wide worker waits on a condition of its own (same lock), so that a
+        # queue change wakes only the kind of worker that can act on it (see `_wake`).
+        self._wide_cond = threading.Condition(lock)
         self._items: list[_Item] = []  # arrival order
         self._longest = 0  # longest queued sequence, for the token-budget trigger
         self._incoming = 0  # requests announced (being tokenized) but not yet enqueued
@@ -216,6 +220,7 @@ class DynamicBatcher:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
+            self._wide_cond.notify_all()
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             await asyncio.to_thread(thread.join, max(0.0, deadline - time.monotonic()))
@@ -329,12 +334,13 @@ class DynamicBatcher:
             # NOTE: the gauge is set under the lock, so a later value set by the worker's cut
             # can never be overwritten by this (older) one.
             self._m_depth.set(len(self._items))
+        # NOTE: one timer on the loop instead of `asyncio.wait_for` (which adds a waiter future, a
+        # done callback and a task wrapper to every request on the event loop).
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _expire, future)
         try:
-            if timeout_s is None:
-                return await future
-            return await asyncio.wait_for(future, timeout_s)
-        except TimeoutError:
-            # wait_for cancelled the future: its queued sequences are dropped now, not at the next cut.
+            return await future
+        except _Expired:
+            # The future is done: its queued sequences are dropped now, not at the next cut.
             self._discard(group)
             self._m_rejected_deadline.inc()
             raise DeadlineExceededError(
@@ -343,6 +349,9 @@ class DynamicBatcher:
         except asyncio.CancelledError:
             self._discard(group)  # the client went away: nobody waits for these sequences
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def _discard(self, group: _Group) -> None:
         """Remove a request's still-queued sequences (its future is done: timed out or cancelled),
@@ -371,12 +380,16 @@ class DynamicBatcher:
         )
 
     def _wake(self) -> None:
-        """Called with the lock held: the queue changed. The adaptive layout's workers wait for
-        different things (the wide one for a lone sequence, the narrow ones for company), so
-        all of them look; otherwise one worker is enough."""
-        if self._adaptive:
-            self._cond.notify_all()
-        else:
+        """Called with the lock held: the queue changed; one worker that can act on it looks.
+        The adaptive layout's workers wait for different things (see `_adaptive_turn`): a lone
+        sequence with nothing running is the wide session's; anything else is a narrow one's
+        (which hands what it leaves to the next, `_adaptive_cut`), unless the wide session is
+        running, whose end wakes them (`_done`)."""
+        if not self._adaptive:
+            self._cond.notify()
+        elif len(self._items) == 1 and not self._narrow_running and not self._wide_running:
+            self._wide_cond.notify()
+        elif self._items and not self._wide_running:
             self._cond.notify()
 
     def _full(self) -> bool:
@@ -408,22 +421,23 @@ class DynamicBatcher:
         """Block until a batch should close, then cut it (for `worker`; [] when there is nothing
         for it after all). None = closing and drained."""
         limits = self.limits
+        cond = self._wide_cond if self._adaptive and worker == 0 else self._cond
         with self._cond:
             while True:
                 if not self._items:
                     if self._closing:
                         return None
-                    self._cond.wait()
+                    cond.wait()
                     continue
                 if self._closing or self._incoming <= 0 or self._full():
                     break
                 wait = self._items[0].enqueued + limits.max_queue_delay_s - time.monotonic()
                 if wait <= 0:
                     break
-                self._cond.wait(wait)
+                cond.wait(wait)
             if self._adaptive:
                 if not self._adaptive_turn(worker):
-                    self._cond.wait()
+                    cond.wait()
                     return []  # looked again by the worker loop
                 return self._adaptive_cut(worker)
             batch = self._cut()
@@ -455,17 +469,22 @@ class DynamicBatcher:
         if batch:
             self._narrow_running += 1
         if self._items:
-            self._cond.notify_all()  # the other narrow sessions may take what is left
+            self._cond.notify()  # another narrow session may take what is left
         return batch
 
     def _done(self, worker: int) -> None:
-        """An adaptive worker's batch is over: the others may have been waiting for it."""
+        """An adaptive worker's batch is over: the worker that is due for what waits may have
+        been waiting for it (with the queue empty, the next `submit` wakes the one that is due)."""
         with self._cond:
             if worker == 0:
                 self._wide_running = False
             else:
                 self._narrow_running -= 1
-            self._cond.notify_all()
+            if self._closing:
+                self._cond.notify_all()
+                self._wide_cond.notify_all()
+            else:
+                self._wake()
 
     def _cut(self, max_size: int | None = None) -> list[_Item]:
         """Called with the lock held. Drops abandoned items, then cuts one batch (of at most
@@ -576,6 +595,15 @@ class DynamicBatcher:
             loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:  # loop already closed at shutdown: nobody is waiting any more
             log.debug("batcher %s: event loop closed, results dropped", self.model)
+
+
+class _Expired(Exception):
+    """A request's deadline passed while its sequences were queued or running."""
+
+
+def _expire(future: asyncio.Future[list[Logits]]) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
 
 
 def _resolve(batch: list[_Item], rows: list[Logits]) -> None:

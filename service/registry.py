@@ -33,6 +33,7 @@ from bertserve.modelrepo import (
 from bertserve.runtime.base import Backend
 from bertserve.runtime.budget import DeviceSlots, thread_shares
 from bertserve.runtime.errors import BackendError
+from bertserve.runtime.memory import memory_limit_bytes, resident_bytes
 from bertserve.runtime.selection import BackendFactory, BackendLoader
 from bertserve.runtime.shapes import padding_plan
 from bertserve.service.batching import BatchLimits, DynamicBatcher
@@ -68,12 +69,54 @@ DEFAULT_ROLES: dict[str, tuple[str, tuple[Task, ...], tuple[Task, ...]]] = {
     ),
 }
 
+# `instances: auto` (the default) opens the adaptive layout only for the backend it was measured on
+# (ONNX Runtime CPU, 2 cores: docs/benchmarks.md), for at most this many threads (one more copy of
+# the weights per thread), and only while those copies fit in this share of the memory left.
+AUTO_ADAPTIVE_BACKENDS = frozenset({"onnxruntime-cpu"})
+AUTO_ADAPTIVE_MAX_THREADS = 4
+AUTO_ADAPTIVE_MEMORY_SHARE = 0.25
+
 WARMUP_FIRST_BACKOFF_S = 0.5
 WARMUP_MAX_BACKOFF_S = 30.0
 RETIRE_MARGIN_S = 5.0  # beyond the request timeout, before a replaced pipeline is stopped anyway
 
 # The pipelines the current request took from the registry (set by `admit`, filled by `get`).
 _HELD: ContextVar[list[Pipeline] | None] = ContextVar("bertserve_held_pipelines", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class NarrowSessions:
+    """The adaptive layout's single-thread sessions beside a model's wide one: their factory and
+    how many (one per thread of the model). `auto`: only if `auto_adaptive` allows it once the
+    wide session is open (its backend kind and its memory are known then)."""
+
+    factory: BackendFactory
+    count: int
+    auto: bool = False
+
+
+def auto_adaptive(
+    backend: str, threads: int, session_bytes: int | None, resident: int | None, limit: int | None
+) -> str | None:
+    """Why `instances: auto` serves a model from one session; None: open the adaptive layout.
+    `session_bytes`: what the wide session took (each narrow one holds as much); `resident` and
+    `limit`: the process's memory now and the most it may use."""
+    if backend not in AUTO_ADAPTIVE_BACKENDS:
+        return f"the adaptive layout is measured on {', '.join(sorted(AUTO_ADAPTIVE_BACKENDS))} only"
+    if threads < 2:
+        return f"{threads} thread: nothing to split"
+    if threads > AUTO_ADAPTIVE_MAX_THREADS:
+        return f"{threads} threads: {threads} more copies of the weights; set instances to choose"
+    if session_bytes is None or resident is None or limit is None:
+        return "the process's memory cannot be read"
+    extra = threads * session_bytes
+    room = AUTO_ADAPTIVE_MEMORY_SHARE * max(0, limit - resident)
+    if extra > room:
+        return (
+            f"{threads} more sessions would take ~{extra >> 20} MiB, more than "
+            f"{AUTO_ADAPTIVE_MEMORY_SHARE:.0%} of the {max(0, limit - resident) >> 20} MiB left"
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,14 +289,17 @@ class ModelRegistry:
             # A version folder that is a symlink out of the repository would carry every file
             # check below (which only looks inside the folder) along with it.
             resolve_inside(repo, f"{name}/{version}")
-            adaptive = self.settings.instances_for(config) == "adaptive"
-            if adaptive and self.threads[name] < 2:
+            layout = self.settings.instances_for(config)
+            threads = self.threads[name]
+            narrow = None
+            if layout == "adaptive" and threads < 2:
                 log.warning(
                     "model %s: instances=adaptive needs 2 threads or more, it has %d: one session",
                     name,
-                    self.threads[name],
+                    threads,
                 )
-                adaptive = False
+            elif layout in ("adaptive", "auto"):
+                narrow = NarrowSessions(self._narrow_factory(), threads, auto=layout == "auto")
             return open_pipeline(
                 self.settings,
                 self.metrics,
@@ -261,7 +307,7 @@ class ModelRegistry:
                 vdir,
                 self._backend_factory(name, config),
                 slots=self.slots,
-                narrow=(self._narrow_factory(), self.threads[name]) if adaptive else None,
+                narrow=narrow,
             )
         except BackendError as exc:  # the runtime's messages name the model where it matters
             raise StartupError(str(exc)) from None
@@ -387,7 +433,7 @@ class ModelRegistry:
             return self._factory
         threads = self.threads[name]
         instances = self.settings.instances_for(config)
-        if self.settings.intra_op_threads is None and instances != "adaptive":
+        if self.settings.intra_op_threads is None and isinstance(instances, int):
             threads = max(1, threads // instances)
         return self._loader.with_options(self.settings.runtime_options(intra_op_threads=threads))
 
@@ -618,12 +664,12 @@ def open_pipeline(
     factory: BackendFactory,
     *,
     slots: DeviceSlots | None = None,
-    narrow: tuple[BackendFactory, int] | None = None,
+    narrow: NarrowSessions | None = None,
 ) -> Pipeline:
     """One model version wired exactly as the service serves it: its verified tokenizer, the
     backend `factory` opens, the batcher and tokenization pool, in its task's pipeline class.
-    `narrow`: the adaptive layout's single-thread sessions, (their factory, how many: one per
-    thread of the model), beside the one `factory` opens with all of them.
+    `narrow`: the adaptive layout's single-thread sessions beside the one `factory` opens with
+    all of the model's threads (for `instances: auto`, if `auto_adaptive` allows).
 
     The registry serves what this returns; `bertserve.evaluation.scoring` scores it offline, so
     the export gates and `make demo-eval` measure the served pipeline itself."""
@@ -633,12 +679,14 @@ def open_pipeline(
     verify_files(vdir, config.version.tokenizer_files)
     tokenizer = TextTokenizer(resolve_inside(vdir, TOKENIZER_FILE), config.max_length)
     instances = settings.instances_for(config)
+    before = resident_bytes()
     backends = [factory(config, vdir)]
     try:
+        if narrow is not None and narrow.auto:
+            narrow = _auto_narrow(config.name, backends[0], narrow, before)
         if narrow is not None:
-            narrow_factory, count = narrow
-            backends += [narrow_factory(config, vdir) for _ in range(count)]
-        elif isinstance(instances, int):  # (adaptive without `narrow`: one session)
+            backends += [narrow.factory(config, vdir) for _ in range(narrow.count)]
+        elif isinstance(instances, int):  # (adaptive or auto without `narrow`: one session)
             backends += [factory(config, vdir) for _ in range(instances - 1)]
     except BaseException:
         for opened in backends:
@@ -656,6 +704,27 @@ def open_pipeline(
             narrow=backends[1:] if narrow is not None else (),
         )
     )
+
+
+def _auto_narrow(
+    model: str, wide: Backend, narrow: NarrowSessions, before: int | None
+) -> NarrowSessions | None:
+    """`instances: auto` decided, once the wide session is open: the narrow sessions, or None."""
+    resident = resident_bytes()
+    session = None if before is None or resident is None else max(0, resident - before)
+    why_not = auto_adaptive(wide.name, narrow.count, session, resident, memory_limit_bytes())
+    if why_not is not None:
+        log.info("model %s: one backend session (instances auto: %s)", model, why_not)
+        return None
+    log.info(
+        "model %s: adaptive layout (instances auto): 1 session x %d threads for a lone request, "
+        "%d x 1 thread under load, ~%d MiB more (instances: 1 saves it)",
+        model,
+        narrow.count,
+        narrow.count,
+        (narrow.count * (session or 0)) >> 20,
+    )
+    return narrow
 
 
 def model_parts(

@@ -153,7 +153,7 @@ class Settings(BaseSettings):
         "inference threads). Default: the model's share of cpu_budget. Setting it gives every "
         "model this many, whatever the budget (e.g. every CPU, with max_concurrent_batches=1).",
     )
-    instances: Annotated[int, Field(ge=1)] | Literal["adaptive"] | None = Field(
+    instances: Annotated[int, Field(ge=1)] | Literal["adaptive", "auto"] | None = Field(
         None,
         description="Backend sessions per model, each with its own batch worker cutting from the "
         "model's one queue, the model's threads split between them (as Triton's instance groups): "
@@ -163,7 +163,9 @@ class Settings(BaseSettings):
         "`adaptive`: both, never at once: one session with all the model's threads runs a lone "
         "request, one single-thread session per thread runs batches side by side whenever two or "
         "more requests wait. Costs one more copy of the model's weights in memory per session. "
-        "Default: each model's `instances` in model.yaml, else 1; set, it applies to every model.",
+        "`auto`: adaptive for an ONNX Runtime CPU model of 2 to 4 threads whose extra sessions fit "
+        "in a quarter of the memory left (the cgroup's limit, else the machine's), else 1. "
+        "Default: each model's `instances` in model.yaml, else auto; set, it applies to every model.",
     )
     max_concurrent_batches: int | None = Field(
         None,
@@ -349,11 +351,11 @@ class Settings(BaseSettings):
         then the BERTSERVE_* lines of `env_file` (when it exists), then the defaults."""
         return cls(_env_file=env_file, **flags)
 
-    def instances_for(self, config: ModelConfig) -> int | Literal["adaptive"]:
-        """Backend sessions for a model: this setting when set, else its model.yaml's, else 1."""
+    def instances_for(self, config: ModelConfig) -> int | Literal["adaptive", "auto"]:
+        """Backend sessions for a model: this setting when set, else its model.yaml's, else auto."""
         if self.instances is not None:
             return self.instances
-        return config.instances or 1
+        return config.instances or "auto"
 
     def padding_efficiency_for(self, backend: str) -> float:
         """`min_padding_efficiency` if set, else what the backend (named by its kind) says."""

@@ -552,6 +552,40 @@ async def test_adaptive_runs_lone_requests_on_the_wide_session() -> None:
     assert wide.sequences_run == 3 and all(b.sequences_run == 0 for b in narrow)
 
 
+class CountingCondition(threading.Condition):
+    """A condition that counts the waits it ends by a notification (not by a timeout)."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        super().__init__(lock)
+        self.woken = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        notified = super().wait(timeout)
+        self.woken += notified
+        return notified
+
+
+async def test_adaptive_wakes_only_the_wide_worker_for_a_lone_request() -> None:
+    """A lone request with nothing running is the wide session's: the narrow workers are not
+    woken for it (each futile wake-up costs a thread switch and the GIL on the request's path)."""
+    occupancy = Occupancy()
+    batcher, wide, narrow = adaptive_batcher(occupancy)
+    lock = threading.Lock()
+    batcher._cond, batcher._wide_cond = CountingCondition(lock), CountingCondition(lock)
+    batcher.start(asyncio.get_running_loop())
+    try:
+        await asyncio.sleep(0.05)  # every worker waits
+        for n in (3, 7, 12):
+            await asyncio.wait_for(batcher.submit([seq(n)]), 5)
+        narrow_woken = batcher._cond.woken
+        # at least the first request woke the (waiting) wide worker; later ones may find it awake
+        assert batcher._wide_cond.woken >= 1
+    finally:
+        await batcher.stop(timeout_s=5)
+    assert narrow_woken == 0
+    assert wide.sequences_run == 3 and all(b.sequences_run == 0 for b in narrow)
+
+
 async def test_adaptive_shares_queued_work_between_the_narrow_sessions_never_beside_the_wide() -> None:
     """Requests that queue together run on the single-thread sessions, both at once, and the
     wide session (all the threads) never runs beside one of them; every result stays exact."""

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+import bertserve.service.registry as registry_module
 import bertserve.service.settings as settings_module
 from bertserve.runtime.base import Backend, BackendKind
 from bertserve.runtime.budget import split_threads
 from bertserve.runtime.selection import BackendLoader
 from bertserve.service.metrics import Metrics
-from bertserve.service.registry import ModelRegistry
+from bertserve.service.registry import ModelRegistry, auto_adaptive
 from bertserve.service.settings import Settings
 from tests.helpers.fake_repo import DEFAULT_SPECS, write_fake_repo
 
@@ -178,6 +179,60 @@ def test_adaptive_instances_open_a_wide_session_and_one_single_thread_session_pe
         assert threads == [1] and not registry.pipelines()[0].batcher._adaptive
     finally:
         registry.close()
+
+
+def test_auto_instances_open_the_adaptive_layout_where_it_was_measured_and_fits(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unset, `instances` is `auto`: an ONNX Runtime CPU model of 2 threads gets the adaptive
+    layout while its extra sessions fit in the memory left; another backend, or too little
+    memory, one session."""
+    threads: list[int] = []
+    kind = {"name": "onnxruntime-cpu"}
+    original = BackendLoader.__call__
+
+    def record(self: BackendLoader, model, version_dir) -> Backend:  # type: ignore[no-untyped-def]
+        threads.append(self.options.intra_op_threads)
+        backend = original(self, model, version_dir)
+        backend.name = kind["name"]  # type: ignore[misc]
+        return backend
+
+    resident = iter(range(100 << 20, 1 << 40, 50 << 20))  # each reading: 50 MiB more
+    monkeypatch.setattr(BackendLoader, "__call__", record)
+    monkeypatch.setattr(settings_module, "available_cpus", lambda: 2)
+    monkeypatch.setattr(registry_module, "resident_bytes", lambda: next(resident))
+    limit = {"bytes": 8 << 30}
+    monkeypatch.setattr(registry_module, "memory_limit_bytes", lambda: limit["bytes"])
+
+    def layout() -> tuple[list[int], bool]:
+        threads.clear()
+        registry = ModelRegistry(
+            Settings(repo=repo, backend=BackendKind.FAKE, models=["cls"]), Metrics(process=False)
+        )
+        registry.load()
+        try:
+            return list(threads), registry.pipelines()[0].batcher._adaptive
+        finally:
+            registry.close()
+
+    assert Settings(repo=repo).instances_for(registry_module.load_model_config(repo, "cls")) == "auto"
+    assert layout() == ([2, 1, 1], True)
+    limit["bytes"] = 400 << 20  # 2 x 50 MiB more is over a quarter of what is left
+    assert layout() == ([2], False)
+    limit["bytes"] = 8 << 30
+    kind["name"] = "openvino-cpu"
+    assert layout() == ([2], False)
+
+
+def test_auto_adaptive_says_why_not() -> None:
+    mib = 1 << 20
+    assert auto_adaptive("onnxruntime-cpu", 2, 100 * mib, 500 * mib, 4096 * mib) is None
+    assert "measured on onnxruntime-cpu" in (auto_adaptive("openvino-cpu", 2, mib, mib, 4096 * mib) or "")
+    assert "nothing to split" in (auto_adaptive("onnxruntime-cpu", 1, mib, mib, 4096 * mib) or "")
+    assert "8 more copies" in (auto_adaptive("onnxruntime-cpu", 8, mib, mib, 4096 * mib) or "")
+    assert "cannot be read" in (auto_adaptive("onnxruntime-cpu", 2, mib, None, 4096 * mib) or "")
+    # 2 x 300 MiB against a quarter of 2048 - 500 MiB
+    assert "~600 MiB" in (auto_adaptive("onnxruntime-cpu", 2, 300 * mib, 500 * mib, 2048 * mib) or "")
 
 
 async def test_warm_up_runs_every_session_of_a_model(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
