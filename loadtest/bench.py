@@ -95,7 +95,7 @@ MULTI_CLIENTS = 8  # clients of the several-inputs-per-request phase
 
 @dataclass(frozen=True, slots=True)
 class Budget:
-    """Seconds per measurement. The defaults keep a full run near 10 minutes on 2 cores (plus model
+    """Seconds per measurement. The defaults keep a full run near 13 minutes on 2 cores (with model
     loading), inside the 15-minute bound; `--quick` is for development only."""
 
     raw_s: float = 3.0  # per raw batch size
