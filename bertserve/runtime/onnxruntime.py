@@ -6,7 +6,10 @@ without a GPU; only `OnnxRuntimeBackend` touches a real session.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
+import io
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -140,6 +143,27 @@ def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.Session
 _CUDA_RUNTIMES = ("libcudart.so.12", "libcudart.so.13", "libcudart.so.11.0", "libcudart.so")
 
 
+@functools.cache
+def preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from pip's nvidia-* packages (what `onnxruntime-gpu[cuda,cudnn]`
+    installs) before the first GPU session, so that a plain pip install runs without
+    LD_LIBRARY_PATH. onnxruntime's own `preload_dlls` does it (1.21 and later; absent before, a
+    no-op then): those packages first, then the default library paths, which is where a CUDA base
+    image puts them. What it prints about a library it could not load goes to the log; whether
+    the provider then starts is checked where the session is created."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said):
+            preload(cuda=True, cudnn=True, msvc=False, directory="")
+    except Exception as exc:  # a missing library must surface as the provider's own error
+        log.warning("onnxruntime.preload_dlls failed: %s", exc)
+    if text := said.getvalue().strip():
+        log.warning("onnxruntime.preload_dlls: %s", " ".join(text.split()))
+
+
 class PinnedAllocator:
     """Page-locked host memory from the CUDA runtime (`cudaHostAlloc`): the device copies it by
     DMA, without the staging copy that pageable memory costs. Blocks live until `close`."""
@@ -262,6 +286,8 @@ class OnnxRuntimeBackend(GraphBackend):
         are copied once; None runs `session.run` on numpy feeds (the CPU path)."""
         if kind == BackendKind.TENSORRT:
             Path(providers[0][1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+        if kind != BackendKind.ORT_CPU:
+            preload_cuda_libraries()
         self._session = ort.InferenceSession(
             str(path),
             sess_options=options,

@@ -163,9 +163,14 @@ def choose_backend(requested: BackendKind, env: Environment, model: ModelConfig)
             "re-export it with `--formats onnx,openvino`"
         )
     if problem is not None:
-        hint = "use --backend auto, onnxruntime-cpu or openvino-cpu"
-        if requested == BackendKind.OPENVINO_CPU:
-            hint = "use --backend auto or onnxruntime-cpu"
+        # only the backends that can run this model here (a TensorRT request on a machine with CUDA
+        # but no libnvinfer is pointed at onnxruntime-cuda, a model without IR not at OpenVINO)
+        here = [BackendKind.ORT_CUDA] if env.cuda_problem() is None else []
+        here.append(BackendKind.ORT_CPU)
+        if has_openvino_ir(model.version):
+            here.append(BackendKind.OPENVINO_CPU)
+        options = ["auto", *(str(k) for k in here if k != requested)]
+        hint = f"use --backend {', '.join(options[:-1])} or {options[-1]}"
         raise BackendUnavailableError(f"backend {requested} is unavailable: {problem}; {hint}")
     return BackendChoice(requested, "requested")
 

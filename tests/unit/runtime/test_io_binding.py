@@ -156,3 +156,65 @@ def test_a_failed_pinned_allocation_says_so() -> None:
 
     with pytest.raises(MemoryError, match="cudaHostAlloc of 64 bytes failed"):
         PinnedAllocator(Refusing())(64)  # type: ignore[arg-type]
+
+
+# --- CUDA libraries from pip's nvidia-* packages ------------------------------------------------
+
+
+def test_gpu_backends_preload_the_cuda_libraries_and_cpu_ones_do_not(
+    model_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bertserve.runtime.onnxruntime as ort_backend
+    from bertserve.runtime.errors import BackendUnavailableError
+
+    calls: list[str] = []
+    monkeypatch.setattr(ort_backend, "preload_cuda_libraries", lambda: calls.append("preload"))
+    backend(model_file, None).close()
+    assert calls == []
+    # CUDA asked of a CPU-only onnxruntime: the libraries are loaded first, then the missing
+    # provider is still refused (never a silent CPU fallback)
+    with pytest.raises(BackendUnavailableError, match="CUDAExecutionProvider"):
+        OnnxRuntimeBackend(
+            model_file,
+            BackendKind.ORT_CUDA,
+            Precision.FP16,
+            [("CUDAExecutionProvider", {}), ("CPUExecutionProvider", {})],
+            session_options(1, 1),
+            "logits",
+        )
+    assert calls == ["preload"]
+
+
+def test_preload_asks_onnxruntime_once_and_logs_what_it_printed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import bertserve.runtime.onnxruntime as ort_backend
+
+    calls: list[dict[str, object]] = []
+
+    def preload_dlls(**kwargs: object) -> None:
+        calls.append(kwargs)
+        print("Failed to load libcudnn.so.9: not found")
+
+    monkeypatch.setattr(ort_backend.ort, "preload_dlls", preload_dlls, raising=False)
+    ort_backend.preload_cuda_libraries.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="bertserve.runtime.onnxruntime"):
+            ort_backend.preload_cuda_libraries()
+            ort_backend.preload_cuda_libraries()
+    finally:
+        ort_backend.preload_cuda_libraries.cache_clear()
+    # nvidia site packages first, then the default paths (directory=""); never the Windows runtime
+    assert calls == [{"cuda": True, "cudnn": True, "msvc": False, "directory": ""}]
+    assert "Failed to load libcudnn.so.9" in caplog.text
+
+
+def test_preload_is_a_no_op_where_onnxruntime_has_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bertserve.runtime.onnxruntime as ort_backend
+
+    monkeypatch.delattr(ort_backend.ort, "preload_dlls", raising=False)
+    ort_backend.preload_cuda_libraries.cache_clear()
+    try:
+        ort_backend.preload_cuda_libraries()  # nothing to call: returns without an error
+    finally:
+        ort_backend.preload_cuda_libraries.cache_clear()

@@ -87,6 +87,19 @@ def test_tensorrt_without_provider_or_library() -> None:
         choose_backend(BackendKind.TENSORRT, GPU_NO_TRT_LIB, WITH_IR)
 
 
+def test_an_unavailable_backend_points_at_the_ones_that_run_here() -> None:
+    # the GPU machine of the check: CUDA works, libnvinfer is missing
+    with pytest.raises(BackendUnavailableError) as trt:
+        choose_backend(BackendKind.TENSORRT, GPU_NO_TRT_LIB, ONNX_ONLY)
+    assert str(trt.value).endswith("use --backend auto, onnxruntime-cuda or onnxruntime-cpu")
+    with pytest.raises(BackendUnavailableError) as cuda:
+        choose_backend(BackendKind.ORT_CUDA, CPU_ONLY, WITH_IR)
+    assert str(cuda.value).endswith("use --backend auto, onnxruntime-cpu or openvino-cpu")
+    with pytest.raises(BackendUnavailableError) as ov:
+        choose_backend(BackendKind.OPENVINO_CPU, CPU_ONLY, ONNX_ONLY)
+    assert str(ov.value).endswith("use --backend auto or onnxruntime-cpu")
+
+
 def test_cuda_without_gpu_and_openvino_without_ir() -> None:
     with pytest.raises(BackendUnavailableError, match="onnxruntime-cuda is unavailable"):
         choose_backend(BackendKind.ORT_CUDA, CPU_ONLY, WITH_IR)
