@@ -81,6 +81,13 @@ soak: install
 gpu-check: install
 	$(BIN)/python -m loadtest.gpu_check
 
+# The same check for a GPU machine without a package registry that takes files in small parts:
+# onnxruntime-gpu cut to one GPU architecture, the missing dependencies, the bertserve wheel and
+# the MiniLM weights, in parts under .gpu-bundle/ with the commands to run there (scripts/gpu_bundle.py).
+.PHONY: gpu-bundle
+gpu-bundle: install
+	$(BIN)/python scripts/gpu_bundle.py
+
 # Dockerfile, compose, Helm chart and dashboard checks (tools land in .tools/ via deploy/tools/install.sh).
 .PHONY: deploy-check
 deploy-check: install
