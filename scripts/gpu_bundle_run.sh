@@ -1,12 +1,12 @@
 #!/bin/bash
 # The last part of scripts/gpu_bundle.py's bundle: run from the checkout's root on the GPU machine,
 # after the earlier parts were copied to /tmp/gpu-bundle. Joins and unpacks the bundle, installs it
-# under /tmp/gpu-bundle/site (nothing of the image is changed), checks that the service's own CUDA
+# under /tmp/gpu-bundle/bundle/site (nothing of the image is changed), checks that the service's own CUDA
 # library preload brings CUDA up, then runs loadtest/gpu_check.py; the report lands in $OUT.
 set -u -o pipefail
 ROOT=$(pwd)
 HERE=$(cd "$(dirname "$0")" && pwd)
-B=/tmp/gpu-bundle
+export B=/tmp/gpu-bundle  # read by the Python steps below too
 OUT=${OUT:-$B/out}
 mkdir -p "$B" "$OUT"
 cp "$HERE"/p* "$B"/
@@ -19,11 +19,12 @@ cd "$B" && rm -rf bundle && for n in $(seq 1 "$last"); do cat "p$n"; done | xz -
 S=$B/bundle/site
 python3 -m pip install -q --no-index --no-deps --no-compile --target "$S" bundle/wheels/*.whl 2>&1 | grep -v "already exists"
 python3 - <<'PY' || exit 5
-import glob, torch
+import glob, os, torch
 from safetensors.torch import load_file, save_file
-tensors = load_file("/tmp/gpu-bundle/bundle/model16.safetensors")
+bundle = os.environ["B"] + "/bundle"
+tensors = load_file(f"{bundle}/model16.safetensors")
 tensors = {k: (v.float() if v.dtype == torch.float16 else v) for k, v in tensors.items()}
-(model,) = glob.glob("/tmp/gpu-bundle/bundle/site/*/model")
+(model,) = glob.glob(f"{bundle}/site/*/model")
 save_file(tensors, f"{model}/model.safetensors", metadata={"format": "pt"})
 PY
 export PYTHONPATH="$S" PATH="$S/bin:$PATH" PYTHONUNBUFFERED=1
@@ -31,7 +32,7 @@ python3 -m pip list 2>/dev/null | grep -i -E "^(torch|numpy|onnx|onnxruntime|onn
 # bertserve's own preload of CUDA/cuDNN (bertserve.runtime.onnxruntime.preload_cuda_libraries);
 # where the image keeps them outside this site-packages, LD_LIBRARY_PATH is the fallback
 python3 - <<'PY'
-import logging, numpy as np, onnxruntime as ort
+import logging, os, onnxruntime as ort
 from onnx import TensorProto, helper
 logging.basicConfig(level=logging.INFO)
 from bertserve.runtime.onnxruntime import preload_cuda_libraries
@@ -42,7 +43,7 @@ model = helper.make_model(helper.make_graph([helper.make_node("MatMul", ["x", "x
                           opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 session = ort.InferenceSession(model.SerializeToString(), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
 print("CUDA after preload_cuda_libraries:", session.get_providers())
-open("/tmp/gpu-bundle/preload", "w").write(str("CUDAExecutionProvider" in session.get_providers()))
+open(os.environ["B"] + "/preload", "w").write(str("CUDAExecutionProvider" in session.get_providers()))
 PY
 if [ "$(cat "$B/preload" 2>/dev/null)" != True ]; then
   echo "preload did not bring CUDA up; LD_LIBRARY_PATH from the image's nvidia packages instead"

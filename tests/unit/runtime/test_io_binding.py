@@ -7,6 +7,7 @@ import ctypes
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from bertserve.modelrepo import Precision
@@ -161,28 +162,59 @@ def test_a_failed_pinned_allocation_says_so() -> None:
 # --- CUDA libraries from pip's nvidia-* packages ------------------------------------------------
 
 
-def test_gpu_backends_preload_the_cuda_libraries_and_cpu_ones_do_not(
+def cuda_backend(path: Path) -> OnnxRuntimeBackend:
+    return OnnxRuntimeBackend(
+        path,
+        BackendKind.ORT_CUDA,
+        Precision.FP16,
+        [("CUDAExecutionProvider", {}), ("CPUExecutionProvider", {})],
+        session_options(1, 1),
+        "logits",
+    )
+
+
+def test_gpu_backends_preload_the_cuda_libraries_first_and_cpu_ones_do_not(
+    model_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bertserve.runtime.onnxruntime as ort_backend
+
+    class Preloaded(Exception):
+        pass
+
+    calls: list[str] = []
+
+    def preload() -> None:
+        calls.append("preload")
+        raise Preloaded  # stops the constructor here
+
+    def no_session(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a session was created before the CUDA libraries were loaded")
+
+    monkeypatch.setattr(ort_backend, "preload_cuda_libraries", preload)
+    monkeypatch.setattr(ort_backend.ort, "InferenceSession", no_session)
+    with pytest.raises(Preloaded):
+        cuda_backend(model_file)
+    assert calls == ["preload"]
+    monkeypatch.undo()
+    calls.clear()
+    monkeypatch.setattr(ort_backend, "preload_cuda_libraries", lambda: calls.append("preload"))
+    backend(model_file, None).close()
+    assert calls == []
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in ort.get_available_providers(),
+    reason="this onnxruntime has CUDA: the provider starts instead of being refused",
+)
+def test_cuda_asked_of_a_cpu_only_onnxruntime_is_refused_not_run_on_cpu(
     model_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import bertserve.runtime.onnxruntime as ort_backend
     from bertserve.runtime.errors import BackendUnavailableError
 
-    calls: list[str] = []
-    monkeypatch.setattr(ort_backend, "preload_cuda_libraries", lambda: calls.append("preload"))
-    backend(model_file, None).close()
-    assert calls == []
-    # CUDA asked of a CPU-only onnxruntime: the libraries are loaded first, then the missing
-    # provider is still refused (never a silent CPU fallback)
+    monkeypatch.setattr(ort_backend, "preload_cuda_libraries", lambda: None)
     with pytest.raises(BackendUnavailableError, match="CUDAExecutionProvider"):
-        OnnxRuntimeBackend(
-            model_file,
-            BackendKind.ORT_CUDA,
-            Precision.FP16,
-            [("CUDAExecutionProvider", {}), ("CPUExecutionProvider", {})],
-            session_options(1, 1),
-            "logits",
-        )
-    assert calls == ["preload"]
+        cuda_backend(model_file)
 
 
 def test_preload_asks_onnxruntime_once_and_logs_what_it_printed(
