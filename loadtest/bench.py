@@ -9,8 +9,12 @@
    batcher reaches at best); arrival-order batches are the second set of rows.
 2. The service (`bertserve serve` on loopback), closed loop at 1, 4, 16, 64 and 128 clients, one
    sentence per request: throughput, p50/p95/p99, and the CPU seconds per request of the server
-   process (all its threads, from /proc) and of the load generator (this process). Then the
-   paired ratios (below), and clients that send 8 and 32 inputs per request against the same
+   process (all its threads, and its event-loop thread alone, from /proc) and of the load
+   generator (this process). Then the paired ratios (below), with the raw backend on the batches
+   the service's own planner cuts from windows of 64 arrivals (what batching reaches with 64
+   requests in flight: where the gap to the ceiling is, batching's share or the serving code's),
+   the same requests on the fake backend (no model: the serving code alone), and clients that
+   send 8 and 32 inputs per request against the same
    ceiling; then the model served as 1 backend session x 2 threads against 2 sessions x 1 thread
    (`BERTSERVE_INSTANCES`), at 1 and 64 clients.
 3. A naive server (loadtest/naive_server.py: FastAPI + the transformers pipeline, one request per
@@ -214,7 +218,7 @@ class RawBench:
         with_types = "token_type_ids" in backend.input_names
         self._inputs = [e.model_input(with_types) for e in tokenizer.encode(list(sentences), truncate=True)]
         self._collator = Collator(backend.input_names, config.pad_token_id)
-        self._warmed: set[int] = set()  # batch sizes whose every shape has run once
+        self._warmed: set[object] = set()  # batch sizes (and plans) whose every shape has run once
 
         self.sorted = False
 
@@ -247,35 +251,99 @@ class RawBench:
         first, so that no shape's first run (kernel selection, memory planning) is timed."""
         inputs = self._inputs
         batches = [inputs[i : i + batch_size] for i in range(0, len(inputs) - batch_size + 1, batch_size)]
+        return self._measure(batches, batch_size, seconds)
+
+    def measure_plan(self, window: int, limits: PlanLimits, seconds: float) -> RawPoint:
+        """`backend.infer` on the batches the service's own planner cuts when it holds `window`
+        requests at a time (`plan_windows`): what batching reaches with that many requests in
+        flight if serving them cost nothing. Its `batch_size` is the mean batch, rounded."""
+        batches = plan_windows(self._inputs, window, limits)
+        mean = round(sum(len(b) for b in batches) / max(len(batches), 1))
+        return self._measure(batches, ("plan", window), seconds, label=mean)
+
+    def _measure(
+        self, batches: list[list[ModelInput]], key: object, seconds: float, label: int | None = None
+    ) -> RawPoint:
         feeds = [self._collator.collate(b) for b in batches]
-        if batch_size not in self._warmed:
+        if key not in self._warmed:
             for f, _, _ in feeds:
                 self.backend.infer(f)
-            self._warmed.add(batch_size)
+            self._warmed.add(key)
         times: list[float] = []
         real = padded = done = 0
         start = time.perf_counter()
         cpu = 0.0
         passes = 0
+        sizes = [len(b) for b in batches]
         while True:
-            for f, r, p in feeds:
+            for (f, r, p), n in zip(feeds, sizes, strict=True):
                 c0, t0 = time.process_time(), time.perf_counter()
                 self.backend.infer(f)
                 times.append(time.perf_counter() - t0)
                 cpu += time.process_time() - c0  # every thread of this process: the backend's pool
-                real, padded, done = real + r, padded + p, done + batch_size
+                real, padded, done = real + r, padded + p, done + n
             passes += 1
             elapsed = time.perf_counter() - start
             if elapsed + elapsed / passes / 2 > seconds:  # another pass would overrun by half of one
                 break
         return RawPoint(
-            batch_size,
+            len(batches[0]) if label is None else label,
             done / sum(times),
             statistics.median(times) * 1000.0,
             real / max(padded, 1),
             self.sorted,
             round(1000.0 * cpu / done, 4),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class PlanLimits:
+    """What the service's batcher cuts by (`BatchLimits` without the queue's own limits)."""
+
+    max_batch_size: int
+    max_batch_tokens: int
+    min_padding_efficiency: float
+
+    @classmethod
+    def served(cls, config: ModelConfig, backend: str) -> PlanLimits:
+        """The limits `bertserve serve` applies to `config` on `backend` with this environment's
+        BERTSERVE_* settings (the bench's service inherits the same environment)."""
+        from bertserve.service.settings import Settings
+
+        settings = Settings()
+        batching = settings.batching_for(config.batching)
+        return cls(
+            batching.max_batch_size, batching.max_batch_tokens, settings.padding_efficiency_for(backend)
+        )
+
+
+def plan_windows(inputs: Sequence[ModelInput], window: int, limits: PlanLimits) -> list[list[ModelInput]]:
+    """The batches the service's batcher would cut if it held `window` requests of one input at a
+    time: `inputs` in arrival order, in windows of `window`; within one, the batcher's own step
+    (`plan_batch` around the oldest item left, over the items sorted by length) until the window
+    is empty. A closed loop of `window` clients keeps about that many requests in the service, so
+    this is the ceiling of its batching there: a sorting batcher cannot sort more than it holds.
+    NOTE: a pessimistic edge and an optimistic one: the service's queue refills while a batch
+    runs (more to choose from), but never holds all of its clients' requests at once (less)."""
+    from bertserve.service.batching import plan_batch
+
+    batches: list[list[ModelInput]] = []
+    for start in range(0, len(inputs) - window + 1, window):
+        pool = list(inputs[start : start + window])  # oldest first
+        while pool:
+            order = sorted(range(len(pool)), key=lambda i: pool[i].length)
+            lengths = [pool[i].length for i in order]
+            lo, hi = plan_batch(
+                lengths,
+                order.index(0),
+                limits.max_batch_size,
+                limits.max_batch_tokens,
+                limits.min_padding_efficiency,
+            )
+            chosen = set(order[lo:hi])
+            batches.append([pool[i] for i in order[lo:hi]])
+            pool = [x for i, x in enumerate(pool) if i not in chosen]
+    return batches
 
 
 def open_raw(
@@ -386,16 +454,23 @@ def token_counters(port: int) -> tuple[float, float]:
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, every thread) the process has used so far, from /proc."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+def process_cpu_s(pid: int, thread: int | None = None) -> float:
+    """CPU seconds (user + system) the process has used so far, from /proc: every thread, or only
+    `thread` (a thread id; the process id names its main thread)."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    with open(path, encoding="ascii") as f:
         fields = f.read().rpartition(")")[2].split()  # after the command name, which may hold spaces
     return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime (fields 14 and 15)
 
 
-def cpu_sample(server_pid: int | None) -> tuple[float, float]:
-    """(server process CPU s, this process's CPU s): read at both ends of a counted window."""
-    return (process_cpu_s(server_pid) if server_pid else 0.0, time.process_time())
+def cpu_sample(server_pid: int | None) -> tuple[float, float, float]:
+    """(server process CPU s, this process's CPU s, the server's main thread's CPU s): read at both
+    ends of a counted window. The main thread of `bertserve serve` runs the event loop: HTTP,
+    validation, tokenizing short inputs, heads, responses; the batch workers and the backend's
+    threads are the rest of the process."""
+    if not server_pid:
+        return (0.0, time.process_time(), 0.0)
+    return (process_cpu_s(server_pid), time.process_time(), process_cpu_s(server_pid, server_pid))
 
 
 @dataclass
@@ -465,12 +540,14 @@ def load_point(
     *,
     measured_server: bool = False,
 ) -> LoadPoint:
-    server_ms = client_ms = share = None
+    server_ms = client_ms = share = loop_ms = None
     if res.probed is not None and res.ok:
-        (s0, c0), (s1, c1) = cast(tuple[tuple[float, float], tuple[float, float]], res.probed)
+        Sample = tuple[float, float, float]
+        (s0, c0, m0), (s1, c1, m1) = cast(tuple[Sample, Sample], res.probed)
         client_ms = round(1000.0 * (c1 - c0) / res.ok, 4)
         if measured_server:
             server_ms = round(1000.0 * (s1 - s0) / res.ok, 4)
+            loop_ms = round(1000.0 * (m1 - m0) / res.ok, 4)
             total = (s1 - s0) + (c1 - c0)
             share = round((c1 - c0) / total, 4) if total > 0 else None
     return LoadPoint(
@@ -485,6 +562,7 @@ def load_point(
         real_token_ratio=real_token_ratio,
         inputs_per_request=inputs,
         server_cpu_ms_per_request=server_ms,
+        server_loop_cpu_ms_per_request=loop_ms,
         client_cpu_ms_per_request=client_ms,
         client_cpu_share=share,
     )
@@ -609,7 +687,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--skip",
         default="",
-        help="phases to leave out, comma-separated: instances,naive,backends,slo,embed",
+        help="phases to leave out, comma-separated: no-model,instances,naive,backends,slo,embed",
     )
     ap.add_argument("--embed-model", default="embed", help="the feature-extraction model of phase 7")
     ap.add_argument("--quick", action="store_true", help="short phases for development (figures are rough)")
@@ -653,8 +731,11 @@ def main(argv: list[str] | None = None) -> int:
     with running_service(args.repo, model, args.backend, args.precision, port) as service_pid:
         target = Target.classify(port, model, sentences, pid=service_pid)
         measure_service(run, target, [int(x) for x in args.concurrency.split(",")], budget)
-        measure_pairs(run, sorted_bench, raw_bench, target, best_bs, budget)
+        limits = PlanLimits.served(config, raw_bench.backend.name)
+        measure_pairs(run, sorted_bench, raw_bench, target, best_bs, budget, limits)
         measure_multi_input(run, sorted_bench, port, service_pid, model, sentences, best_bs, budget)
+        if "no-model" not in skip:
+            measure_no_model(run, args, model, sentences, budget)
         if "instances" not in skip:
             measure_instances(run, args, model, sentences, best_bs, budget)
         if args.profile:
@@ -742,19 +823,35 @@ def measure_service(run: BenchRun, target: Target, levels: Sequence[int], budget
 
 
 def measure_pairs(
-    run: BenchRun, sorted_bench: RawBench, raw_bench: RawBench, target: Target, best_bs: int, budget: Budget
+    run: BenchRun,
+    sorted_bench: RawBench,
+    raw_bench: RawBench,
+    target: Target,
+    best_bs: int,
+    budget: Budget,
+    limits: PlanLimits,
 ) -> None:
     """Service against raw, back to back, so that both sides of each ratio see the same machine:
-    throughput and CPU per sequence against the sorted ceiling, batch-1 latency against batch 1."""
+    throughput and CPU per sequence against the sorted ceiling, batch-1 latency against batch 1.
+    Where the gap to the ceiling is: the raw backend on the service's own batch plans with
+    `COMPARE_CLIENTS` requests in flight (`RawBench.measure_plan`: batching's share) against the
+    ceiling, and the service against that (the share of the Python around the model and its
+    threads), with the server's event-loop thread's CPU per request."""
     print(
         f"   {budget.repeats} paired repeats: sorted raw batch {best_bs} then service at {COMPARE_CLIENTS} "
-        "clients; raw batch 1 then service at 1 client"
+        f"clients then raw on the service's batch plans for {COMPARE_CLIENTS} in flight; raw batch 1 "
+        "then service at 1 client"
     )
     for _ in range(budget.repeats):
         raw = sorted_bench.measure(best_bs, budget.pair_s)
         s = target.closed(COMPARE_CLIENTS, budget.pair_s, 0.5)
+        plan = raw_bench.measure_plan(COMPARE_CLIENTS, limits, budget.pair_s)
         r = raw.sequences_per_s
         run.service_vs_raw_pairs.append(round(s.throughput_rps / r, 4))
+        run.planned_vs_raw_pairs.append(round(plan.sequences_per_s / r, 4))
+        run.service_vs_planned_pairs.append(round(s.throughput_rps / plan.sequences_per_s, 4))
+        if s.server_loop_cpu_ms_per_request is not None:
+            run.server_loop_cpu_ms.append(s.server_loop_cpu_ms_per_request)
         if s.real_token_ratio is not None:
             run.real_token_ratios.append(s.real_token_ratio)
         cpu = ""
@@ -775,6 +872,15 @@ def measure_pairs(
             f"   service/raw {run.service_vs_raw_pairs[-1]:.3f} ({s.throughput_rps:.1f} vs {r:.1f}); "
             f"overhead {run.latency_overhead_pairs[-1]:.2f} ms ({s1:.2f} vs {r1:.2f}); "
             f"real/padded {s.real_token_ratio}{cpu}"
+        )
+        loop = s.server_loop_cpu_ms_per_request
+        print(
+            f"   gap: raw on the service's plans {plan.sequences_per_s:.1f} seq/s (mean batch "
+            f"{plan.batch_size}, real/padded {plan.real_token_ratio:.3f}, "
+            f"CPU {plan.cpu_ms_per_sequence} ms/seq) "
+            f"= {run.planned_vs_raw_pairs[-1]:.3f} of the ceiling; service/plans "
+            f"{run.service_vs_planned_pairs[-1]:.3f}; event loop {loop} of {s.server_cpu_ms_per_request} "
+            "ms CPU/req"
         )
 
 
@@ -807,6 +913,28 @@ def measure_multi_input(
             show("service", p)
             print(f"   service/raw {pairs[-1]:.3f} ({p.sequences_per_s:.1f} vs {r:.1f} seq/s)")
         run.multi_input.append(sorted(points, key=lambda p: p.throughput_rps)[len(points) // 2])
+
+
+def measure_no_model(
+    run: BenchRun, args: argparse.Namespace, model: str, sentences: Sequence[str], budget: Budget
+) -> None:
+    """The same requests served on the fake backend (no model file, logits computed for free):
+    the serving code's own CPU per request at `COMPARE_CLIENTS` clients, with the cores to itself.
+    Beside the event-loop CPU measured with the model it shows how much more the same code costs
+    when it shares the cores with the backend (caches, preemption) than when it runs alone."""
+    port = free_port()
+    with running_service(args.repo, model, "fake", None, port) as pid:
+        target = Target.classify(port, model, sentences, pid=pid)
+        points = []
+        for _ in range(budget.repeats):
+            points.append(target.closed(COMPARE_CLIENTS, budget.pair_s, 0.5))
+            p = points[-1]
+            print(
+                f"   no model (fake backend), {COMPARE_CLIENTS} clients: {p.throughput_rps:.1f} req/s, "
+                f"server CPU {p.server_cpu_ms_per_request} ms/req (event loop "
+                f"{p.server_loop_cpu_ms_per_request})"
+            )
+    run.no_model.append(sorted(points, key=lambda p: p.server_cpu_ms_per_request or 0.0)[len(points) // 2])
 
 
 INSTANCE_LAYOUTS = ((1, 2), (2, 1))  # (backend sessions per model, intra-op threads per session)
@@ -950,6 +1078,13 @@ def print_summary(
     print(
         f"server_cpu_vs_raw = {summary['server_cpu_vs_raw']} (server CPU per request over raw CPU per "
         f"sequence; goal <= 1.15); load generator's CPU share {summary['client_cpu_share']}"
+    )
+    print(
+        f"  the gap: planned_raw_vs_raw = {summary['planned_raw_vs_raw']} (raw on the service's own batch "
+        f"plans with {COMPARE_CLIENTS} in flight, over the ceiling: batching's share), "
+        f"service_vs_planned_raw = {summary['service_vs_planned_raw']} (the serving code's share); "
+        f"event loop {summary['server_loop_cpu_ms_per_request']} ms CPU per request; without a model "
+        f"(fake backend) {summary['no_model_server_cpu_ms_per_request']} ms"
     )
     for k in MULTI_INPUTS:
         key = f"service_vs_raw_{k}_inputs"

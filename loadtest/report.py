@@ -57,6 +57,8 @@ class LoadPoint:
     # its threads) and the load generator (this process); the generator's share of both together
     server_cpu_ms_per_request: float | None = None
     client_cpu_ms_per_request: float | None = None
+    # of server_cpu_ms_per_request, what its main thread (the event loop) used
+    server_loop_cpu_ms_per_request: float | None = None
     client_cpu_share: float | None = None
 
     @property
@@ -113,6 +115,14 @@ class BenchRun:
     # server CPU per request / raw CPU per sequence, from the same pairs as service_vs_raw
     server_cpu_vs_raw_pairs: list[float] = field(default_factory=list)
     client_cpu_shares: list[float] = field(default_factory=list)
+    # Where the gap is, from the same pairs: the raw backend on the service's own batch plans with
+    # the comparison concurrency in flight over the ceiling (batching's share), the service over
+    # that raw figure (the serving code's share), and the server's event-loop CPU ms per request
+    planned_vs_raw_pairs: list[float] = field(default_factory=list)
+    service_vs_planned_pairs: list[float] = field(default_factory=list)
+    server_loop_cpu_ms: list[float] = field(default_factory=list)
+    # the same requests served on the fake backend (no model): the serving code alone (median point)
+    no_model: list[LoadPoint] = field(default_factory=list)
     raw_sorted: list[RawPoint] = field(default_factory=list)
     # inputs per request -> service sequences/s over sorted raw, paired; and the service points
     multi_input_pairs: dict[int, list[float]] = field(default_factory=dict)
@@ -184,6 +194,12 @@ def build_summary(run: BenchRun) -> dict[str, object]:
         "real_token_ratio": _median(run.real_token_ratios),
         "server_cpu_vs_raw": _median(run.server_cpu_vs_raw_pairs),
         "client_cpu_share": _median(run.client_cpu_shares),
+        "planned_raw_vs_raw": _median(run.planned_vs_raw_pairs),
+        "service_vs_planned_raw": _median(run.service_vs_planned_pairs),
+        "server_loop_cpu_ms_per_request": _median(run.server_loop_cpu_ms),
+        "no_model_server_cpu_ms_per_request": (
+            run.no_model[0].server_cpu_ms_per_request if run.no_model else None
+        ),
         **{f"service_vs_raw_{k}_inputs": _median(run.multi_input_pairs.get(k, [])) for k in MULTI_INPUTS},
         "raw_ceiling_sequences_per_s": _best_rate(run.raw_sorted),
         "raw_arrival_order_best_sequences_per_s": _best_rate(run.raw),
@@ -199,6 +215,9 @@ def build_summary(run: BenchRun) -> dict[str, object]:
             "real_token_ratio": run.real_token_ratios,
             "server_cpu_vs_raw": run.server_cpu_vs_raw_pairs,
             "client_cpu_share": run.client_cpu_shares,
+            "planned_raw_vs_raw": run.planned_vs_raw_pairs,
+            "service_vs_planned_raw": run.service_vs_planned_pairs,
+            "server_loop_cpu_ms_per_request": run.server_loop_cpu_ms,
             **{f"service_vs_raw_{k}_inputs": v for k, v in run.multi_input_pairs.items()},
         },
         "raw": [asdict(p) for p in run.raw],
@@ -206,6 +225,7 @@ def build_summary(run: BenchRun) -> dict[str, object]:
         "multi_input": [asdict(p) for p in run.multi_input],
         "instances": [asdict(p) for p in run.instances],
         "service": [asdict(p) for p in run.service],
+        "no_model": [asdict(p) for p in run.no_model],
         "naive": [asdict(p) for p in run.naive],
         "backends": [asdict(b) for b in run.backends],
         "slo_search": (
@@ -254,6 +274,7 @@ def render_markdown(run: BenchRun, summary: dict[str, object]) -> str:
         "",
         "Ratios are medians of paired repeats, both sides measured back to back (`pairs` in summary.json).",
         "",
+        *_gap_lines(summary, meta.get("compare_clients")),
         "## Raw backend (backend.infer only)",
         "",
         "The ceiling is the best length-sorted row: the same sentences cut into batches in length "
@@ -324,6 +345,28 @@ def render_markdown(run: BenchRun, summary: dict[str, object]) -> str:
     if run.locust_command:
         lines += ["", "## Locust at the sustainable rate", "", "```bash", run.locust_command, "```"]
     return "\n".join(lines) + "\n"
+
+
+def _gap_lines(summary: dict[str, object], clients: object) -> list[str]:
+    """The gap to the ceiling in two factors (service_vs_raw = planned_raw_vs_raw x
+    service_vs_planned_raw, up to the noise between their measurements)."""
+    planned, served = summary.get("planned_raw_vs_raw"), summary.get("service_vs_planned_raw")
+    if planned is None or served is None:
+        return []
+    loop, total = summary.get("server_loop_cpu_ms_per_request"), summary.get("server_cpu_vs_raw")
+    alone = summary.get("no_model_server_cpu_ms_per_request")
+    return [
+        "## Where the gap to the ceiling is",
+        "",
+        f"- batching: the raw backend on the batches the service's own planner cuts with {clients} "
+        f"requests in flight reaches {_fmt(planned)} of the sorted ceiling (a batcher sorts only "
+        "what it holds);",
+        f"- serving: the service reaches {_fmt(served)} of that raw figure; its event-loop thread "
+        f"used {_fmt(loop)} ms CPU per request (server CPU per request over raw: {_fmt(total)});",
+        f"- the same requests on the fake backend (no model, the cores to the serving code alone): "
+        f"{_fmt(alone)} ms server CPU per request.",
+        "",
+    ]
 
 
 def _load_table(points: list[LoadPoint]) -> list[str]:

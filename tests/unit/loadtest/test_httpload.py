@@ -62,3 +62,31 @@ async def test_the_probe_brackets_the_counted_window() -> None:
     # (the event loop's timers may fire up to a clock tick early)
     assert calls[0] - started >= 0.19 and calls[1] - calls[0] >= 0.29
     assert res.ok > 0 and res.errors == 0
+
+
+def test_the_main_threads_cpu_is_read_apart_from_the_process() -> None:
+    """`process_cpu_s(pid, thread)` reads one thread's CPU (the server's event loop is its main
+    thread): CPU burnt on another thread counts for the process and not for the main thread."""
+    import os
+    import threading
+    import time
+
+    from loadtest.bench import cpu_sample, process_cpu_s
+
+    pid = os.getpid()
+
+    def burn() -> None:
+        end = time.thread_time() + 0.3
+        while time.thread_time() < end:
+            pass
+
+    process0, main0 = process_cpu_s(pid), process_cpu_s(pid, pid)
+    worker = threading.Thread(target=burn)
+    worker.start()
+    worker.join()  # the main thread sleeps here
+    process1, main1 = process_cpu_s(pid), process_cpu_s(pid, pid)
+    assert process1 - process0 >= 0.25
+    assert main1 - main0 < 0.1
+    server, client, loop = cpu_sample(pid)
+    assert loop <= server and client > 0
+    assert cpu_sample(None)[0] == 0.0 and cpu_sample(None)[2] == 0.0

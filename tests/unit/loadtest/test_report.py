@@ -49,6 +49,12 @@ def synthetic_run() -> BenchRun:
         real_token_ratios=[0.9, 0.88, 0.91],
         server_cpu_vs_raw_pairs=[1.1, 1.3, 1.2],
         client_cpu_shares=[0.05, 0.06, 0.04],
+        planned_vs_raw_pairs=[0.94, 0.95, 0.93],
+        service_vs_planned_pairs=[0.99, 0.97, 1.02],
+        server_loop_cpu_ms=[0.52, 0.5, 0.55],
+        no_model=[
+            LoadPoint(64, 3000.0, 20.0, 25.0, 30.0, 24000, 0, {200: 24000}, server_cpu_ms_per_request=0.31)
+        ],
         multi_input_pairs={8: [0.93, 0.92, 0.94], 32: [0.97, 0.96, 0.99]},
         multi_input=[LoadPoint(8, 50.0, 150.0, 160.0, 170.0, 500, 0, {200: 500}, 0.95, inputs_per_request=8)],
         instances=[InstancesPoint(2, 1, [point(1, 70.0), point(64, 300.0)])],
@@ -75,6 +81,10 @@ def test_summary_has_the_headline_keys_as_medians_of_the_pairs() -> None:
     assert summary["raw_ceiling_sequences_per_s"] == 420.0  # the sorted rows' best, not arrival order
     assert summary["raw_arrival_order_best_sequences_per_s"] == 300.0
     assert summary["service_vs_naive"] == 6.0
+    assert summary["planned_raw_vs_raw"] == 0.94
+    assert summary["service_vs_planned_raw"] == 0.99
+    assert summary["server_loop_cpu_ms_per_request"] == 0.52
+    assert summary["no_model_server_cpu_ms_per_request"] == 0.31
     assert summary["real_token_ratio"] == 0.9
     assert summary["best_backend"] == "openvino int8"
     assert summary["max_rate_at_slo"] == 240.0
@@ -91,6 +101,9 @@ def test_missing_phases_give_nulls_not_errors() -> None:
     summary = build_summary(run)
     for key in REQUIRED:
         assert summary[key] is None
+    assert summary["planned_raw_vs_raw"] is None and summary["server_loop_cpu_ms_per_request"] is None
+    assert summary["no_model_server_cpu_ms_per_request"] is None
+    assert "Where the gap" not in render_markdown(run, summary)
     assert summary["goals"]["service_vs_naive"]["met"] is None  # type: ignore[index]
 
 
@@ -101,6 +114,10 @@ def test_write_results_produces_json_markdown_and_plots(tmp_path: Path) -> None:
     assert [p["passed"] for p in summary["slo_search"]] == [True, False]
     report = (tmp_path / "report.md").read_text()
     assert "| service_vs_raw | 0.95 | >= 0.85 | yes |" in report
+    assert "## Where the gap to the ceiling is" in report
+    assert "reaches 0.94 of the sorted ceiling" in report and "0.99 of that raw figure" in report
+    assert "used 0.52 ms CPU per request" in report
+    assert "0.31 ms server CPU per request" in report
     assert "| sorted | 32 | 420.0 |" in report and "| arrival | 8 | 300.0 |" in report
     assert "## 2 instance(s) x 1 thread(s) per model" in report
     assert "| 8 | 8 | 50.0 | 400.0 |" in report  # 8 clients x 8 inputs: req/s and sequences/s
