@@ -12,11 +12,10 @@
    process (all its threads, and its event-loop thread alone, from /proc) and of the load
    generator (this process). Then the paired ratios (below), with the raw backend on the batches
    the service's own planner cuts from windows of 64 arrivals (what batching reaches with 64
-   requests in flight: where the gap to the ceiling is, batching's share or the serving code's),
-   the same requests on the fake backend (no model: the serving code alone), and clients that
-   send 8 and 32 inputs per request against the same
-   ceiling; then the model served as 1 backend session x 2 threads against 2 sessions x 1 thread
-   (`BERTSERVE_INSTANCES`), at 1 and 64 clients.
+   requests in flight: where the gap to the ceiling is, batching's share or the serving code's);
+   clients that send 8 and 32 inputs per request against the same ceiling; the same requests on
+   the fake backend (no model: the serving code alone); then the model served as 1 backend
+   session x 2 threads against 2 sessions x 1 thread (`BERTSERVE_INSTANCES`), at 1 and 64 clients.
 3. A naive server (loadtest/naive_server.py: FastAPI + the transformers pipeline, one request per
    call) on the same checkpoint, driven by the same client.
 4. Every backend/precision the export wrote (ORT fused fp32, portable ONNX fp32, ORT int8,
@@ -251,7 +250,7 @@ class RawBench:
         first, so that no shape's first run (kernel selection, memory planning) is timed."""
         inputs = self._inputs
         batches = [inputs[i : i + batch_size] for i in range(0, len(inputs) - batch_size + 1, batch_size)]
-        return self._measure(batches, batch_size, seconds)
+        return self._measure(batches, batch_size, seconds, label=batch_size)
 
     def measure_plan(self, window: int, limits: PlanLimits, seconds: float) -> RawPoint:
         """`backend.infer` on the batches the service's own planner cuts when it holds `window`
@@ -261,9 +260,8 @@ class RawBench:
         mean = round(sum(len(b) for b in batches) / max(len(batches), 1))
         return self._measure(batches, ("plan", window), seconds, label=mean)
 
-    def _measure(
-        self, batches: list[list[ModelInput]], key: object, seconds: float, label: int | None = None
-    ) -> RawPoint:
+    def _measure(self, batches: list[list[ModelInput]], key: object, seconds: float, label: int) -> RawPoint:
+        """`measure`'s timing of `batches`, warmed once per `key`; `label` is the point's batch size."""
         feeds = [self._collator.collate(b) for b in batches]
         if key not in self._warmed:
             for f, _, _ in feeds:
@@ -287,7 +285,7 @@ class RawBench:
             if elapsed + elapsed / passes / 2 > seconds:  # another pass would overrun by half of one
                 break
         return RawPoint(
-            len(batches[0]) if label is None else label,
+            label,
             done / sum(times),
             statistics.median(times) * 1000.0,
             real / max(padded, 1),
